@@ -1,0 +1,33 @@
+"""Console entry point: registers the command modules and turns errors into one line."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from wdctl.app import app
+from wdctl.commands import register_all
+from wdctl.errors import WdctlError
+
+register_all()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; errors become `wdctl: error: ...` on stderr with exit 2 (input) or 1."""
+    try:
+        app(args=argv, prog_name="wdctl")
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except WdctlError as exc:
+        if os.environ.get("WDCTL_DEBUG"):
+            raise
+        print(f"wdctl: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("wdctl: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def entry() -> None:
+    sys.exit(main())
