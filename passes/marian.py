@@ -1,0 +1,154 @@
+"""MarianMT in the OPUS-MT layout: teacher presets, configs, and the zero `<pad>` row rule."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from transformers import GenerationConfig, MarianConfig
+
+
+@dataclass(frozen=True)
+class TeacherPreset:
+    layers: int
+    d_model: int
+    ffn_dim: int
+    heads: int
+    vocab_size: int
+    dropout: float
+    help: str
+
+
+TEACHER_PRESETS: dict[str, TeacherPreset] = {
+    "base": TeacherPreset(6, 512, 2048, 8, 32000, 0.1, "Transformer-base: 6+6 layers, d 512, FFN 2048, 8 heads"),
+    "cpu": TeacherPreset(3, 256, 1024, 4, 8000, 0.1, "CPU-friendly: 3+3 layers, d 256, FFN 1024, 4 heads, 8k vocab"),
+    "tiny": TeacherPreset(2, 64, 128, 2, 1000, 0.0, "for tests: 2+2 layers, d 64, FFN 128, 2 heads"),
+}
+
+
+def marian_config(preset: TeacherPreset, vocab_size: int, max_positions: int = 512) -> MarianConfig:
+    """A MarianConfig in the OPUS-MT layout: `</s>`=0, `<unk>`=1, `<pad>` = last id = start token."""
+    pad = vocab_size - 1
+    return MarianConfig(
+        vocab_size=vocab_size,
+        decoder_vocab_size=vocab_size,
+        d_model=preset.d_model,
+        encoder_layers=preset.layers,
+        decoder_layers=preset.layers,
+        encoder_ffn_dim=preset.ffn_dim,
+        decoder_ffn_dim=preset.ffn_dim,
+        encoder_attention_heads=preset.heads,
+        decoder_attention_heads=preset.heads,
+        dropout=preset.dropout,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        activation_function="swish",
+        max_position_embeddings=max_positions,
+        scale_embedding=True,
+        share_encoder_decoder_embeddings=True,
+        tie_word_embeddings=True,
+        static_position_embeddings=True,
+        pad_token_id=pad,
+        eos_token_id=0,
+        decoder_start_token_id=pad,
+        forced_eos_token_id=0,
+    )
+
+
+def generation_config(config: MarianConfig, num_beams: int = 4, max_length: int = 256) -> GenerationConfig:
+    return GenerationConfig(
+        bad_words_ids=[[config.pad_token_id]],
+        decoder_start_token_id=config.decoder_start_token_id,
+        eos_token_id=config.eos_token_id,
+        forced_eos_token_id=config.eos_token_id,
+        pad_token_id=config.pad_token_id,
+        max_length=max_length,
+        num_beams=num_beams,
+    )
+
+
+def describe_presets() -> str:
+    return "; ".join(f"{name}: {p.help}" for name, p in TEACHER_PRESETS.items())
+
+
+def preset_dict(name: str) -> dict:
+    return asdict(TEACHER_PRESETS[name])
+
+
+def build_teacher(preset_name: str, vocab_size: int) -> "MarianMTModel":
+    from transformers import MarianMTModel
+
+    config = marian_config(TEACHER_PRESETS[preset_name], vocab_size)
+    model = MarianMTModel(config)
+    model.generation_config = generation_config(config)
+    freeze_pad_row(model)
+    return model
+
+
+def freeze_pad_row(model) -> None:
+    """Zero the `<pad>` embedding row and keep it zero while training.
+
+    CTranslate2's Marian converter drops that row and starts decoding from a zero vector;
+    `<pad>` is also the decoder start token, so the row must be zero from the first step on,
+    not only at save time. The tied output layer would otherwise move it: a gradient hook
+    zeroes its gradient (Adam then never moves it either, as long as weight decay is 0).
+    """
+    import torch
+
+    weight = model.get_input_embeddings().weight
+    pad = model.config.pad_token_id
+    with torch.no_grad():
+        weight[pad].zero_()
+    if weight.requires_grad:
+        weight.register_hook(lambda grad: grad.index_fill(0, torch.tensor([pad]), 0.0))
+
+
+SUPPORTED_MODEL_TYPES = ("marian",)
+
+
+def load_marian(model_dir, *, with_tokenizer: bool = True):
+    """Load a MarianMT directory safely (safetensors only, no remote code) with clear errors.
+
+    Returns (model, tokenizer or None).
+    """
+    from pathlib import Path
+
+    from transformers import AutoConfig, AutoTokenizer, MarianMTModel
+
+    from wdctl.errors import InputError
+
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise InputError(f"{model_dir}: model directory not found")
+    if not (model_dir / "config.json").is_file():
+        raise InputError(f"{model_dir}: not a model directory (no config.json)")
+    try:
+        config = AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{model_dir / 'config.json'}: unreadable model config ({str(exc).splitlines()[0]})") from None
+    if config.model_type not in SUPPORTED_MODEL_TYPES:
+        raise InputError(
+            f"{model_dir / 'config.json'}: model type '{config.model_type}' is not supported "
+            f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)} — MarianMTModel)"
+        )
+    if not (model_dir / "model.safetensors").is_file():
+        pickles = [p.name for p in model_dir.glob("*.bin")] + [p.name for p in model_dir.glob("*.pt")]
+        hint = f" ({', '.join(pickles)} is a pickle file, which wdctl refuses to load)" if pickles else ""
+        raise InputError(f"{model_dir}: no model.safetensors{hint}")
+    try:
+        model = MarianMTModel.from_pretrained(model_dir, use_safetensors=True, trust_remote_code=False)
+    except Exception as exc:  # noqa: BLE001 - any failure here means a broken directory
+        raise InputError(f"{model_dir / 'model.safetensors'}: cannot load weights ({str(exc).splitlines()[0]})") from None
+    model.eval()
+    tokenizer = None
+    if with_tokenizer:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
+        except Exception as exc:  # noqa: BLE001
+            raise InputError(f"{model_dir}: cannot load tokenizer ({str(exc).splitlines()[0]})") from None
+    return model, tokenizer
+
+
+def save_marian(model, tokenizer, out_dir) -> None:
+    """Write a standard Hugging Face MarianMT directory (safetensors weights + tokenizer)."""
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)

@@ -1,0 +1,361 @@
+"""The one training loop: teacher training, WD phase 1 and phase 2 all run through `train`.
+
+Read it top to bottom: batches of about `max_tokens` tokens → label-smoothed cross-entropy
+(plus an optional word-level KD term) → gradient accumulation → Adam with an inverse-sqrt
+schedule → periodic dev evaluation and checkpoints. A checkpoint holds the trainable tensors
+(safetensors), the optimizer, the data position and the RNG state, so a run stopped by
+Ctrl-C/SIGTERM resumes where it stopped and ends where an uninterrupted run would have.
+
+The model is any `nn.Module` called as `model(input_ids=, attention_mask=,
+decoder_input_ids=)` returning an object with `.logits`; only parameters with
+`requires_grad` are trained and checkpointed (for phase 1 that is the generator alone).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import resource
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from wdctl.atomic import atomic_dir
+from wdctl.errors import InputError, WdctlError
+
+Example = tuple[list[int], list[int]]
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 20000
+    max_minutes: float = 0.0  # stop after this much training time (summed over resumes); 0 = none
+    max_tokens: int = 4096  # tokens per micro-batch (padded source or target, whichever is longer)
+    accum: int = 1  # micro-batches per optimizer step
+    lr: float = 7e-4
+    warmup: int = 4000
+    adam_betas: tuple[float, float] = (0.9, 0.98)
+    weight_decay: float = 0.0
+    clip_norm: float = 0.0  # 0 = no clipping
+    label_smoothing: float = 0.1
+    kd_weight: float = 0.0  # weight of the word-level KL term to the teacher (needs a teacher)
+    eval_every: int = 1000
+    save_every: int = 500
+    log_every: int = 50
+    average_last: int = 1  # average the last N checkpoints at the end (the release uses 5 for teachers)
+    seed: int = 1
+    threads: int = 0  # torch intra-op threads; 0 = torch's default
+
+    def validate(self) -> "TrainConfig":
+        positive = ("max_steps", "max_tokens", "accum", "warmup", "eval_every", "save_every", "log_every", "average_last")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise InputError(f"training option {name} must be positive, got {getattr(self, name)}")
+        if self.lr <= 0 or not 0 <= self.label_smoothing < 1 or not 0 <= self.kd_weight <= 1:
+            raise InputError("training options: lr must be > 0, label_smoothing in [0, 1), kd_weight in [0, 1]")
+        self.adam_betas = tuple(self.adam_betas)
+        return self
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    train_seconds: float
+    peak_rss_mb: float
+    history: list[dict] = field(default_factory=list)
+
+
+class TrainingInterrupted(WdctlError):
+    exit_code = 130
+
+
+class BatchStream:
+    """Token-based batches in a fixed, seed-determined order; its position is checkpointable."""
+
+    def __init__(self, examples: list[Example], max_tokens: int, seed: int):
+        self.examples, self.max_tokens, self.seed = examples, max_tokens, seed
+        self.epoch, self.index = 0, 0
+        self._batches = self._make_epoch(0)
+
+    def _make_epoch(self, epoch: int) -> list[list[int]]:
+        rng = random.Random(self.seed * 1_000_003 + epoch)
+        size = [max(len(s), len(t)) for s, t in self.examples]
+        order = sorted(range(len(self.examples)), key=lambda i: (size[i], rng.random()))
+        batches, current, longest = [], [], 0
+        for i in order:
+            if current and max(longest, size[i]) * (len(current) + 1) > self.max_tokens:
+                batches.append(current)
+                current, longest = [], 0
+            current.append(i)
+            longest = max(longest, size[i])
+        batches.append(current)
+        rng.shuffle(batches)
+        return batches
+
+    def seek(self, epoch: int, index: int) -> None:
+        self.epoch, self.index = epoch, index
+        self._batches = self._make_epoch(epoch)
+
+    def next(self) -> list[Example]:
+        if self.index >= len(self._batches):
+            self.seek(self.epoch + 1, 0)
+        batch = self._batches[self.index]
+        self.index += 1
+        return [self.examples[i] for i in batch]
+
+
+def collate(batch: list[Example], pad_id: int, start_id: int) -> dict[str, torch.Tensor]:
+    """Pad a batch; decoder inputs are the targets shifted right behind the start token."""
+    src_len = max(len(s) for s, _ in batch)
+    tgt_len = max(len(t) for _, t in batch)
+    input_ids = torch.full((len(batch), src_len), pad_id, dtype=torch.long)
+    decoder_input_ids = torch.full((len(batch), tgt_len), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), tgt_len), -100, dtype=torch.long)
+    for row, (src, tgt) in enumerate(batch):
+        input_ids[row, : len(src)] = torch.tensor(src)
+        decoder_input_ids[row, : len(tgt)] = torch.tensor([start_id] + tgt[:-1])
+        labels[row, : len(tgt)] = torch.tensor(tgt)
+    return {
+        "input_ids": input_ids,
+        "attention_mask": (input_ids != pad_id).long(),
+        "decoder_input_ids": decoder_input_ids,
+        "labels": labels,
+    }
+
+
+def inverse_sqrt(warmup: int) -> Callable[[int], float]:
+    """Linear warm-up to the peak, then decay with 1/sqrt(step) (the release's schedule)."""
+    return lambda step: min((step + 1) / warmup, math.sqrt(warmup / (step + 1)))
+
+
+def sequence_loss(logits, labels, label_smoothing, kd_weight=0.0, teacher_logits=None) -> torch.Tensor:
+    """Summed label-smoothed CE over target tokens, mixed with KL to the teacher if asked."""
+    vocab = logits.size(-1)
+    ce = F.cross_entropy(
+        logits.view(-1, vocab).float(), labels.view(-1), ignore_index=-100,
+        label_smoothing=label_smoothing, reduction="sum",
+    )
+    if kd_weight == 0.0 or teacher_logits is None:
+        return ce
+    mask = labels.view(-1) != -100
+    student_logp = F.log_softmax(logits.view(-1, vocab)[mask].float(), dim=-1)
+    teacher_logp = F.log_softmax(teacher_logits.view(-1, vocab)[mask].float(), dim=-1)
+    kl = F.kl_div(student_logp, teacher_logp, log_target=True, reduction="sum")
+    return (1 - kd_weight) * ce + kd_weight * kl
+
+
+# --- checkpoints -------------------------------------------------------------------------------
+
+def trainable_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.detach().contiguous() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def checkpoint_dirs(run_dir: Path) -> list[Path]:
+    return sorted((run_dir / "checkpoints").glob("step-*"))
+
+
+def save_checkpoint(run_dir: Path, model, optimizer, scheduler, stream: BatchStream, step: int,
+                    seconds: float, keep: int) -> Path:
+    path = run_dir / "checkpoints" / f"step-{step:08d}"
+    with atomic_dir(path, force=True) as tmp:
+        save_file(trainable_tensors(model), str(tmp / "trainable.safetensors"))
+        torch.save(
+            {
+                "step": step,
+                "seconds": seconds,
+                "epoch": stream.epoch,
+                "index": stream.index,
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+            },
+            tmp / "state.pt",
+        )
+    for old in checkpoint_dirs(run_dir)[:-keep]:
+        for f in old.iterdir():
+            f.unlink()
+        old.rmdir()
+    return path
+
+
+def load_trainable(model: nn.Module, path: Path) -> None:
+    tensors = load_file(str(path / "trainable.safetensors"))
+    expected = set(trainable_tensors(model))
+    if set(tensors) != expected:
+        raise InputError(f"{path}: checkpoint does not match this model (different tensors); use a new run directory")
+    with torch.no_grad():
+        params = dict(model.named_parameters())
+        for name, value in tensors.items():
+            params[name].copy_(value)
+
+
+def average_checkpoints(model: nn.Module, paths: list[Path]) -> None:
+    """Load the element-wise mean of the trainable tensors of `paths` into `model`."""
+    total = None
+    for path in paths:
+        tensors = load_file(str(path / "trainable.safetensors"))
+        total = tensors if total is None else {k: total[k] + v for k, v in tensors.items()}
+    with torch.no_grad():
+        params = dict(model.named_parameters())
+        for name, value in total.items():
+            params[name].copy_(value / len(paths))
+
+
+class _StopFlag:
+    """Turns the first SIGINT/SIGTERM into a request to stop after the current step."""
+
+    def __init__(self):
+        self.signal: int | None = None
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signal is not None:  # second signal: stop now
+            raise KeyboardInterrupt
+        self.signal = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+# --- the loop ----------------------------------------------------------------------------------
+
+def train(
+    model: nn.Module,
+    examples: list[Example],
+    cfg: TrainConfig,
+    run_dir: Path,
+    *,
+    pad_id: int,
+    start_id: int,
+    evaluate: Callable[[nn.Module], dict] | None = None,
+    teacher: nn.Module | None = None,
+    desc: str = "train",
+) -> TrainResult:
+    """Train `model` in place on `examples`; resume from `run_dir/checkpoints` if present."""
+    cfg.validate()
+    if cfg.kd_weight > 0 and teacher is None:
+        raise InputError("kd_weight > 0 needs a teacher model")
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, inverse_sqrt(cfg.warmup))
+    stream = BatchStream(examples, cfg.max_tokens, cfg.seed)
+    step, seconds = 0, 0.0
+
+    existing = checkpoint_dirs(run_dir)
+    if existing:
+        load_trainable(model, existing[-1])
+        state = torch.load(existing[-1] / "state.pt", weights_only=True)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        stream.seek(state["epoch"], state["index"])
+        torch.set_rng_state(state["torch_rng"])
+        step, seconds = state["step"], state["seconds"]
+        tqdm.write(f"{desc}: resuming from {existing[-1]} (step {step})")
+
+    log_path = run_dir / "log.jsonl"
+    history: list[dict] = []
+    keep = max(cfg.average_last, 1)
+
+    def log(record: dict) -> None:
+        history.append(record)
+        with open(log_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def out_of_time() -> bool:
+        return cfg.max_minutes > 0 and seconds >= cfg.max_minutes * 60
+
+    model.train()
+    if teacher is not None:
+        teacher.eval()
+    bar = tqdm(total=cfg.max_steps, initial=step, desc=desc, unit="step", dynamic_ncols=True)
+    window_loss, window_tokens, window_time = 0.0, 0, 0.0
+    with _StopFlag() as stop:
+        while step < cfg.max_steps and not out_of_time():
+            started = time.perf_counter()
+            micro = [collate(stream.next(), pad_id, start_id) for _ in range(cfg.accum)]
+            n_tokens = sum(int((b["labels"] != -100).sum()) for b in micro)
+            optimizer.zero_grad(set_to_none=True)
+            step_loss = 0.0
+            for batch in micro:
+                labels = batch.pop("labels")
+                logits = model(**batch).logits
+                teacher_logits = None
+                if cfg.kd_weight > 0:
+                    with torch.no_grad():
+                        teacher_logits = teacher(**batch).logits
+                loss = sequence_loss(logits, labels, cfg.label_smoothing, cfg.kd_weight, teacher_logits) / n_tokens
+                if not torch.isfinite(loss):
+                    last = checkpoint_dirs(run_dir)
+                    raise WdctlError(
+                        f"{desc}: non-finite loss at step {step + 1}; stopped. Last good checkpoint: "
+                        f"{last[-1] if last else 'none'} (try a lower --lr or a longer warmup)"
+                    )
+                loss.backward()
+                step_loss += float(loss.detach())
+            if cfg.clip_norm > 0:
+                torch.nn.utils.clip_grad_norm_(params, cfg.clip_norm)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            elapsed = time.perf_counter() - started
+            seconds += elapsed
+            window_loss, window_tokens, window_time = window_loss + step_loss, window_tokens + n_tokens, window_time + elapsed
+            bar.update(1)
+
+            if step % cfg.log_every == 0 or step == cfg.max_steps:
+                record = {
+                    "step": step,
+                    "loss": window_loss / cfg.log_every if step % cfg.log_every == 0 else step_loss,
+                    "lr": scheduler.get_last_lr()[0],
+                    "tokens_per_s": window_tokens / max(window_time, 1e-9),
+                    "seconds": round(seconds, 1),
+                }
+                bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
+                log(record)
+                window_loss, window_tokens, window_time = 0.0, 0, 0.0
+            finished = step >= cfg.max_steps or out_of_time()
+            if step % cfg.save_every == 0 or finished or stop.signal is not None:
+                save_checkpoint(run_dir, model, optimizer, scheduler, stream, step, seconds, keep)
+            if stop.signal is not None:
+                bar.close()
+                raise TrainingInterrupted(
+                    f"{desc}: interrupted at step {step}; checkpoint saved in {run_dir / 'checkpoints'}. "
+                    "Run the same command again to resume."
+                )
+            if evaluate is not None and (step % cfg.eval_every == 0 or finished):
+                model.eval()
+                log({"step": step, **evaluate(model)})
+                tqdm.write(f"{desc}: step {step}: {history[-1]}")
+                model.train()
+    bar.close()
+
+    if cfg.average_last > 1:
+        average_checkpoints(model, checkpoint_dirs(run_dir)[-cfg.average_last :])
+    model.eval()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return TrainResult(steps=step, train_seconds=seconds, peak_rss_mb=peak, history=history)
+
+
+def config_dict(cfg: TrainConfig) -> dict:
+    return asdict(cfg)

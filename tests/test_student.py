@@ -1,0 +1,85 @@
+"""Student shapes: presets, dict overrides, validation messages, derived config."""
+
+import pytest
+from transformers import BartConfig, MarianConfig, MarianMTModel
+
+from wdctl.errors import InputError
+from wdctl.passes.student import STUDENT_PRESETS, StudentSpec, resolve_student, student_config, validate
+
+
+def teacher_config(**overrides) -> MarianConfig:
+    values = dict(
+        vocab_size=64, d_model=32, encoder_layers=4, decoder_layers=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
+        encoder_attention_heads=4, decoder_attention_heads=4, max_position_embeddings=32,
+        pad_token_id=63, decoder_start_token_id=63, activation_function="swish", scale_embedding=True,
+    )
+    values.update(overrides)
+    return MarianConfig(**values)
+
+
+def test_small_keeps_encoder_and_width_with_two_decoder_layers():
+    spec = resolve_student("small", teacher_config())
+    assert spec == StudentSpec(4, 2, 32, 64, 64, 4, 4)
+
+
+def test_tiny_halves_width_with_one_decoder_layer():
+    spec = resolve_student("tiny", teacher_config())
+    assert spec == StudentSpec(4, 1, 16, 32, 32, 2, 2)
+
+
+def test_tiny_heads_stay_a_divisor_of_the_halved_width():
+    spec = resolve_student("tiny", teacher_config(d_model=10, encoder_attention_heads=5, decoder_attention_heads=5))
+    assert spec.d_model == 5
+    assert spec.encoder_attention_heads == spec.decoder_attention_heads == 1
+
+
+def test_presets_registry_lists_small_and_tiny():
+    assert set(STUDENT_PRESETS) == {"small", "tiny"}
+
+
+def test_dict_defaults_to_teacher_and_can_start_from_a_preset():
+    teacher = teacher_config()
+    assert resolve_student({"decoder_layers": 3, "d_model": None}, teacher) == StudentSpec(4, 3, 32, 64, 64, 4, 4)
+    assert resolve_student({"preset": "tiny", "decoder_layers": 2}, teacher) == StudentSpec(4, 2, 16, 32, 32, 2, 2)
+
+
+@pytest.mark.parametrize(
+    "student, message",
+    [
+        ({"encoder_attention_heads": 3}, "encoder_attention_heads=3 does not divide d_model=32"),
+        ({"d_model": 24, "decoder_attention_heads": 5}, "decoder_attention_heads=5 does not divide d_model=24"),
+        ({"decoder_layers": 5}, "decoder_layers=5 exceeds the teacher's 4: a student may not have more layers"),
+        ({"encoder_layers": 6}, "encoder_layers=6 exceeds the teacher's 4"),
+        ({"d_model": 64}, "d_model=64 exceeds the teacher's 32: a student may not be wider"),
+        ({"decoder_ffn_dim": 128}, "decoder_ffn_dim=128 exceeds the teacher's 64"),
+        ({"decoder_layers": 0}, "decoder_layers must be positive"),
+        ({"d_model": "16"}, "d_model must be an integer"),
+        ({"depth": 2}, "unknown student field(s) depth"),
+        ("huge", "unknown student preset 'huge'; choose one of small, tiny"),
+    ],
+)
+def test_impossible_students_are_rejected_with_one_clear_line(student, message):
+    with pytest.raises(InputError) as err:
+        resolve_student(student, teacher_config())
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_non_marian_teacher_is_rejected_naming_the_supported_type():
+    with pytest.raises(InputError, match="unsupported teacher model type 'bart': wdctl supports only 'marian'"):
+        validate(StudentSpec(1, 1, 16, 32, 32, 2, 2), BartConfig())
+
+
+def test_student_config_keeps_everything_but_the_shape():
+    teacher = teacher_config(tie_word_embeddings=False)
+    spec = resolve_student("tiny", teacher)
+    config = student_config(teacher, spec)
+    assert StudentSpec.from_config(config) == spec
+    assert StudentSpec.from_config(teacher) == StudentSpec(4, 4, 32, 64, 64, 4, 4)  # teacher untouched
+    for name in ("vocab_size", "decoder_vocab_size", "pad_token_id", "decoder_start_token_id", "eos_token_id",
+                 "activation_function", "scale_embedding", "max_position_embeddings", "tie_word_embeddings",
+                 "share_encoder_decoder_embeddings"):
+        assert getattr(config, name) == getattr(teacher, name), name
+    model = MarianMTModel(config)
+    assert model.model.decoder.layers[0].fc1.weight.shape == (32, 16)
+    assert len(model.model.decoder.layers) == 1

@@ -1,0 +1,45 @@
+"""What a run directory or report records about the software and machine that produced it."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from importlib import metadata
+from pathlib import Path
+
+from wdctl.atomic import atomic_write_text
+
+PACKAGES = ("wdctl", "torch", "transformers", "tokenizers", "sentencepiece", "optimum", "optimum-onnx",
+            "onnx", "onnxruntime", "onnxruntime-gpu", "ctranslate2", "sacrebleu", "safetensors")
+
+
+def versions() -> dict[str, str]:
+    found = {}
+    for name in PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def cpu_info() -> dict:
+    model, flags = platform.processor(), []
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and not model:
+                model = line.split(":", 1)[1].strip()
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+            if line.startswith("flags") and not flags:
+                flags = line.split(":", 1)[1].split()
+    except OSError:
+        pass
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "fma", "sse4_2")
+    return {"model": model, "cores": os.cpu_count(), "isa_flags": [f for f in wanted if f in flags],
+            "machine": platform.machine(), "python": platform.python_version()}
+
+
+def write_json(path: Path, data: dict) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
