@@ -74,6 +74,11 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
 
 
+# Options that change what a resumed run computes; the others (step budget, logging) may change.
+RESUME_MUST_MATCH = ("max_tokens", "accum", "lr", "warmup", "adam_betas", "weight_decay", "clip_norm",
+                     "label_smoothing", "kd_weight", "seed")
+
+
 class TrainingInterrupted(WdctlError):
     exit_code = 130
 
@@ -164,7 +169,7 @@ def checkpoint_dirs(run_dir: Path) -> list[Path]:
 
 
 def save_checkpoint(run_dir: Path, model, optimizer, scheduler, stream: BatchStream, step: int,
-                    seconds: float, keep: int) -> Path:
+                    seconds: float, cfg: TrainConfig) -> Path:
     path = run_dir / "checkpoints" / f"step-{step:08d}"
     with atomic_dir(path, force=True) as tmp:
         save_file(trainable_tensors(model), str(tmp / "trainable.safetensors"))
@@ -177,14 +182,26 @@ def save_checkpoint(run_dir: Path, model, optimizer, scheduler, stream: BatchStr
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "torch_rng": torch.get_rng_state(),
+                "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()},
             },
             tmp / "state.pt",
         )
-    for old in checkpoint_dirs(run_dir)[:-keep]:
+    for old in checkpoint_dirs(run_dir)[: -max(cfg.average_last, 1)]:
         for f in old.iterdir():
             f.unlink()
         old.rmdir()
     return path
+
+
+def check_same_config(path: Path, saved: dict, cfg: TrainConfig) -> None:
+    """Refuse to resume a run with settings that would make it a different run."""
+    now = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
+    changed = [f"{k}: {saved[k]} -> {now[k]}" for k in RESUME_MUST_MATCH if k in saved and saved[k] != now[k]]
+    if changed:
+        raise InputError(
+            f"{path}: checkpoint was made with other training settings ({'; '.join(changed)}); "
+            "rerun with the original settings or use a new run directory"
+        )
 
 
 def load_trainable(model: nn.Module, path: Path) -> None:
@@ -266,6 +283,7 @@ def train(
     if existing:
         load_trainable(model, existing[-1])
         state = torch.load(existing[-1] / "state.pt", weights_only=True)
+        check_same_config(existing[-1], state.get("config", {}), cfg)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         stream.seek(state["epoch"], state["index"])
@@ -275,7 +293,6 @@ def train(
 
     log_path = run_dir / "log.jsonl"
     history: list[dict] = []
-    keep = max(cfg.average_last, 1)
 
     def log(record: dict) -> None:
         history.append(record)
@@ -336,7 +353,7 @@ def train(
                 window_loss, window_tokens, window_time = 0.0, 0, 0.0
             finished = step >= cfg.max_steps or out_of_time()
             if step % cfg.save_every == 0 or finished or stop.signal is not None:
-                save_checkpoint(run_dir, model, optimizer, scheduler, stream, step, seconds, keep)
+                save_checkpoint(run_dir, model, optimizer, scheduler, stream, step, seconds, cfg)
             if stop.signal is not None:
                 bar.close()
                 raise TrainingInterrupted(

@@ -10,7 +10,6 @@ Files may be gzip-compressed (`.gz`). Problems raise `InputError` naming file an
 from __future__ import annotations
 
 import gzip
-import io
 from pathlib import Path
 
 from wdctl.errors import InputError
@@ -18,27 +17,29 @@ from wdctl.errors import InputError
 Pair = tuple[str, str]
 
 
-def _open_text(path: Path) -> io.TextIOBase:
+def _open_binary(path: Path):
     if not path.is_file():
         raise InputError(f"{path}: file not found")
-    raw = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
-    return io.TextIOWrapper(raw, encoding="utf-8", errors="strict", newline=None)
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
 
 
 def read_lines(path: Path | str, allow_empty: bool = True) -> list[str]:
-    """All lines of a UTF-8 text file, without line ends; empty lines kept unless refused."""
+    """All lines of a UTF-8 text file, without line ends; empty lines kept unless refused.
+
+    Lines are decoded one by one so an encoding error names its line.
+    """
     path = Path(path)
     lines: list[str] = []
-    with _open_text(path) as f:
-        number = 0
+    with _open_binary(path) as f:
         try:
-            for number, line in enumerate(f, start=1):
-                line = line.rstrip("\n").rstrip("\r")
+            for number, raw in enumerate(f, start=1):
+                try:
+                    line = raw.decode("utf-8").rstrip("\n").rstrip("\r")
+                except UnicodeDecodeError as exc:
+                    raise InputError(f"{path}:{number}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
                 if not allow_empty and not line.strip():
                     raise InputError(f"{path}:{number}: empty line")
                 lines.append(line)
-        except UnicodeDecodeError as exc:
-            raise InputError(f"{path}:{number + 1}: not valid UTF-8 ({exc.reason})") from None
         except (OSError, EOFError) as exc:
             raise InputError(f"{path}: cannot read ({exc})") from None
     return lines

@@ -1,0 +1,621 @@
+"""`wdctl bench`: speed, size and quality of a teacher and its students, backend by backend.
+
+Order of work (everything cheap is checked before anything heavy runs):
+
+1. Settings: flags parsed and validated (`InputError`, exit 2): model directories, the test
+   data, beams, batch sizes, threads, backends, the output directory.
+2. Systems: the teacher and each student (names unique; parameters counted).
+3. Packages: every system exported once to ONNX fp32 and int8 (`wdctl.export.onnx_export`,
+   `wdctl.export.quantize`) and to CTranslate2 int8 when `ctranslate2` is importable, in a
+   cache (`OUT/packages/NAME-fp32|int8|ct2` by default) that later runs reuse. A
+   `NAME.source.json` beside them records which model weights they came from; a package of
+   other weights is rebuilt.
+4. Measurements: one subprocess (`python -m wdctl.export.bench_worker`) per
+   threads × beam × batch size × system × backend, one at a time, under a progress bar. The
+   worker warms up, times `repeats` passes over the same sentences and writes its hypotheses;
+   this process scores them (sacrebleu BLEU and chrF against the references).
+5. Report (`wdctl.export.report`): report.md, report.json, bleu_vs_speed.png and the
+   hypotheses, all written into a temporary directory renamed to OUT at the end. When some
+   measurements failed the report is still written (their rows say why) and the command then
+   exits 1.
+
+Figures: sentences/s and target tokens/s use the median pass (min/max = fastest/slowest
+pass); target tokens are the hypotheses' subwords under the model's own tokenizer (no special
+tokens). Latency p50/p90 is per sentence at batch size 1, over all timed passes. Speed-ups
+are ratios of sentences/s on the same sentences, settings and thread count. Size on disk is
+the weight files the backend loads (tokenizer files, the same for every backend, excluded).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from wdctl.atomic import MARKER, atomic_dir, check_output_dir
+from wdctl.errors import InputError, WdctlError
+
+BACKENDS = ("torch", "ort", "ort-optimum", "ort-int8", "ct2")
+BACKEND_LABELS = {
+    "torch": "PyTorch fp32",
+    "ort": "ORT fp32 (wdctl decoder)",
+    "ort-optimum": "ORT fp32 (optimum generate)",
+    "ort-int8": "ORT int8 (wdctl decoder)",
+    "ct2": "CTranslate2 int8",
+}
+PRECISION = {"torch": "fp32", "ort": "fp32", "ort-optimum": "fp32", "ort-int8": "int8", "ct2": "int8"}
+PACKAGE_OF = {"torch": None, "ort": "fp32", "ort-optimum": "fp32", "ort-int8": "int8", "ct2": "ct2"}
+QUICK = {"max_sentences": 16, "repeats": 1, "beams": (1,), "batch_sizes": (1,)}
+DEFAULTS = {"beams": (1, 4), "batch_sizes": (1, 32), "threads": (1,), "repeats": 3, "max_sentences": None}
+ENCODER_FILES = ("encoder_model.onnx", "encoder_model_quantized.onnx")
+DECODER_FILES = ("decoder_model_merged.onnx", "decoder_model_merged_quantized.onnx")
+REPORT_FORMAT = "wdctl-bench/1"
+
+
+# --- settings ---------------------------------------------------------------------------------
+
+def parse_int_list(text: str | None, flag: str, default: tuple[int, ...]) -> tuple[int, ...]:
+    """'1,4' → (1, 4): positive integers, duplicates dropped, order kept."""
+    if text is None:
+        return default
+    values: list[int] = []
+    for part in str(text).split(","):
+        part = part.strip()
+        if not part.isdigit() or int(part) < 1:
+            raise InputError(f"{flag}: expected comma-separated positive integers, got '{text}'")
+        if int(part) not in values:
+            values.append(int(part))
+    return tuple(values)
+
+
+def parse_backends(text: str | None) -> tuple[str, ...]:
+    if text is None:
+        return BACKENDS
+    names = [p.strip() for p in str(text).split(",") if p.strip()]
+    unknown = [n for n in names if n not in BACKENDS]
+    if unknown or not names:
+        raise InputError(f"--backends: unknown backend(s) {', '.join(unknown) or repr(text)} "
+                         f"(choose from {', '.join(BACKENDS)})")
+    return tuple(dict.fromkeys(names))
+
+
+@dataclass
+class BenchSettings:
+    teacher: Path
+    students: list[Path]
+    data: str
+    out: Path
+    split: str = "test"
+    beams: tuple[int, ...] = DEFAULTS["beams"]
+    batch_sizes: tuple[int, ...] = DEFAULTS["batch_sizes"]
+    threads: tuple[int, ...] = DEFAULTS["threads"]
+    backends: tuple[str, ...] = BACKENDS
+    max_sentences: int | None = None
+    repeats: int = 3
+    max_length: int = 256
+    length_penalty: float = 1.0
+    packages: Path | None = None  # package cache; default OUT/packages
+    force: bool = False
+    quick: bool = False
+    progress: bool = True
+    command: str | None = None
+
+    def validate(self) -> "BenchSettings":
+        if self.repeats < 1:
+            raise InputError(f"--repeats must be at least 1 (got {self.repeats})")
+        if self.max_sentences is not None and self.max_sentences < 1:
+            raise InputError(f"--max-sentences must be at least 1 (got {self.max_sentences})")
+        if self.max_length < 2:
+            raise InputError(f"--max-length must be at least 2 (got {self.max_length})")
+        if not self.students:
+            raise InputError("--student: give at least one student model directory")
+        for path in [self.teacher, *self.students]:
+            check_model_dir(Path(path))
+        check_output_dir(self.out, self.force)
+        return self
+
+
+def make_settings(teacher, students, data, out, *, split="test", beams=None, batch_sizes=None, threads=None,
+                  backends=None, max_sentences=None, repeats=None, max_length=256, length_penalty=1.0,
+                  packages=None, force=False, quick=False, progress=True, command=None) -> BenchSettings:
+    """Settings from CLI-style values: None means the default, or the `--quick` value."""
+    base = {**DEFAULTS, **(QUICK if quick else {})}
+    settings = BenchSettings(
+        teacher=Path(teacher), students=[Path(s) for s in students or []], data=str(data), out=Path(out),
+        split=split,
+        beams=parse_int_list(beams, "--beams", base["beams"]),
+        batch_sizes=parse_int_list(batch_sizes, "--batch-sizes", base["batch_sizes"]),
+        threads=parse_int_list(threads, "--threads", base["threads"]),
+        backends=parse_backends(backends),
+        max_sentences=max_sentences if max_sentences is not None else base["max_sentences"],
+        repeats=repeats if repeats is not None else base["repeats"],
+        max_length=max_length, length_penalty=length_penalty,
+        packages=Path(packages) if packages else None, force=force, quick=quick, progress=progress,
+        command=command,
+    ).validate()
+    if settings.command is None:
+        settings.command = canonical_command(settings)
+    return settings
+
+
+def check_model_dir(path: Path) -> None:
+    """A MarianMT directory as `load_marian` wants it, checked without loading weights."""
+    if not path.is_dir():
+        raise InputError(f"{path}: model directory not found")
+    if not (path / "config.json").is_file():
+        raise InputError(f"{path}: not a model directory (no config.json)")
+    if not (path / "model.safetensors").is_file():
+        raise InputError(f"{path}: no model.safetensors")
+
+
+# --- systems and packages ---------------------------------------------------------------------
+
+@dataclass
+class System:
+    name: str
+    role: str  # teacher | student
+    model_dir: Path
+    parameters: int = 0
+    packages: dict[str, Path] = field(default_factory=dict)  # fp32 | int8 | ct2 → directory
+
+    def model_for(self, backend: str) -> Path:
+        kind = PACKAGE_OF[backend]
+        return self.model_dir if kind is None else self.packages[kind]
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or "student"
+
+
+def make_systems(teacher: Path, students: list[Path]) -> list[System]:
+    systems = [System("teacher", "teacher", Path(teacher))]
+    taken = {"teacher"}
+    for path in students:
+        path = Path(path)
+        generic = path.name in ("model", "student", "out", "output", "") and path.parent.name
+        base = _safe_name(f"{path.parent.name}-{path.name}" if generic else path.name)
+        name, n = base, 2
+        while name in taken:
+            name, n = f"{base}-{n}", n + 1
+        taken.add(name)
+        systems.append(System(name, "student", path))
+    for system in systems:
+        system.parameters = _count_parameters(system.model_dir)
+    return systems
+
+
+def _count_parameters(model_dir: Path) -> int:
+    """Parameters of the model (as `model.num_parameters()`), counted on the meta device."""
+    import torch
+    from transformers import AutoConfig, MarianMTModel
+
+    try:
+        config = AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{model_dir / 'config.json'}: unreadable model config ({str(exc).splitlines()[0]})") from None
+    if config.model_type != "marian":
+        raise InputError(f"{model_dir / 'config.json'}: model type '{config.model_type}' is not supported "
+                         "(supported: marian — MarianMTModel)")
+    with torch.device("meta"):
+        return MarianMTModel(config).num_parameters()
+
+
+def ct2_available() -> bool:
+    return importlib.util.find_spec("ctranslate2") is not None
+
+
+def _fingerprint(model_dir: Path) -> dict:
+    digest = hashlib.sha256()
+    with open(model_dir / "model.safetensors", "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    config = (model_dir / "config.json").read_bytes()
+    return {"model_dir": str(model_dir.resolve()), "weights_sha256": digest.hexdigest(),
+            "config_sha256": hashlib.sha256(config).hexdigest()}
+
+
+def _package_ready(path: Path) -> bool:
+    return path.is_dir() and (path / MARKER).is_file()
+
+
+def convert_ct2(model_dir: Path, out: Path, force: bool = False) -> dict:
+    """CTranslate2 int8 model (+ the tokenizer, so the directory stands alone)."""
+    import ctranslate2
+    from transformers import AutoTokenizer
+
+    with atomic_dir(out, force=force) as tmp:
+        try:
+            ctranslate2.converters.TransformersConverter(str(model_dir)).convert(
+                str(tmp), quantization="int8", force=True)
+        except Exception as exc:  # noqa: BLE001 - the converter raises many types
+            raise WdctlError(f"{model_dir}: CTranslate2 conversion failed ({str(exc).splitlines()[0][:200]})") from None
+        AutoTokenizer.from_pretrained(model_dir).save_pretrained(tmp)
+    return {"ct2": str(out)}
+
+
+def _export_functions():
+    try:
+        from wdctl.export.onnx_export import export_onnx
+        from wdctl.export.quantize import quantize_package
+    except ImportError as exc:
+        raise WdctlError(f"ONNX export is not available in this installation ({exc})") from None
+    return export_onnx, quantize_package
+
+
+def prepare_packages(systems: list[System], backends: tuple[str, ...], cache: Path,
+                     log=print) -> list[str]:
+    """Export/quantize/convert what `backends` need into `cache`, reusing finished packages.
+
+    Fills `system.packages`; returns notes (e.g. CTranslate2 skipped)."""
+    notes: list[str] = []
+    kinds = {PACKAGE_OF[b] for b in backends} - {None}
+    if "int8" in kinds:
+        kinds.add("fp32")
+    if "ct2" in kinds and not ct2_available():
+        kinds.discard("ct2")
+        notes.append("ct2: skipped, CTranslate2 is not installed (pip install 'wdctl[ct2]')")
+    if not kinds:
+        return notes
+    cache.mkdir(parents=True, exist_ok=True)
+    done_models: dict[Path, System] = {}
+    for system in systems:
+        same = done_models.get(system.model_dir.resolve())
+        if same is not None:  # the same directory given twice: share its packages
+            system.packages = dict(same.packages)
+            continue
+        done_models[system.model_dir.resolve()] = system
+        stamp_path = cache / f"{system.name}.source.json"
+        stamp = _fingerprint(system.model_dir)
+        try:
+            previous = json.loads(stamp_path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            previous = None
+        # the stamp is compared without the path: a moved directory of the same weights is fine
+        fresh = previous is not None and {k: v for k, v in previous.items() if k != "model_dir"} == \
+            {k: v for k, v in stamp.items() if k != "model_dir"}
+        paths = {kind: cache / f"{system.name}-{kind}" for kind in ("fp32", "int8", "ct2")}
+        stale = not fresh and any(paths[k].exists() for k in kinds)
+        for kind in ("fp32", "int8", "ct2"):
+            if kind not in kinds:
+                continue
+            path = paths[kind]
+            if fresh and _package_ready(path):
+                log(f"{system.name}: reusing the {kind} package {path.name}")
+            else:
+                log(f"{system.name}: building the {kind} package {path.name}")
+                force = stale or path.exists()
+                if kind == "fp32":
+                    export_onnx, _ = _export_functions()
+                    export_onnx(system.model_dir, path, force=force, device="cpu", validate=True)
+                elif kind == "int8":
+                    _, quantize_package = _export_functions()
+                    quantize_package(paths["fp32"], path, mode="int8", force=force)
+                else:
+                    convert_ct2(system.model_dir, path, force=force)
+            system.packages[kind] = path
+        stamp_path.write_text(json.dumps(stamp, indent=2) + "\n", encoding="utf-8")
+    return notes
+
+
+def onnx_files(package: Path) -> tuple[Path, Path]:
+    """The encoder and merged decoder a package's ORT sessions load."""
+    def first(names):
+        for name in names:
+            if (package / name).is_file():
+                return package / name
+        candidates = sorted(p.name for p in package.glob("*.onnx"))
+        raise WdctlError(f"{package}: no {' or '.join(names)} (found: {', '.join(candidates) or 'no .onnx files'})")
+
+    return first(ENCODER_FILES), first(DECODER_FILES)
+
+
+def loaded_files(system: System, backend: str) -> list[Path]:
+    """The weight/graph files this backend loads (for the size on disk)."""
+    if backend == "torch":
+        return [system.model_dir / "model.safetensors"]
+    if backend == "ct2":
+        return [system.packages["ct2"] / "model.bin"]
+    files = []
+    for onnx in onnx_files(system.model_for(backend)):
+        files.append(onnx)
+        files.extend(p for p in onnx.parent.iterdir()
+                     if p != onnx and p.name.startswith(onnx.name) and p.suffix != ".onnx")  # external data
+    return files
+
+
+def _tokenizer_dir(model: Path, fallback: Path) -> Path:
+    return model if (model / "tokenizer_config.json").is_file() else fallback
+
+
+# --- measurement ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Measurement:
+    system: System
+    backend: str
+    beams: int
+    batch_size: int
+    threads: int
+
+    @property
+    def id(self) -> str:
+        return f"{self.system.name}.{self.backend}.beam{self.beams}.bs{self.batch_size}.t{self.threads}"
+
+
+def plan_measurements(settings: BenchSettings, systems: list[System], backends: list[str]) -> list[Measurement]:
+    return [Measurement(s, b, beam, bs, t)
+            for t in settings.threads for beam in settings.beams for bs in settings.batch_sizes
+            for s in systems for b in backends]
+
+
+def worker_env(threads: int) -> dict[str, str]:
+    env = dict(os.environ)
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        env[name] = str(threads)
+    env["TOKENIZERS_PARALLELISM"] = "false"
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("TRANSFORMERS_OFFLINE", "1")
+    env.setdefault("PYTHONWARNINGS", "ignore")
+    return env
+
+
+def run_worker(m: Measurement, settings: BenchSettings, sources: Path, work: Path, hyp_path: Path,
+               log_path: Path) -> dict:
+    """Run one measurement in a fresh interpreter; return its result dict (or one with 'error')."""
+    model = m.system.model_for(m.backend)
+    spec = {
+        "backend": m.backend, "model": str(model), "tokenizer": str(_tokenizer_dir(model, m.system.model_dir)),
+        "sources": str(sources), "hypotheses": str(hyp_path), "result": str(work / f"{m.id}.result.json"),
+        "beams": m.beams, "batch_size": m.batch_size, "threads": m.threads, "repeats": settings.repeats,
+        "max_length": settings.max_length, "length_penalty": settings.length_penalty,
+    }
+    if m.backend in ("ort", "ort-int8", "ort-optimum"):
+        encoder, decoder = onnx_files(model)
+        spec["encoder_file"], spec["decoder_file"] = encoder.name, decoder.name
+    spec_path = work / f"{m.id}.spec.json"
+    spec_path.write_text(json.dumps(spec, indent=2), encoding="utf-8")
+    result_path = Path(spec["result"])
+    result_path.unlink(missing_ok=True)
+    with open(log_path, "w", encoding="utf-8") as log:
+        proc = subprocess.run([sys.executable, "-m", "wdctl.export.bench_worker", str(spec_path)],
+                              env=worker_env(m.threads), stdout=log, stderr=subprocess.STDOUT, check=False)
+    try:
+        result = json.loads(result_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        result = {"error": f"worker exited with code {proc.returncode} and no result ({_last_line(log_path)})"}
+    if proc.returncode != 0 and "error" not in result:
+        result["error"] = f"worker exited with code {proc.returncode}"
+    return result
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [l for l in path.read_text(encoding="utf-8", errors="replace").splitlines() if l.strip()]
+    except OSError:
+        return "no log"
+    return lines[-1][:300] if lines else "empty log"
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    """Linear-interpolated percentile (numpy's default), q in [0, 100]."""
+    if not values:
+        return None
+    data = sorted(values)
+    pos = (len(data) - 1) * q / 100.0
+    lo = int(pos)
+    hi = min(lo + 1, len(data) - 1)
+    return data[lo] + (data[hi] - data[lo]) * (pos - lo)
+
+
+def shown_path(path: Path, root: Path) -> str:
+    """`path` relative to the report directory when inside it (it is renamed at the end), else absolute."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(Path(root).resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _spread(median: float, low: float, high: float, digits: int = 2) -> dict:
+    return {"median": round(median, digits), "min": round(low, digits), "max": round(high, digits)}
+
+
+def summarize(m: Measurement, result: dict, settings: BenchSettings, n_sentences: int, hyp_rel: str,
+              log_rel: str, references: list[str], out_root: Path) -> dict:
+    from wdctl.metrics import bleu, chrf
+
+    row = {
+        "id": m.id, "system": m.system.name, "role": m.system.role, "backend": m.backend,
+        "backend_label": BACKEND_LABELS[m.backend], "precision": PRECISION[m.backend],
+        "beams": m.beams, "batch_size": m.batch_size, "threads": m.threads,
+        "sentences": n_sentences, "repeats": settings.repeats, "model": shown_path(m.system.model_for(m.backend), out_root),
+        "status": "failed", "error": result.get("error"),
+        "bleu": None, "chrf": None, "bleu_signature": None, "chrf_signature": None,
+        "target_tokens": None, "seconds": None, "sentences_per_s": None, "tokens_per_s": None,
+        "latency_ms": None, "peak_rss_mb": None, "load_seconds": None, "stable": None,
+        "size_mb": None, "size_files": [],
+        "speedup_vs_teacher_same_backend": None, "speedup_vs_teacher_torch": None,
+        "hypotheses": None, "log": log_rel,
+    }
+    files = loaded_files(m.system, m.backend)
+    row["size_files"] = [shown_path(p, out_root) for p in files]
+    row["size_mb"] = round(sum(p.stat().st_size for p in files) / 1e6, 2)
+    if result.get("error"):
+        return row
+    hyps = (out_root / hyp_rel).read_text(encoding="utf-8").split("\n")[:-1]
+    if len(hyps) != len(references):
+        row["error"] = f"{hyp_rel}: {len(hyps)} hypotheses for {len(references)} references"
+        return row
+    b, c = bleu(hyps, references), chrf(hyps, references)
+    seconds = result["seconds"]
+    med, lo, hi = statistics.median(seconds), min(seconds), max(seconds)
+    tokens = result["target_tokens"]
+    row.update({
+        "status": "ok", "error": None, "bleu": b.score, "chrf": c.score,
+        "bleu_signature": b.signature, "chrf_signature": c.signature, "target_tokens": tokens,
+        "seconds": {**_spread(med, lo, hi, 4), "passes": [round(s, 4) for s in seconds]},
+        "sentences_per_s": _spread(n_sentences / med, n_sentences / hi, n_sentences / lo),
+        "tokens_per_s": _spread(tokens / med, tokens / hi, tokens / lo, 1),
+        "peak_rss_mb": round(result["peak_rss_mb"], 1), "load_seconds": round(result["load_seconds"], 2),
+        "stable": result["stable"], "hypotheses": hyp_rel,
+    })
+    lat = result.get("latencies_ms") or []
+    if m.batch_size == 1 and lat:
+        row["latency_ms"] = {"p50": round(_percentile(lat, 50), 2), "p90": round(_percentile(lat, 90), 2),
+                             "mean": round(statistics.fmean(lat), 2), "count": len(lat)}
+    return row
+
+
+def add_speedups(rows: list[dict]) -> None:
+    """Sentences/s relative to the teacher, same beam/batch/threads: same backend, and PyTorch fp32."""
+    index = {(r["system"], r["backend"], r["beams"], r["batch_size"], r["threads"]): r
+             for r in rows if r["role"] == "teacher" and r["status"] == "ok"}
+    for r in rows:
+        if r["status"] != "ok":
+            continue
+        for key, backend in (("speedup_vs_teacher_same_backend", r["backend"]), ("speedup_vs_teacher_torch", "torch")):
+            ref = index.get(("teacher", backend, r["beams"], r["batch_size"], r["threads"]))
+            if ref is not None:
+                r[key] = round(r["sentences_per_s"]["median"] / ref["sentences_per_s"]["median"], 2)
+
+
+# --- the command ------------------------------------------------------------------------------
+
+def _utc_now() -> str:
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+
+
+def run_bench(settings: BenchSettings, log=None) -> dict:
+    """Run the whole benchmark; returns the report dict (also written to settings.out)."""
+    from tqdm.auto import tqdm
+
+    from wdctl.corpus import read_parallel
+    from wdctl.export.report import write_report
+    from wdctl.runinfo import cpu_info, versions
+
+    log = log or (lambda text: print(text, file=sys.stderr))
+    pairs = read_parallel(settings.data, settings.split)
+    if settings.max_sentences:
+        pairs = pairs[: settings.max_sentences]
+    sources, references = [s for s, _ in pairs], [t for _, t in pairs]
+    systems = make_systems(settings.teacher, settings.students)
+    out = Path(settings.out)
+    check_output_dir(out, settings.force)
+    started = time.perf_counter()
+
+    with atomic_dir(out, force=settings.force) as tmp:
+        in_out = settings.packages is None
+        cache = tmp / "packages" if in_out else Path(settings.packages)
+        old_cache = out / "packages"
+        moved = False
+        if in_out and old_cache.is_dir():  # reuse the previous run's packages (--force)
+            old_cache.rename(cache)
+            moved = True
+        try:
+            report = _measure_all(settings, systems, cache, tmp, sources, references, log, tqdm)
+        except BaseException:
+            if moved and cache.is_dir() and out.is_dir() and not old_cache.exists():
+                cache.rename(old_cache)  # keep the cache of the previous report
+            raise
+        report["settings"]["packages"] = "packages" if in_out else str(Path(settings.packages).resolve())
+        report.update({"created": _utc_now(), "versions": versions(),
+                       "machine": {**cpu_info(), **_memory()},
+                       "wall_seconds": round(time.perf_counter() - started, 1)})
+        write_report(tmp, report)
+    failed = [r for r in report["rows"] if r["status"] != "ok"]
+    if failed:
+        first = failed[0]
+        raise WdctlError(f"{len(failed)} of {len(report['rows'])} measurement(s) failed (first: {first['id']}: "
+                         f"{first['error']}); the report at {out} lists them")
+    return report
+
+
+def _memory() -> dict:
+    try:
+        import psutil
+
+        return {"memory_gb": round(psutil.virtual_memory().total / 2**30, 1)}
+    except Exception:  # noqa: BLE001
+        return {}
+
+
+def _measure_all(settings: BenchSettings, systems: list[System], cache: Path, tmp: Path, sources: list[str],
+                 references: list[str], log, tqdm) -> dict:
+    notes = prepare_packages(systems, settings.backends, cache, log=log)
+    backends = [b for b in settings.backends if PACKAGE_OF[b] is None or all(PACKAGE_OF[b] in s.packages for s in systems)]
+    hyp_dir, log_dir, work = tmp / "hypotheses", tmp / "logs", tmp / ".work"
+    for d in (hyp_dir, log_dir, work):
+        d.mkdir(parents=True, exist_ok=True)
+    src_file = hyp_dir / "sources.txt"
+    src_file.write_text("".join(s + "\n" for s in sources), encoding="utf-8")
+    (hyp_dir / "references.txt").write_text("".join(r + "\n" for r in references), encoding="utf-8")
+
+    plan = plan_measurements(settings, systems, backends)
+    rows = []
+    bar = tqdm(plan, desc="bench", unit="run", disable=not settings.progress, file=sys.stderr, dynamic_ncols=True)
+    for m in bar:
+        bar.set_postfix_str(f"{m.system.name} {m.backend} beam {m.beams} bs {m.batch_size} t{m.threads}", refresh=True)
+        hyp_rel, log_rel = f"hypotheses/{m.id}.txt", f"logs/{m.id}.log"
+        result = run_worker(m, settings, src_file, work, tmp / hyp_rel, tmp / log_rel)
+        if (work / f"{m.id}.result.json").is_file():  # raw timings and latencies, for whoever wants them
+            shutil.copyfile(work / f"{m.id}.result.json", log_dir / f"{m.id}.result.json")
+        rows.append(summarize(m, result, settings, len(sources), hyp_rel, log_rel, references, tmp))
+        if rows[-1]["status"] != "ok":
+            bar.write(f"bench: {m.id} failed: {rows[-1]['error']}", file=sys.stderr)
+    bar.close()
+    shutil.rmtree(work, ignore_errors=True)
+    add_speedups(rows)
+
+    signatures = next(({"bleu": r["bleu_signature"], "chrf": r["chrf_signature"]} for r in rows if r["status"] == "ok"),
+                      {"bleu": None, "chrf": None})
+    settings_out = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings).items()
+                    if k not in ("teacher", "students", "out", "packages", "progress", "command")}
+    settings_out.update({"warmup": f"one untimed pass over the first max(batch size, 8) sentences",
+                         "sentences": len(sources)})
+    return {
+        "format": REPORT_FORMAT,
+        "command": settings.command,
+        "settings": settings_out,
+        "data": {"spec": settings.data, "split": settings.split, "sentences": len(sources),
+                 "sources": "hypotheses/sources.txt", "references": "hypotheses/references.txt"},
+        "metrics": signatures,
+        "systems": [{"name": s.name, "role": s.role, "model_dir": str(s.model_dir.resolve()),
+                     "parameters": s.parameters,
+                     "packages": {k: shown_path(v, tmp) for k, v in s.packages.items()}}
+                    for s in systems],
+        "backends": {b: BACKEND_LABELS[b] for b in backends},
+        "notes": notes,
+        "rows": rows,
+    }
+
+
+def canonical_command(settings: BenchSettings) -> str:
+    """The `wdctl bench` command line that reproduces `settings` (explicit values, no defaults)."""
+    args = ["wdctl", "bench", "--teacher", str(settings.teacher)]
+    for student in settings.students:
+        args += ["--student", str(student)]
+    args += ["--data", settings.data]
+    if settings.split != "test":
+        args += ["--split", settings.split]
+    args += ["--beams", ",".join(map(str, settings.beams)), "--batch-sizes", ",".join(map(str, settings.batch_sizes)),
+             "--threads", ",".join(map(str, settings.threads)), "--backends", ",".join(settings.backends)]
+    if settings.max_sentences:
+        args += ["--max-sentences", str(settings.max_sentences)]
+    args += ["--repeats", str(settings.repeats)]
+    if settings.max_length != 256:
+        args += ["--max-length", str(settings.max_length)]
+    if settings.packages:
+        args += ["--packages", str(settings.packages)]
+    args += ["--out", str(settings.out)]
+    return " ".join(shlex.quote(a) for a in args)

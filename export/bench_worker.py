@@ -1,0 +1,251 @@
+"""One benchmark measurement in a fresh process: `python -m wdctl.export.bench_worker SPEC.json`.
+
+`wdctl bench` starts one worker per (system, backend, beam, batch size): thread pools of
+different libraries in one process (torch, onnxruntime, CTranslate2) distort each other's
+timings badly on a 2-core machine, and a fresh process also gives an honest peak RSS.
+
+The spec is a JSON object:
+  backend       torch | ort | ort-int8 | ort-optimum | ct2
+  model         the directory this backend loads (MarianMT dir, ONNX package or CT2 model)
+  tokenizer     a directory holding the model's tokenizer
+  sources       a UTF-8 file, one source sentence per line
+  hypotheses    where to write the hypotheses of the last timed pass (one per line)
+  result        where to write the result JSON
+  beams, batch_size, threads, repeats, max_length, length_penalty
+  encoder_file, decoder_file   (ORT backends) the ONNX files to load
+
+The worker loads the backend, runs one warm-up pass over the first batch (at least 8
+sentences), then `repeats` timed passes over all sentences. At batch size 1 every sentence
+is its own call and its latency is recorded. Timings cover translation only (tokenize,
+decode, detokenize), never loading or the token counting done afterwards.
+
+The result JSON holds: seconds (per timed pass), latencies_ms (batch size 1 only; all
+sentences of all passes), target_tokens (of the hypotheses, counted with the model's target
+tokenizer, special tokens excluded), peak_rss_mb (getrusage of this process), load_seconds,
+stable (all timed passes produced the same hypotheses), threads. On failure it holds
+`error` and the process exits 1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Callable
+
+BACKENDS = ("torch", "ort", "ort-optimum", "ort-int8", "ct2")
+WARMUP_SENTENCES = 8
+
+Translate = Callable[[list[str], int], list[str]]
+
+
+def output_limit(source_tokens: int) -> int:
+    """Same output cap as `wdctl.passes.translate.output_limit` (kept in sync by a test)."""
+    return int(1.5 * source_tokens) + 10
+
+
+def _sorted_batches(sentences: list[str], batch_size: int) -> list[list[int]]:
+    """Length-sorted batches of indices, exactly as `translate_torch` forms them."""
+    order = sorted((i for i, s in enumerate(sentences) if s.strip()), key=lambda i: len(sentences[i]))
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def _limit_torch_threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(n)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set (harmless)
+        pass
+
+
+def _load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+
+
+def _torch_backend(spec: dict, tokenizer) -> Translate:
+    _limit_torch_threads(spec["threads"])
+    from wdctl.passes.marian import load_marian
+    from wdctl.passes.translate import translate_torch
+
+    model, _ = load_marian(spec["model"], with_tokenizer=False)
+
+    def run(sentences: list[str], batch_size: int) -> list[str]:
+        return translate_torch(model, tokenizer, sentences, beams=spec["beams"], batch_size=batch_size,
+                               max_length=spec["max_length"], length_penalty=spec["length_penalty"])
+
+    return run
+
+
+def _ort_backend(spec: dict, tokenizer) -> Translate:
+    _limit_torch_threads(1)  # torch ops around ORT calls must not compete with ORT's pool
+    from wdctl.export.decode import OrtTranslator
+
+    files = {k: spec[k] for k in ("encoder_file", "decoder_file") if spec.get(k)}
+    translator = OrtTranslator(spec["model"], threads=spec["threads"], device="cpu", **files)
+
+    def run(sentences: list[str], batch_size: int) -> list[str]:
+        return translator.translate(sentences, beams=spec["beams"], batch_size=batch_size,
+                                    max_length=spec["max_length"], length_penalty=spec["length_penalty"])
+
+    return run
+
+
+class _Evaluable:
+    """ORTModelForSeq2SeqLM has no `.eval()`; `translate_torch` calls it."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+
+    def eval(self):
+        return self
+
+    def generate(self, **kwargs):
+        return self.model.generate(**kwargs)
+
+
+def _ort_optimum_backend(spec: dict, tokenizer) -> Translate:
+    _limit_torch_threads(1)
+    from optimum.onnxruntime import ORTModelForSeq2SeqLM
+
+    from wdctl.export.session import session_options  # the same options OrtTranslator uses
+    from wdctl.passes.translate import translate_torch
+
+    model = ORTModelForSeq2SeqLM.from_pretrained(
+        spec["model"], encoder_file_name=spec.get("encoder_file") or "encoder_model.onnx",
+        decoder_file_name=spec.get("decoder_file") or "decoder_model_merged.onnx",
+        session_options=session_options(spec["threads"]), provider="CPUExecutionProvider",
+        use_cache=True, local_files_only=True)
+    wrapped = _Evaluable(model)
+
+    def run(sentences: list[str], batch_size: int) -> list[str]:
+        return translate_torch(wrapped, tokenizer, sentences, beams=spec["beams"], batch_size=batch_size,
+                               max_length=spec["max_length"], length_penalty=spec["length_penalty"])
+
+    return run
+
+
+def _ct2_backend(spec: dict, tokenizer) -> Translate:
+    import ctranslate2
+
+    translator = ctranslate2.Translator(spec["model"], device="cpu", compute_type="int8",
+                                        intra_threads=spec["threads"], inter_threads=1)
+    beams, max_length = spec["beams"], spec["max_length"]
+    truncate = min(max_length, tokenizer.model_max_length)
+
+    def run(sentences: list[str], batch_size: int) -> list[str]:
+        out = [""] * len(sentences)
+        for idx in _sorted_batches(sentences, batch_size):
+            ids = tokenizer([sentences[i] for i in idx], truncation=True, max_length=truncate)["input_ids"]
+            tokens = [tokenizer.convert_ids_to_tokens(x) for x in ids]
+            # transformers' max_length counts the decoder start token and Marian forces `</s>` at
+            # the last position, so it emits at most limit - 2 real tokens; CTranslate2 counts
+            # neither the start token nor a forced end
+            limit = min(max_length, output_limit(max(len(x) for x in ids))) - 2
+            results = translator.translate_batch(
+                tokens, beam_size=beams, max_batch_size=0, max_decoding_length=limit,
+                length_penalty=spec["length_penalty"], return_scores=False)
+            for i, result in zip(idx, results):
+                out[i] = tokenizer.decode(tokenizer.convert_tokens_to_ids(result.hypotheses[0]),
+                                          skip_special_tokens=True)
+        return out
+
+    return run
+
+
+LOADERS = {"torch": _torch_backend, "ort": _ort_backend, "ort-int8": _ort_backend,
+           "ort-optimum": _ort_optimum_backend, "ct2": _ct2_backend}
+
+
+def _one_line(texts: list[str]) -> list[str]:
+    return [" ".join(t.splitlines()) if t else "" for t in texts]
+
+
+def _count_target_tokens(tokenizer, texts: list[str]) -> int:
+    if not texts:
+        return 0
+    encoded = tokenizer(text_target=texts, add_special_tokens=False)["input_ids"]
+    return sum(len(x) for x in encoded)
+
+
+def measure(spec: dict) -> dict:
+    """Load, warm up, time; write the hypotheses file; return the result dict."""
+    start = time.perf_counter()
+    sources = Path(spec["sources"]).read_text(encoding="utf-8").split("\n")[:-1]
+    tokenizer = _load_tokenizer(spec["tokenizer"])
+    translate = LOADERS[spec["backend"]](spec, tokenizer)
+    load_seconds = time.perf_counter() - start
+    batch_size = spec["batch_size"]
+
+    warm = sources[: max(batch_size, WARMUP_SENTENCES)]
+    t0 = time.perf_counter()
+    if batch_size == 1:
+        for sentence in warm:
+            translate([sentence], 1)
+    else:
+        translate(warm, batch_size)
+    warmup_seconds = time.perf_counter() - t0
+
+    seconds, latencies, passes = [], [], []
+    for _ in range(spec["repeats"]):
+        if batch_size == 1:
+            hyps = []
+            t_pass = time.perf_counter()
+            for sentence in sources:
+                t0 = time.perf_counter()
+                hyps.extend(translate([sentence], 1))
+                latencies.append((time.perf_counter() - t0) * 1000.0)
+            seconds.append(time.perf_counter() - t_pass)
+        else:
+            t0 = time.perf_counter()
+            hyps = translate(sources, batch_size)
+            seconds.append(time.perf_counter() - t0)
+        passes.append(_one_line(hyps))
+
+    hyps = passes[-1]
+    if len(hyps) != len(sources):
+        raise RuntimeError(f"backend returned {len(hyps)} hypotheses for {len(sources)} sentences")
+    Path(spec["hypotheses"]).write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
+    return {
+        "backend": spec["backend"],
+        "seconds": seconds,
+        "latencies_ms": latencies,
+        "warmup_seconds": warmup_seconds,
+        "load_seconds": load_seconds,
+        "target_tokens": _count_target_tokens(tokenizer, hyps),
+        "stable": all(p == hyps for p in passes),
+        "threads": spec["threads"],
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "env_threads": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m wdctl.export.bench_worker SPEC.json", file=sys.stderr)
+        return 2
+    spec = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
+    try:
+        if spec["backend"] not in LOADERS:
+            raise ValueError(f"unknown backend {spec['backend']!r}")
+        result = measure(spec)
+        code = 0
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, which decides
+        traceback.print_exc()
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        result = {"backend": spec.get("backend"), "error": f"{type(exc).__name__}: {message}"[:500]}
+        code = 1
+    Path(spec["result"]).write_text(json.dumps(result) + "\n", encoding="utf-8")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

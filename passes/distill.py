@@ -1,0 +1,207 @@
+"""Distilled data (sequence-level KD): the teacher translates the training source side.
+
+`distill` runs the teacher over every training source sentence with beam search, in batches,
+and caches the hypotheses on disk under a key that hashes
+
+- the teacher directory (every file: weights, config, tokenizer),
+- the source sentences (in order),
+- the decoding settings (beams, length penalty, output length limit, backend),
+
+so a rerun — or another student distilled from the same teacher and data — reuses them. The
+translation is done in chunks, each written atomically as soon as it is finished: an
+interrupted run (Ctrl-C) keeps its finished chunks and resumes after them. When all chunks are
+done they are joined into one `distilled-KEY.tsv` (source<TAB>hypothesis, written atomically)
+next to a `distilled-KEY.json` that records what was hashed.
+
+Backends: `translate_torch` (PyTorch beam search), or, with `fast=True` when `wdctl.export`
+is installed, the teacher's ONNX export (made once into the cache) run by onnxruntime.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from wdctl.atomic import atomic_write_text
+from wdctl.corpus import Pair
+from wdctl.errors import InputError, WdctlError
+from wdctl.passes.translate import translate_torch
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+CHUNK_SIZE = 512  # sentences per resumable chunk
+_BLOCK = 1 << 20
+
+
+@dataclass(frozen=True)
+class DistillResult:
+    pairs: list[Pair]  # (source, teacher hypothesis); pairs whose hypothesis came out empty are dropped
+    path: Path  # the cache file
+    reused: bool  # True when nothing had to be translated in this call
+    translated: int  # sentences translated in this call
+    seconds: float
+    backend: str
+
+
+def teacher_fingerprint(teacher_dir: Path | str) -> str:
+    """sha256 over the names and bytes of every (non-hidden) file of the teacher directory."""
+    teacher_dir = Path(teacher_dir)
+    digest = hashlib.sha256()
+    files = sorted(p for p in teacher_dir.iterdir() if p.is_file() and not p.name.startswith("."))
+    if not any(p.name == "model.safetensors" for p in files):
+        raise InputError(f"{teacher_dir}: no model.safetensors")
+    for path in files:
+        digest.update(path.name.encode() + b"\0")
+        with open(path, "rb") as f:
+            while block := f.read(_BLOCK):
+                digest.update(block)
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def cache_key(teacher_hash: str, sources: list[str], settings: dict) -> str:
+    digest = hashlib.sha256()
+    digest.update(json.dumps({"version": CACHE_VERSION, "teacher": teacher_hash, "settings": settings},
+                             sort_keys=True).encode())
+    for s in sources:
+        digest.update(s.encode("utf-8") + b"\0")
+    return digest.hexdigest()[:24]
+
+
+def _clean(text: str) -> str:
+    """One line, no tabs: hypotheses are stored one per line in a TSV."""
+    return " ".join(text.replace("\t", " ").split())
+
+
+def _read_lines(path: Path) -> list[str]:
+    return path.read_text(encoding="utf-8").split("\n")[:-1]
+
+
+def _export_available() -> bool:
+    try:
+        from wdctl.export.decode import OrtTranslator  # noqa: F401
+        from wdctl.export.onnx_export import export_onnx  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class _TorchBackend:
+    name = "torch"
+
+    def __init__(self, teacher_dir: Path, threads: int):
+        from wdctl.passes.marian import load_marian
+
+        self.model, self.tokenizer = load_marian(teacher_dir)
+
+    def translate(self, sentences, beams, batch_size, max_length, length_penalty) -> list[str]:
+        return translate_torch(self.model, self.tokenizer, sentences, beams=beams, batch_size=batch_size,
+                               max_length=max_length, length_penalty=length_penalty)
+
+
+class _OnnxBackend:
+    """The teacher exported once (fp32) into the cache, decoded with onnxruntime."""
+
+    name = "onnx"
+
+    def __init__(self, teacher_dir: Path, threads: int, package_dir: Path):
+        from wdctl.export.decode import OrtTranslator
+        from wdctl.export.onnx_export import export_onnx
+
+        if not (package_dir / "config.json").is_file():
+            tqdm.write(f"distill: exporting the teacher to ONNX once, into {package_dir}")
+            export_onnx(teacher_dir, package_dir, force=package_dir.exists())
+        self.translator = OrtTranslator(package_dir, threads=threads)
+
+    def translate(self, sentences, beams, batch_size, max_length, length_penalty) -> list[str]:
+        return list(self.translator.translate(sentences, beams, batch_size, max_length, length_penalty))
+
+
+def distill(
+    teacher_dir: Path | str,
+    pairs: list[Pair],
+    cache_dir: Path | str,
+    *,
+    beams: int = 4,
+    batch_size: int = 32,
+    max_length: int = 256,
+    length_penalty: float = 1.0,
+    fast: bool = False,
+    threads: int = 1,
+    chunk_size: int = CHUNK_SIZE,
+    progress: bool = True,
+) -> DistillResult:
+    """Teacher translations of the source side of `pairs`, from the cache when possible."""
+    if beams < 1 or batch_size < 1 or max_length < 2 or chunk_size < 1:
+        raise InputError("distillation: beams and batch size must be >= 1, max length >= 2")
+    teacher_dir, cache_dir = Path(teacher_dir), Path(cache_dir)
+    started = time.perf_counter()
+    backend_name = "onnx" if fast and _export_available() else "torch"
+    if fast and backend_name == "torch":
+        log.info("wdctl.export is not available; distilling with PyTorch")
+    sources = [s for s, _ in pairs]
+    settings = {"beams": beams, "max_length": max_length, "length_penalty": length_penalty, "backend": backend_name}
+    teacher_hash = teacher_fingerprint(teacher_dir)
+    key = cache_key(teacher_hash, sources, settings)
+    final = cache_dir / f"distilled-{key}.tsv"
+
+    translated = 0
+    if final.is_file():
+        hypotheses = [line.split("\t", 1)[1] for line in _read_lines(final)]
+        if len(hypotheses) != len(sources):
+            raise WdctlError(f"{final}: corrupt distillation cache ({len(hypotheses)} lines for "
+                             f"{len(sources)} sentences); delete it and rerun")
+        tqdm.write(f"distill: reusing {final}")
+    else:
+        parts = cache_dir / f"distilled-{key}.parts"
+        parts.mkdir(parents=True, exist_ok=True)
+        backend = None
+        hypotheses = []
+        bar = tqdm(total=len(sources), desc=f"distill[{backend_name}, beam {beams}]", unit="sent",
+                   dynamic_ncols=True, disable=not progress)
+        for index, start in enumerate(range(0, len(sources), chunk_size)):
+            chunk = sources[start : start + chunk_size]
+            part = parts / f"chunk-{index:06d}.txt"
+            if part.is_file() and len(lines := _read_lines(part)) == len(chunk):
+                hypotheses += lines
+            else:
+                if backend is None:
+                    backend = (_OnnxBackend(teacher_dir, threads, cache_dir / f"teacher-onnx-{teacher_hash[:24]}")
+                               if backend_name == "onnx" else _TorchBackend(teacher_dir, threads))
+                out = [_clean(h) for h in backend.translate(chunk, beams, batch_size, max_length, length_penalty)]
+                if len(out) != len(chunk):
+                    raise WdctlError(f"distill: the {backend_name} backend returned {len(out)} translations "
+                                     f"for {len(chunk)} sentences")
+                atomic_write_text(part, "".join(h + "\n" for h in out))
+                hypotheses += out
+                translated += len(chunk)
+            bar.update(len(chunk))
+        bar.close()
+        atomic_write_text(final.with_suffix(".json"), json.dumps({
+            "teacher_dir": str(teacher_dir.resolve()), "teacher_sha256": teacher_hash, "sentences": len(sources),
+            "settings": settings, "cache_version": CACHE_VERSION,
+        }, indent=2) + "\n")
+        atomic_write_text(final, "".join(f"{_clean(s)}\t{h}\n" for s, h in zip(sources, hypotheses)))
+        shutil.rmtree(parts, ignore_errors=True)
+        del backend
+
+    kept = [(s, h) for s, h in zip(sources, hypotheses) if h.strip()]
+    if len(kept) < len(sources):
+        log.warning("distill: %d empty teacher translation(s) dropped", len(sources) - len(kept))
+    return DistillResult(pairs=kept, path=final, reused=translated == 0, translated=translated,
+                         seconds=time.perf_counter() - started, backend=backend_name)
+
+
+def distilled_pairs(teacher_dir: Path | str, pairs: list[Pair], cache_dir: Path | str, *, beams: int = 4,
+                    batch_size: int = 32, length_penalty: float = 1.0, **options) -> list[Pair]:
+    """(source, teacher translation) for every training pair; see `distill` for the options."""
+    return distill(teacher_dir, pairs, cache_dir, beams=beams, batch_size=batch_size,
+                   length_penalty=length_penalty, **options).pairs

@@ -1,0 +1,3 @@
+from wdctl.cli import entry
+
+entry()

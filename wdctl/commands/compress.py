@@ -1,0 +1,151 @@
+"""`wdctl compress` (and `wdctl inspect`, its plan-only twin)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from wdctl.app import app
+from wdctl.commands.options import AccumOpt, ForceOpt, MaxTokensOpt, SeedOpt, ThreadsOpt
+
+STUDENT_HELP = (
+    "Student shape: a preset or a YAML file of shape fields (encoder_layers, decoder_layers, d_model, "
+    "encoder_ffn_dim, decoder_ffn_dim, encoder_attention_heads, decoder_attention_heads, optional preset). "
+    "Presets: 'small' = the teacher's encoder and width with a 2-layer decoder (the paper's SMALL); "
+    "'tiny' = the teacher's encoder depth and a 1-layer decoder at half width throughout (d_model, FFN, "
+    "heads) — the closest a standard MarianConfig, with one d_model for both sides, can get to the paper's "
+    "TINY, whose encoder keeps full width; it is about a quarter of the teacher, much smaller than TINY. "
+    "The shape flags below override the preset/file."
+)
+
+StudentOpt = typer.Option("small", "--student", help=STUDENT_HELP)
+EncoderLayersOpt = typer.Option(None, "--encoder-layers", help="Student encoder layers (<= the teacher's).")
+DecoderLayersOpt = typer.Option(None, "--decoder-layers", help="Student decoder layers (<= the teacher's).")
+DModelOpt = typer.Option(None, "--d-model", help="Student width (<= the teacher's; divisible by --heads).")
+FfnDimOpt = typer.Option(None, "--ffn-dim", help="Student FFN size, encoder and decoder.")
+HeadsOpt = typer.Option(None, "--heads", help="Student attention heads, encoder and decoder.")
+SubsetMbOpt = typer.Option(None, "--subset-mb", help="Memory bound of one generator subset in MiB (default 256).")
+
+
+def student_request(student: str, encoder_layers=None, decoder_layers=None, d_model=None, ffn_dim=None,
+                    heads=None) -> dict:
+    """--student and the shape flags as the mapping `resolve_student` takes."""
+    from wdctl.config import read_yaml
+
+    if student.endswith((".yaml", ".yml")) or Path(student).is_file():
+        values = read_yaml(student)
+    else:
+        values = {"preset": student}
+    flags = {"encoder_layers": encoder_layers, "decoder_layers": decoder_layers, "d_model": d_model,
+             "encoder_ffn_dim": ffn_dim, "decoder_ffn_dim": ffn_dim,
+             "encoder_attention_heads": heads, "decoder_attention_heads": heads}
+    return {**values, **{k: v for k, v in flags.items() if v is not None}}
+
+
+def _print_plan(result: dict) -> None:
+    typer.echo(result["plan_text"])
+    fits = "fits" if result["phase1_estimate_bytes"] <= result["available_bytes"] else "DOES NOT FIT"
+    typer.echo(f"phase-1 memory: estimate {result['phase1_estimate_bytes'] / 2**30:.2f} GiB, "
+               f"available {result['available_bytes'] / 2**30:.2f} GiB ({fits})")
+    typer.echo(f"parameters: teacher {result['teacher_parameters']:,}, student {result['student_parameters']:,} "
+               f"({result['student_parameters'] / result['teacher_parameters']:.2f} of the teacher), "
+               f"generator {result['generator_parameters']:,}")
+
+
+@app.command("compress")
+def compress_command(
+    teacher_dir: Path = typer.Argument(..., help="Teacher MarianMT directory (safetensors weights + tokenizer)."),
+    data: Optional[str] = typer.Option(None, "--data", help="Training corpus: a directory with train/dev/test splits, a TSV file, or SRC,TGT text files. Test BLEU is reported when the directory has a test split."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output student MarianMT directory (loadable by transformers)."),
+    student: str = StudentOpt,
+    encoder_layers: Optional[int] = EncoderLayersOpt,
+    decoder_layers: Optional[int] = DecoderLayersOpt,
+    d_model: Optional[int] = DModelOpt,
+    ffn_dim: Optional[int] = FfnDimOpt,
+    heads: Optional[int] = HeadsOpt,
+    method: str = typer.Option("wd", "--method", help="wd: weight distillation (phase 1 trains the parameter generator with the teacher frozen, phase 2 fine-tunes the materialized student). Baselines on the same shape, data and step budget (phase1+phase2 steps, phase-1 schedule): kd = random init; cut-kd = init cut from the teacher (every r-th layer, leading rows/columns)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML of training options (TrainConfig keys): top-level keys apply to both phases, 'phase1:'/'phase2:' sections to one."),
+    phase1_steps: Optional[int] = typer.Option(None, "--phase1-steps", help="Phase-1 (generator) steps [2000]."),
+    phase2_steps: Optional[int] = typer.Option(None, "--phase2-steps", help="Phase-2 (student fine-tuning) steps [2000]."),
+    phase1_lr: Optional[float] = typer.Option(None, "--phase1-lr", help="Phase-1 peak learning rate [7e-4, as the release]."),
+    phase2_lr: Optional[float] = typer.Option(None, "--phase2-lr", help="Phase-2 peak learning rate [7e-4]."),
+    phase1_warmup: Optional[int] = typer.Option(None, "--phase1-warmup", help="Phase-1 warm-up steps [400; the release uses 4000]."),
+    phase2_warmup: Optional[int] = typer.Option(None, "--phase2-warmup", help="Phase-2 warm-up steps [100; the release uses 1000]."),
+    max_tokens: Optional[int] = MaxTokensOpt,
+    accum: Optional[int] = AccumOpt,
+    kd_weight: Optional[float] = typer.Option(None, "--kd-weight", help="Weight of an extra word-level KL term to the teacher, both phases [0: the release uses none]."),
+    seed: Optional[int] = SeedOpt,
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Checkpoints, logs, config and metrics (default: OUT.run). Rerun the same command to resume; finished phases are skipped. A run dir made with other settings is refused, or started over with --force."),
+    distill_cache: Optional[Path] = typer.Option(None, "--distill-cache", help="Cache of teacher translations, keyed by teacher, data and settings (default: $WDCTL_CACHE_DIR/distilled or ~/.cache/wdctl/distilled)."),
+    distill_beams: int = typer.Option(4, "--distill-beams", help="Beam size of the teacher translating the training data."),
+    onnx_distill: bool = typer.Option(False, "--onnx-distill", help="Translate the training data with the teacher's ONNX export (onnxruntime) instead of PyTorch."),
+    eval_sentences: int = typer.Option(200, "--eval-sentences", help="Dev sentences translated (greedy) at each evaluation during training; 0 = none."),
+    test_sentences: int = typer.Option(0, "--test-sentences", help="Cap on test sentences for the final BLEU (0 = all)."),
+    subset_mb: Optional[int] = SubsetMbOpt,
+    export: bool = typer.Option(True, "--export/--no-export", help="Also write the ONNX package OUT.onnx/ and the int8 package OUT.int8/ (re-scored)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the weight-grouping plan (classes, instances, groups, generator parameters and memory, subsets) and the phase-1 memory estimate; train nothing."),
+    threads: Optional[int] = ThreadsOpt,
+    force: bool = ForceOpt,
+) -> None:
+    """Compress a MarianMT teacher into a smaller student by Weight Distillation (or a baseline).
+
+    Pipeline: the teacher translates the training sources (beam search, cached) → train on
+    original ∪ distilled pairs with label-smoothed CE (ε 0.1), Adam(0.9, 0.98), inverse-sqrt
+    warm-up → write a standard MarianMT directory at OUT → test BLEU (greedy and beam 4) →
+    ONNX fp32/int8 packages. Each phase checkpoints into the run directory; Ctrl-C and rerun
+    resumes. Per-phase wall time and peak memory go to OUT.run/metrics.json.
+    """
+    from wdctl.config import read_yaml
+    from wdctl.pipeline import compress, phase_configs
+
+    options = read_yaml(config)
+    shared = {"max_tokens": max_tokens, "accum": accum, "kd_weight": kd_weight, "seed": seed}
+    per_phase = {"phase1": {"max_steps": phase1_steps, "lr": phase1_lr, "warmup": phase1_warmup},
+                 "phase2": {"max_steps": phase2_steps, "lr": phase2_lr, "warmup": phase2_warmup}}
+    p1, p2 = phase_configs(options)
+    p1, p2 = phase_configs({**shared, **{k: {n: v for n, v in d.items() if v is not None} for k, d in per_phase.items()}},
+                           base=(p1, p2))
+    result = compress(
+        teacher_dir, data, out,
+        student=student_request(student, encoder_layers, decoder_layers, d_model, ffn_dim, heads),
+        method=method, phase1=p1, phase2=p2, run_dir=run_dir, force=force, export=export, dry_run=dry_run,
+        cache_dir=distill_cache, distill_beams=distill_beams, fast_distill=onnx_distill,
+        eval_sentences=eval_sentences, test_sentences=test_sentences,
+        subset_bytes=subset_mb * 2**20 if subset_mb else None, threads=threads or 0,
+    )
+    if dry_run:
+        _print_plan(result)
+        typer.echo(f"method {method}; dry run: nothing trained")
+        return
+    typer.echo(f"student written to {out}")
+    for key in ("test_bleu_beam1", "test_bleu_beam4", "bleu_signature", "total_wall_seconds"):
+        if key in result:
+            typer.echo(f"  {key}: {result[key]}")
+    for name, info in result.get("phases", {}).items():
+        typer.echo(f"  {name}: {info['steps']} steps, {info['train_seconds']:.0f} s training, "
+                   f"peak RSS {info['peak_rss_mb']:.0f} MB")
+    for name, path in result.get("outputs", {}).items():
+        if name != "model":
+            typer.echo(f"  {name}: {path}")
+
+
+@app.command("inspect")
+def inspect_command(
+    teacher_dir: Path = typer.Argument(..., help="Teacher MarianMT directory (only config.json is read)."),
+    student: str = StudentOpt,
+    encoder_layers: Optional[int] = EncoderLayersOpt,
+    decoder_layers: Optional[int] = DecoderLayersOpt,
+    d_model: Optional[int] = DModelOpt,
+    ffn_dim: Optional[int] = FfnDimOpt,
+    heads: Optional[int] = HeadsOpt,
+    subset_mb: Optional[int] = SubsetMbOpt,
+) -> None:
+    """Print the weight-grouping plan for a student of this teacher (same as `compress --dry-run`)."""
+    from wdctl.pipeline import compress
+
+    result = compress(teacher_dir, None, None, dry_run=True,
+                      student=student_request(student, encoder_layers, decoder_layers, d_model, ffn_dim, heads),
+                      subset_bytes=subset_mb * 2**20 if subset_mb else None)
+    _print_plan(result)
