@@ -353,10 +353,14 @@ class OrtTranslator:
     # -- search
     def generate(self, input_ids: np.ndarray, attention_mask: np.ndarray, beams: int = 1,
                  max_length: int = 256, length_penalty: float = 1.0,
-                 early_stopping: Union[bool, str] = True) -> list[list[int]]:
+                 early_stopping: Union[bool, str] = True, prune: bool = True) -> list[list[int]]:
         """Token ids of the best hypothesis per sentence: without the decoder start token, with
         the final EOS (when one was generated), no padding. `max_length` counts the start token,
-        as in `generate()`."""
+        as in `generate()`.
+
+        `prune=True` drops finished sentences from the batch (faster). `prune=False` keeps them,
+        fed padding as `generate()` does, so that int8 files (whose activation scales depend on
+        the whole batch) give exactly `generate()`'s tokens at any batch size too."""
         input_ids = np.asarray(input_ids)
         attention_mask = np.asarray(attention_mask)
         if input_ids.ndim != 2 or input_ids.shape != attention_mask.shape:
@@ -371,17 +375,18 @@ class OrtTranslator:
         if max_length < 2:
             return [[] for _ in range(input_ids.shape[0])]
         if beams == 1:
-            return self._greedy(input_ids, attention_mask, max_length)
-        return self._beam(input_ids, attention_mask, beams, max_length, float(length_penalty), early_stopping)
+            return self._greedy(input_ids, attention_mask, max_length, prune)
+        return self._beam(input_ids, attention_mask, beams, max_length, float(length_penalty), early_stopping, prune)
 
-    def _greedy(self, input_ids, attention_mask, max_length: int) -> list[list[int]]:
+    def _greedy(self, input_ids, attention_mask, max_length: int, prune: bool) -> list[list[int]]:
         s = self.settings
         n = input_ids.shape[0]
         runner = self._runner(input_ids, attention_mask)
         history = np.full((n, max_length), s.pad_token_id, dtype=np.int64)
         history[:, 0] = s.decoder_start_token_id
-        lengths = np.zeros(n, dtype=np.int64)
-        alive = np.arange(n)
+        lengths = np.ones(n, dtype=np.int64)
+        alive = np.arange(n)  # sentence of each decoder row
+        active = np.ones(n, dtype=bool)  # rows still decoding (all of them when pruning)
         eos = np.asarray(s.eos_token_ids)
         tokens = history[:, 0]
         cur_len = 1
@@ -389,20 +394,22 @@ class OrtTranslator:
             scores = runner.step(tokens)
             self._process(scores, history[alive] if s.multi_bad else None, cur_len, max_length)
             tokens = scores.argmax(axis=1)
+            if not prune:
+                tokens[~active] = s.pad_token_id  # as generate() does for finished rows
             history[alive, cur_len] = tokens
             cur_len += 1
-            lengths[alive] = cur_len
-            done = np.isin(tokens, eos)
-            if cur_len >= max_length or done.all():
+            lengths[alive[active]] = cur_len
+            active &= ~np.isin(tokens, eos)
+            if cur_len >= max_length or not active.any():
                 break
-            if done.any():
-                keep = np.flatnonzero(~done)
-                alive, tokens = alive[keep], tokens[keep]
+            if prune and not active.all():
+                keep = np.flatnonzero(active)
+                alive, tokens, active = alive[keep], tokens[keep], active[keep]
                 runner.select(keep, sentences_changed=True)
         return [history[i, 1:lengths[i]].tolist() for i in range(n)]
 
     def _beam(self, input_ids, attention_mask, k: int, max_length: int, length_penalty: float,
-              early_stopping) -> list[list[int]]:
+              early_stopping, prune: bool) -> list[list[int]]:
         s = self.settings
         b = input_ids.shape[0]
         runner = self._runner(input_ids, attention_mask)
@@ -474,6 +481,8 @@ class OrtTranslator:
             done = ~improvable | (is_fin.all(axis=1) & (early_stopping is True))
             if cur_len >= L:
                 done[:] = True
+            if not prune and not done.all():
+                done[:] = False  # keep finished sentences in the batch, as generate() does
             for j in np.flatnonzero(done):
                 results[sentence[j]] = fin_seq[j, 0, 1:fin_len[j, 0]].tolist()
             if done.all():
@@ -492,7 +501,7 @@ class OrtTranslator:
     # -- text in, text out
     def translate(self, sentences: Sequence[str], beams: int = 1, batch_size: int = 32, max_length: int = 256,
                   length_penalty: float = 1.0, early_stopping: Union[bool, str] = True,
-                  progress: bool = False) -> list[str]:
+                  prune: bool = True, progress: bool = False) -> list[str]:
         """Translate in length-sorted batches; empty input lines give empty outputs (alignment
         kept). Same batching and output-length rule as `translate_torch`, so the two agree."""
         if batch_size < 1:
@@ -511,7 +520,7 @@ class OrtTranslator:
                       max_length=min(max_length, tok.model_max_length))
             limit = min(max_length, output_limit(enc["input_ids"].shape[1]))
             ids = self.generate(enc["input_ids"], enc["attention_mask"], beams=beams, max_length=limit,
-                                length_penalty=length_penalty, early_stopping=early_stopping)
+                                length_penalty=length_penalty, early_stopping=early_stopping, prune=prune)
             for i, text in zip(idx, tok.batch_decode(ids, skip_special_tokens=True)):
                 out[i] = text
         return out

@@ -13,8 +13,10 @@ decoder_input_ids=)` returning an object with `.logits`; only parameters with
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import random
 import resource
 import signal
@@ -54,6 +56,8 @@ class TrainConfig:
     average_last: int = 1  # average the last N checkpoints at the end (the release uses 5 for teachers)
     seed: int = 1
     threads: int = 0  # torch intra-op threads; 0 = torch's default
+    device: str = "cpu"  # "cpu" or "cuda[:N]"
+    precision: str = "fp32"  # "fp32", or autocast "bf16" / "fp16" (fp16 with loss scaling)
 
     def validate(self) -> "TrainConfig":
         positive = ("max_steps", "max_tokens", "accum", "warmup", "eval_every", "save_every", "log_every", "average_last")
@@ -62,6 +66,12 @@ class TrainConfig:
                 raise InputError(f"training option {name} must be positive, got {getattr(self, name)}")
         if self.lr <= 0 or not 0 <= self.label_smoothing < 1 or not 0 <= self.kd_weight <= 1:
             raise InputError("training options: lr must be > 0, label_smoothing in [0, 1), kd_weight in [0, 1]")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise InputError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise InputError("--device cuda: no CUDA device is visible to torch (this torch build or machine has no GPU)")
+        if not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise InputError(f"device must be cpu or cuda[:N], got {self.device!r}")
         self.adam_betas = tuple(self.adam_betas)
         return self
 
@@ -161,7 +171,7 @@ def sequence_loss(logits, labels, label_smoothing, kd_weight=0.0, teacher_logits
 # --- checkpoints -------------------------------------------------------------------------------
 
 def trainable_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {name: p.detach().contiguous() for name, p in model.named_parameters() if p.requires_grad}
+    return {name: p.detach().cpu().contiguous() for name, p in model.named_parameters() if p.requires_grad}
 
 
 def checkpoint_dirs(run_dir: Path) -> list[Path]:
@@ -206,7 +216,7 @@ def check_same_config(path: Path, saved: dict, cfg: TrainConfig) -> None:
 
 def load_trainable(model: nn.Module, path: Path) -> None:
     tensors = load_file(str(path / "trainable.safetensors"))
-    expected = set(trainable_tensors(model))
+    expected = {name for name, p in model.named_parameters() if p.requires_grad}
     if set(tensors) != expected:
         raise InputError(f"{path}: checkpoint does not match this model (different tensors); use a new run directory")
     with torch.no_grad():
@@ -249,6 +259,40 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
+# --- distribution ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Distributed:
+    """Rank and world size under `torchrun` (DDP: gloo on CPU, NCCL on GPU); 0 and 1 otherwise."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def sum(self, values: list[float]) -> list[float]:
+        if self.world == 1:
+            return values
+        t = torch.tensor(values, dtype=torch.float64)
+        torch.distributed.all_reduce(t)
+        return t.tolist()
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+
+
+def distributed(device: str = "cpu") -> Distributed:
+    """Join the process group that `torchrun` describes in the environment, if any."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return Distributed()
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    return Distributed(torch.distributed.get_rank(), torch.distributed.get_world_size())
+
+
 # --- the loop ----------------------------------------------------------------------------------
 
 def train(
@@ -263,79 +307,106 @@ def train(
     teacher: nn.Module | None = None,
     desc: str = "train",
 ) -> TrainResult:
-    """Train `model` in place on `examples`; resume from `run_dir/checkpoints` if present."""
+    """Train `model` in place on `examples`; resume from `run_dir/checkpoints` if present.
+
+    Under `torchrun` every rank walks the same batch stream and takes every world-th
+    micro-batch of a step, so the global batch (and the checkpoint) does not depend on the
+    world size; `accum` must be a multiple of it. Rank 0 alone writes and evaluates.
+    """
     cfg.validate()
     if cfg.kd_weight > 0 and teacher is None:
         raise InputError("kd_weight > 0 needs a teacher model")
+    dist = distributed(cfg.device)
+    if cfg.accum % dist.world:
+        raise InputError(f"--accum {cfg.accum} must be a multiple of the number of processes ({dist.world})")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
+    device = torch.device(cfg.device)
+    model.to(device)
+    if teacher is not None:
+        teacher.to(device).eval()
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, inverse_sqrt(cfg.warmup))
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
     stream = BatchStream(examples, cfg.max_tokens, cfg.seed)
     step, seconds = 0, 0.0
 
     existing = checkpoint_dirs(run_dir)
     if existing:
         load_trainable(model, existing[-1])
-        state = torch.load(existing[-1] / "state.pt", weights_only=True)
+        state = torch.load(existing[-1] / "state.pt", weights_only=True, map_location="cpu")
         check_same_config(existing[-1], state.get("config", {}), cfg)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         stream.seek(state["epoch"], state["index"])
         torch.set_rng_state(state["torch_rng"])
         step, seconds = state["step"], state["seconds"]
-        tqdm.write(f"{desc}: resuming from {existing[-1]} (step {step})")
+        if dist.is_main:
+            tqdm.write(f"{desc}: resuming from {existing[-1]} (step {step})")
+    forward = model
+    if dist.world > 1:
+        forward = nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
 
     log_path = run_dir / "log.jsonl"
     history: list[dict] = []
 
     def log(record: dict) -> None:
         history.append(record)
-        with open(log_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        if dist.is_main:
+            with open(log_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
 
     def out_of_time() -> bool:
         return cfg.max_minutes > 0 and seconds >= cfg.max_minutes * 60
 
     model.train()
-    if teacher is not None:
-        teacher.eval()
-    bar = tqdm(total=cfg.max_steps, initial=step, desc=desc, unit="step", dynamic_ncols=True)
+    bar = tqdm(total=cfg.max_steps, initial=step, desc=desc, unit="step", dynamic_ncols=True, disable=not dist.is_main)
     window_loss, window_tokens, window_time = 0.0, 0, 0.0
     with _StopFlag() as stop:
         while step < cfg.max_steps and not out_of_time():
             started = time.perf_counter()
             micro = [collate(stream.next(), pad_id, start_id) for _ in range(cfg.accum)]
-            n_tokens = sum(int((b["labels"] != -100).sum()) for b in micro)
+            n_tokens = sum(int((b["labels"] != -100).sum()) for b in micro)  # global: same on every rank
+            mine = micro[dist.rank :: dist.world]
             optimizer.zero_grad(set_to_none=True)
-            step_loss = 0.0
-            for batch in micro:
+            local_loss = 0.0
+            for j, batch in enumerate(mine):
+                batch = {k: v.to(device) for k, v in batch.items()}
                 labels = batch.pop("labels")
-                logits = model(**batch).logits
-                teacher_logits = None
-                if cfg.kd_weight > 0:
-                    with torch.no_grad():
-                        teacher_logits = teacher(**batch).logits
-                loss = sequence_loss(logits, labels, cfg.label_smoothing, cfg.kd_weight, teacher_logits) / n_tokens
-                if not torch.isfinite(loss):
-                    last = checkpoint_dirs(run_dir)
-                    raise WdctlError(
-                        f"{desc}: non-finite loss at step {step + 1}; stopped. Last good checkpoint: "
-                        f"{last[-1] if last else 'none'} (try a lower --lr or a longer warmup)"
-                    )
-                loss.backward()
-                step_loss += float(loss.detach())
+                sync = contextlib.nullcontext() if forward is model or j == len(mine) - 1 else forward.no_sync()
+                with sync, torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                    logits = forward(**batch).logits
+                    teacher_logits = None
+                    if cfg.kd_weight > 0:
+                        with torch.no_grad():
+                            teacher_logits = teacher(**batch).logits
+                    loss = sequence_loss(logits, labels, cfg.label_smoothing, cfg.kd_weight, teacher_logits) / n_tokens
+                    # DDP averages gradients over ranks; the loss is a sum over the global batch.
+                    scaler.scale(loss * dist.world).backward()
+                local_loss += float(loss.detach())
+            step_loss, stop_votes, elapsed = dist.sum(
+                [local_loss, float(stop.signal is not None), time.perf_counter() - started]
+            )
+            if not math.isfinite(step_loss):
+                last = checkpoint_dirs(run_dir)
+                raise WdctlError(
+                    f"{desc}: non-finite loss at step {step + 1}; stopped. Last good checkpoint: "
+                    f"{last[-1] if last else 'none'} (try a lower --lr or a longer warmup)"
+                )
             if cfg.clip_norm > 0:
+                scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(params, cfg.clip_norm)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             scheduler.step()
             step += 1
-            elapsed = time.perf_counter() - started
+            elapsed /= dist.world
             seconds += elapsed
             window_loss, window_tokens, window_time = window_loss + step_loss, window_tokens + n_tokens, window_time + elapsed
             bar.update(1)
@@ -352,19 +423,23 @@ def train(
                 log(record)
                 window_loss, window_tokens, window_time = 0.0, 0, 0.0
             finished = step >= cfg.max_steps or out_of_time()
-            if step % cfg.save_every == 0 or finished or stop.signal is not None:
-                save_checkpoint(run_dir, model, optimizer, scheduler, stream, step, seconds, cfg)
-            if stop.signal is not None:
+            if step % cfg.save_every == 0 or finished or stop_votes:
+                if dist.is_main:
+                    save_checkpoint(run_dir, model, optimizer, scheduler, stream, step, seconds, cfg)
+                dist.barrier()
+            if stop_votes:
                 bar.close()
                 raise TrainingInterrupted(
                     f"{desc}: interrupted at step {step}; checkpoint saved in {run_dir / 'checkpoints'}. "
                     "Run the same command again to resume."
                 )
             if evaluate is not None and (step % cfg.eval_every == 0 or finished):
-                model.eval()
-                log({"step": step, **evaluate(model)})
-                tqdm.write(f"{desc}: step {step}: {history[-1]}")
-                model.train()
+                if dist.is_main:
+                    model.eval()
+                    log({"step": step, **evaluate(model)})
+                    tqdm.write(f"{desc}: step {step}: {history[-1]}")
+                    model.train()
+                dist.barrier()
     bar.close()
 
     if cfg.average_last > 1:

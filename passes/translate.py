@@ -34,7 +34,7 @@ def translate_torch(
     for start in tqdm(starts, desc="translate", unit="batch", disable=not progress):
         idx = order[start : start + batch_size]
         enc = tokenizer([sentences[i] for i in idx], return_tensors="pt", padding=True, truncation=True,
-                        max_length=min(max_length, tokenizer.model_max_length))
+                        max_length=min(max_length, tokenizer.model_max_length)).to(model.device)
         limit = min(max_length, output_limit(enc["input_ids"].shape[1]))
         extra = {"early_stopping": True, "length_penalty": length_penalty} if beams > 1 else {}
         generated = model.generate(**enc, num_beams=beams, max_length=limit, **extra)

@@ -16,24 +16,21 @@ def bench_command(
     student: List[Path] = typer.Option(..., "--student", help="Student MarianMT directory; repeat for several."),
     data: str = typer.Option(..., "--data", help="Test data: a corpus directory (its --split is used), a TSV file, or SRC,TGT text files."),
     split: str = typer.Option("test", "--split", help="Split to read from a corpus directory."),
-    beams: Optional[str] = typer.Option(None, "--beams", help="Beam sizes, comma-separated [1,4; --quick: 1]."),
-    batch_sizes: Optional[str] = typer.Option(None, "--batch-sizes", help="Batch sizes, comma-separated [1,32; --quick: 1]."),
-    threads: Optional[str] = typer.Option(None, "--threads", help="Threads per measurement; a list such as 1,2 measures each [1]."),
-    backends: Optional[str] = typer.Option(None, "--backends", help="Backends, comma-separated, from torch (PyTorch fp32), ort (ONNX Runtime fp32, wdctl's decoder), ort-optimum (ONNX Runtime fp32 via optimum's generate, a reference), ort-int8 (ONNX Runtime int8, wdctl's decoder), ct2 (CTranslate2 int8; skipped with a note if ctranslate2 is not installed) [all]."),
-    max_sentences: Optional[int] = typer.Option(None, "--max-sentences", help="Use only the first N test sentences [all; --quick: 16]."),
-    repeats: Optional[int] = typer.Option(None, "--repeats", help="Timed passes per measurement, after one warm-up pass [3; --quick: 1]."),
+    beams: Optional[str] = typer.Option(None, "--beams", help="Beam sizes, comma-separated (default 1,4; with --quick 1)."),
+    batch_sizes: Optional[str] = typer.Option(None, "--batch-sizes", help="Batch sizes, comma-separated (default 1,32; with --quick 1)."),
+    threads: Optional[str] = typer.Option(None, "--threads", help="Threads per measurement; a list such as 1,2 measures each (default 1)."),
+    backends: Optional[str] = typer.Option(None, "--backends", help="Backends, comma-separated, from torch (PyTorch fp32), ort (ONNX Runtime fp32, wdctl's decoder), ort-optimum (ONNX Runtime fp32 via optimum's generate, a reference), ort-int8 (ONNX Runtime int8, wdctl's decoder), ct2 (CTranslate2 int8; skipped with a note if ctranslate2 is not installed). Default: all."),
+    max_sentences: Optional[int] = typer.Option(None, "--max-sentences", help="Use only the first N test sentences (default all; with --quick 16)."),
+    repeats: Optional[int] = typer.Option(None, "--repeats", help="Timed passes per measurement, after one warm-up pass (default 3; with --quick 1)."),
     max_length: int = typer.Option(256, "--max-length", help="Longest output in tokens (also capped at 1.5 x source + 10)."),
     out: Path = typer.Option(Path("runs/bench"), "--out", help="Report directory: report.md, report.json, bleu_vs_speed.png, hypotheses/, logs/, packages/."),
-    packages: Optional[Path] = typer.Option(None, "--packages", help="Cache of exported ONNX/int8/CTranslate2 packages, reused across runs [OUT/packages, carried over by --force]."),
+    packages: Optional[Path] = typer.Option(None, "--packages", help="Cache of exported ONNX/int8/CTranslate2 packages, reused across runs (default OUT/packages, carried over to the new report by --force)."),
     quick: bool = typer.Option(False, "--quick", help="Smoke run: 16 sentences, 1 timed pass, greedy, batch 1 (explicit flags still win)."),
     force: bool = typer.Option(False, "--force", help="Replace a report directory that wdctl wrote earlier."),
 ) -> None:
-    """Speed, size and quality of a teacher and its students in PyTorch, ONNX Runtime (fp32, int8)
-    and CTranslate2, greedy and beam, at each batch size.
+    """Speed, size and quality of a teacher and its students in PyTorch, ONNX Runtime (fp32, int8) and CTranslate2, greedy and beam, at each batch size.
 
-    Each measurement runs in its own process (warm-up, then timed passes); the report gives BLEU
-    and chrF, sentences/s and target tokens/s (median, min–max), latency p50/p90 at batch 1,
-    peak RSS, size on disk and speed-ups against the teacher.
+    Exports each model to ONNX fp32 and int8 (and CTranslate2 int8) once, into the package cache. Each measurement runs in its own process (warm-up, then timed passes over the same sentences); the report gives BLEU and chrF, sentences/s and target tokens/s (median, min-max), latency p50/p90 at batch 1, peak RSS, size on disk and speed-ups against the teacher, in report.md, report.json and bleu_vs_speed.png.
     """
     from wdctl.export.bench import make_settings, run_bench
 

@@ -1,0 +1,284 @@
+"""`wdctl bench` and `wdctl demo`: a quick bench on a tiny teacher and a cut student exported in
+the test, its report checked against a JSON schema and its BLEU against sacrebleu on the saved
+hypotheses; bad input; failed measurements; the report and plot on their own."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+import sacrebleu
+
+from wdctl.corpus import read_parallel
+
+SCHEMA = json.loads((Path(__file__).parent / "report_schema.json").read_text(encoding="utf-8"))
+ALL_BACKENDS = ["torch", "ort", "ort-optimum", "ort-int8", "ct2"]
+
+
+def validate(report: dict) -> None:
+    jsonschema.validate(report, SCHEMA, cls=jsonschema.Draft202012Validator)
+
+
+def lines(path: Path) -> list[str]:
+    return path.read_text(encoding="utf-8").split("\n")[:-1]
+
+
+@pytest.fixture(scope="module")
+def tiny_student_dir(tmp_path_factory, tiny_teacher_dir) -> Path:
+    """A `tiny`-shaped student cut from the tiny teacher (no training: the bench does not care)."""
+    from wdctl.passes.cutoff import cut_teacher
+    from wdctl.passes.marian import generation_config, load_marian, save_marian
+    from wdctl.passes.student import resolve_student, student_config
+
+    teacher, tokenizer = load_marian(tiny_teacher_dir)
+    config = student_config(teacher.config, resolve_student("tiny", teacher.config))
+    student = cut_teacher(teacher.state_dict(), teacher.config, config)
+    student.generation_config = generation_config(student.config)
+    out = tmp_path_factory.mktemp("student") / "wd-tiny"
+    save_marian(student, tokenizer, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def quick_bench(tmp_path_factory, tiny_teacher_dir, tiny_student_dir, tiny_corpus):
+    """`wdctl bench --quick` over every backend, run once for the module."""
+    from wdctl.cli import main
+
+    out = tmp_path_factory.mktemp("bench") / "report"
+    code = main(["bench", "--teacher", str(tiny_teacher_dir), "--student", str(tiny_student_dir),
+                 "--data", str(tiny_corpus), "--quick", "--out", str(out)])
+    return code, out
+
+
+def test_quick_bench_writes_a_report_that_matches_the_schema(quick_bench):
+    code, out = quick_bench
+    assert code == 0
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    validate(report)
+    assert [s["role"] for s in report["systems"]] == ["teacher", "student"]
+    assert report["systems"][1]["parameters"] < report["systems"][0]["parameters"]
+    s = report["settings"]
+    assert (s["beams"], s["batch_sizes"], s["repeats"], s["sentences"], s["quick"]) == ([1], [1], 1, 16, True)
+    backends = ALL_BACKENDS if "ctranslate2" in report["versions"] else ALL_BACKENDS[:-1]
+    rows = report["rows"]
+    assert [(r["system"], r["backend"]) for r in rows] == [(sys, b) for sys in ("teacher", "wd-tiny") for b in backends]
+    assert all(r["status"] == "ok" for r in rows), [r["error"] for r in rows]
+    for r in rows:
+        assert r["latency_ms"]["count"] == 16  # batch 1: one latency per sentence and pass
+        assert r["latency_ms"]["p50"] <= r["latency_ms"]["p90"]
+        assert r["sentences_per_s"]["median"] == pytest.approx(16 / r["seconds"]["median"], rel=0.01)
+        assert r["size_mb"] > 0 and r["peak_rss_mb"] > 0
+        if r["role"] == "teacher":
+            assert r["speedup_vs_teacher_same_backend"] == 1.0
+    assert report["machine"]["model"] and report["versions"]["onnxruntime"]
+    assert report["command"].startswith("wdctl bench --teacher")
+
+
+def test_each_rows_bleu_is_sacrebleu_on_its_saved_hypotheses(quick_bench, tiny_corpus):
+    _, out = quick_bench
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    references = [t for _, t in read_parallel(tiny_corpus, "test")[:16]]
+    assert lines(out / report["data"]["references"]) == references
+    for r in report["rows"]:
+        hyps = lines(out / r["hypotheses"])
+        assert len(hyps) == 16
+        assert r["bleu"] == round(sacrebleu.corpus_bleu(hyps, [references]).score, 2), r["id"]
+        assert r["chrf"] == round(sacrebleu.corpus_chrf(hyps, [references]).score, 2), r["id"]
+        assert r["bleu_signature"].startswith("nrefs:1|case:mixed|eff:no|tok:13a")
+
+
+def test_target_tokens_are_counted_with_the_models_tokenizer(quick_bench, tiny_teacher_dir):
+    from transformers import AutoTokenizer
+
+    _, out = quick_bench
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    tokenizer = AutoTokenizer.from_pretrained(tiny_teacher_dir)
+    row = next(r for r in report["rows"] if r["id"].startswith("teacher.torch."))
+    hyps = lines(out / row["hypotheses"])
+    assert row["target_tokens"] == sum(len(tokenizer(text_target=h, add_special_tokens=False)["input_ids"]) for h in hyps)
+
+
+def test_fp32_backends_agree_with_pytorch(quick_bench):
+    """PyTorch, wdctl's ORT decoder and optimum's generate decode the same tokens in fp32."""
+    _, out = quick_bench
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    for system in ("teacher", "wd-tiny"):
+        by_backend = {r["backend"]: lines(out / r["hypotheses"]) for r in report["rows"] if r["system"] == system}
+        assert by_backend["ort"] == by_backend["torch"], system
+        assert by_backend["ort-optimum"] == by_backend["torch"], system
+
+
+def test_report_md_plot_and_packages_exist(quick_bench):
+    _, out = quick_bench
+    md = (out / "report.md").read_text(encoding="utf-8")
+    for text in ("# wdctl bench report", "## Settings", "## Machine and versions", "### greedy (beam 1), batch 1",
+                 "| system | backend | BLEU | chrF |", "ORT int8 (wdctl decoder)", "p50 ms", "bleu_vs_speed.png",
+                 "nrefs:1"):
+        assert text in md, text
+    assert (out / "bleu_vs_speed.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    for system in report["systems"]:
+        for kind, path in system["packages"].items():
+            assert (out / path).is_dir(), (kind, path)
+    assert (out / ".wdctl").is_file() and not list(out.parent.glob(".report.tmp-*"))
+
+
+def test_rerun_with_force_reuses_the_exported_packages(quick_bench, tiny_teacher_dir, tiny_student_dir,
+                                                        tiny_corpus, cli):
+    _, out = quick_bench
+    code, _, err = cli("bench", "--teacher", tiny_teacher_dir, "--student", tiny_student_dir, "--data", tiny_corpus,
+                       "--quick", "--backends", "ort-int8", "--max-sentences", 4, "--out", out, "--force")
+    assert code == 0, err
+    assert "teacher: reusing the int8 package" in err and "wd-tiny: reusing the fp32 package" in err
+    assert "building" not in err
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    validate(report)
+    assert [r["backend"] for r in report["rows"]] == ["ort-int8", "ort-int8"]
+
+
+def test_existing_output_without_force_is_refused(quick_bench, tiny_teacher_dir, tiny_corpus, cli):
+    _, out = quick_bench
+    code, _, err = cli("bench", "--teacher", tiny_teacher_dir, "--student", tiny_teacher_dir, "--data", tiny_corpus,
+                       "--quick", "--out", out)
+    assert code == 2 and "pass --force" in err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--teacher", "{missing}"], "model directory not found"),
+    (["--beams", "1,x"], "--beams: expected comma-separated positive integers, got '1,x'"),
+    (["--beams", "0"], "--beams: expected comma-separated positive integers"),
+    (["--batch-sizes", "-1"], "--batch-sizes: expected"),
+    (["--threads", "two"], "--threads: expected"),
+    (["--backends", "torch,tensorrt"], "--backends: unknown backend(s) tensorrt"),
+    (["--repeats", "0"], "--repeats must be at least 1"),
+    (["--data", "{missing}"], "file not found"),
+    (["--student", "{corpus}"], "not a model directory (no config.json)"),
+])
+def test_bad_input_exits_2_with_one_line(cli, tiny_teacher_dir, tiny_corpus, tmp_path, args, message):
+    values = {"--teacher": str(tiny_teacher_dir), "--student": str(tiny_teacher_dir), "--data": str(tiny_corpus),
+              "--out": str(tmp_path / "out")}
+    extra = []
+    for flag, value in zip(args[::2], args[1::2]):
+        value = value.format(missing=tmp_path / "missing", corpus=tiny_corpus)
+        if flag in values:
+            values[flag] = value
+        else:
+            extra += [flag, value]
+    argv = ["bench", *[x for pair in values.items() for x in pair], "--quick", *extra]
+    code, out, err = cli(*argv)
+    assert code == 2, (out, err)
+    assert err.startswith("wdctl: error: ") and err.count("\n") == 1, err
+    assert message in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_failed_measurements_are_reported_and_exit_1(cli, tiny_teacher_dir, tiny_corpus, tmp_path, monkeypatch):
+    """A worker that fails leaves a failed row in a written report; the command exits 1."""
+    import wdctl.export.bench as bench
+
+    references = [t for _, t in read_parallel(tiny_corpus, "test")[:4]]
+
+    def fake_worker(m, settings, sources, work, hyp_path, log_path):
+        log_path.write_text("log\n")
+        if m.system.role == "student":
+            return {"error": "RuntimeError: boom"}
+        hyp_path.write_text("".join(r + "\n" for r in references), encoding="utf-8")
+        return {"seconds": [0.5, 0.4, 0.6], "latencies_ms": [10.0, 20.0, 30.0, 40.0] * 3, "target_tokens": 100,
+                "peak_rss_mb": 300.0, "load_seconds": 1.0, "stable": True}
+
+    monkeypatch.setattr(bench, "run_worker", fake_worker)
+    out = tmp_path / "out"
+    code, _, err = cli("bench", "--teacher", tiny_teacher_dir, "--student", tiny_teacher_dir, "--data", tiny_corpus,
+                       "--backends", "torch", "--beams", "1", "--batch-sizes", "1", "--max-sentences", 4, "--out", out)
+    assert code == 1
+    assert "1 of 2 measurement(s) failed" in err and "boom" in err and err.count("\n") == 1
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    validate(report)
+    teacher, student = report["rows"]
+    assert teacher["status"] == "ok" and teacher["bleu"] == 100.0
+    assert teacher["seconds"]["median"] == 0.5 and teacher["sentences_per_s"] == {"median": 8.0, "min": 6.67, "max": 10.0}
+    assert teacher["latency_ms"]["p50"] == 25.0 and teacher["latency_ms"]["p90"] == 40.0
+    assert student["status"] == "failed" and student["error"] == "RuntimeError: boom" and student["bleu"] is None
+    assert "failed: RuntimeError: boom" in (out / "report.md").read_text(encoding="utf-8")
+
+
+def test_ct2_missing_is_a_note_not_a_failure(tiny_teacher_dir, tmp_path, monkeypatch):
+    import wdctl.export.bench as bench
+
+    monkeypatch.setattr(bench, "ct2_available", lambda: False)
+    systems = bench.make_systems(tiny_teacher_dir, [tiny_teacher_dir])
+    notes = bench.prepare_packages(systems, ("torch", "ct2"), tmp_path / "packages", log=lambda _: None)
+    assert notes == ["ct2: skipped, CTranslate2 is not installed (pip install 'wdctl[ct2]')"]
+    assert all(not s.packages for s in systems)
+    assert systems[0].name == "teacher" and systems[1].name != "teacher"
+
+
+def test_settings_defaults_quick_and_command(tiny_teacher_dir, tiny_corpus, tmp_path):
+    from wdctl.export.bench import make_settings
+
+    full = make_settings(tiny_teacher_dir, [tiny_teacher_dir], tiny_corpus, tmp_path / "o")
+    assert (full.beams, full.batch_sizes, full.threads, full.repeats) == ((1, 4), (1, 32), (1,), 3)
+    quick = make_settings(tiny_teacher_dir, [tiny_teacher_dir], tiny_corpus, tmp_path / "o", quick=True, beams="4,1,4")
+    assert (quick.beams, quick.batch_sizes, quick.repeats, quick.max_sentences) == ((4, 1), (1,), 1, 16)
+    assert "--beams 4,1 --batch-sizes 1 --threads 1" in quick.command and "--max-sentences 16" in quick.command
+
+
+def test_percentile_matches_numpy():
+    import numpy as np
+
+    from wdctl.export.bench import _percentile
+
+    data = [5.0, 1.0, 9.0, 3.0, 7.0, 2.0]
+    for q in (0, 50, 90, 100):
+        assert _percentile(data, q) == pytest.approx(float(np.percentile(data, q)))
+    assert _percentile([4.0], 90) == 4.0 and _percentile([], 50) is None
+
+
+def test_worker_output_limit_matches_translate_torch():
+    from wdctl.export.bench_worker import output_limit
+    from wdctl.passes.translate import output_limit as reference
+
+    assert all(output_limit(n) == reference(n) for n in range(0, 300))
+
+
+def test_report_renders_groups_by_beam_and_batch(tmp_path):
+    """Markdown and plot from a synthetic report with four settings (no measuring)."""
+    from wdctl.export.report import render_markdown, write_report
+
+    def row(system, backend, beams, batch, tps):
+        return {"id": f"{system}.{backend}.beam{beams}.bs{batch}.t1", "system": system,
+                "role": "teacher" if system == "teacher" else "student", "backend": backend,
+                "backend_label": backend, "precision": "fp32", "beams": beams, "batch_size": batch, "threads": 1,
+                "status": "ok", "error": None, "bleu": 20.0 + tps / 1000, "chrf": 40.0,
+                "sentences_per_s": {"median": tps / 30, "min": tps / 31, "max": tps / 29},
+                "tokens_per_s": {"median": tps, "min": tps * 0.9, "max": tps * 1.1},
+                "latency_ms": {"p50": 10.0, "p90": 12.0, "mean": 10.5, "count": 30} if batch == 1 else None,
+                "peak_rss_mb": 400.0, "size_mb": 12.3, "speedup_vs_teacher_same_backend": 1.0,
+                "speedup_vs_teacher_torch": 1.0, "stable": True}
+
+    rows = [row(s, b, beam, bs, 100.0 * (1 + i)) for beam in (1, 4) for bs in (1, 32)
+            for i, (s, b) in enumerate((s, b) for s in ("teacher", "wd-tiny") for b in ("torch", "ct2"))]
+    report = {"settings": {"beams": [1, 4], "batch_sizes": [1, 32], "threads": [1], "repeats": 3, "warmup": "w",
+                           "max_length": 256, "length_penalty": 1.0, "quick": False, "max_sentences": None},
+              "data": {"spec": "d", "split": "test", "sentences": 30}, "metrics": {"bleu": "b", "chrf": "c"},
+              "machine": {"model": "cpu", "cores": 2, "isa_flags": ["avx2"]}, "versions": {"torch": "2"},
+              "systems": [{"name": "teacher", "role": "teacher", "parameters": 10, "model_dir": "t", "packages": {}},
+                          {"name": "wd-tiny", "role": "student", "parameters": 5, "model_dir": "s", "packages": {}}],
+              "backends": {"torch": "PyTorch fp32", "ct2": "CTranslate2 int8"}, "notes": ["a note"], "rows": rows}
+    md = render_markdown(report)
+    titles = [line for line in md.splitlines() if line.startswith("### ")]
+    assert titles == ["### greedy (beam 1), batch 1", "### greedy (beam 1), batch 32", "### beam 4, batch 1",
+                      "### beam 4, batch 32"]
+    assert md.count("p50 ms") == 2 and "- a note" in md
+    write_report(tmp_path, report)
+    assert (tmp_path / "bleu_vs_speed.png").stat().st_size > 10_000
+    assert json.loads((tmp_path / "report.json").read_text())["files"]["plot"] == "bleu_vs_speed.png"
+
+
+def test_demo_help_says_it_is_a_shorter_schedule(cli):
+    code, out, _ = cli("demo", "--help")
+    flat = " ".join(out.split())
+    assert code == 0
+    assert "shorter schedule than the full recipe" in flat and "report.md" in flat and "reused" in flat
