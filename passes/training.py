@@ -20,6 +20,7 @@ import os
 import random
 import resource
 import signal
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -348,7 +349,7 @@ def train(
         torch.set_rng_state(state["torch_rng"])
         step, seconds = state["step"], state["seconds"]
         if dist.is_main:
-            tqdm.write(f"{desc}: resuming from {existing[-1]} (step {step})")
+            tqdm.write(f"{desc}: resuming from {existing[-1]} (step {step})", file=sys.stderr)
     forward = model
     if dist.world > 1:
         forward = nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
@@ -437,7 +438,7 @@ def train(
                 if dist.is_main:
                     model.eval()
                     log({"step": step, **evaluate(model)})
-                    tqdm.write(f"{desc}: step {step}: {history[-1]}")
+                    tqdm.write(f"{desc}: step {step}: {history[-1]}", file=sys.stderr)
                     model.train()
                 dist.barrier()
     bar.close()

@@ -45,7 +45,7 @@ def train_vocabulary(pairs: list[Pair], out_dir: Path, vocab_size: int, seed: in
         pad_id=-1,
         input_sentence_size=2_000_000,
         shuffle_input_sentence=True,
-        num_threads=2,
+        num_threads=1,  # deterministic pieces for a given seed
         minloglevel=2,
     )
     proto = model.getvalue()

@@ -100,7 +100,7 @@ def baseline_config(phase1: TrainConfig, phase2: TrainConfig) -> TrainConfig:
 
 
 # Options that may change between a run and its resumption (they do not change what is trained).
-_VOLATILE = ("threads", "eval_every", "save_every", "log_every", "max_minutes")
+_VOLATILE = ("threads", "eval_every", "save_every", "log_every", "max_minutes", "device")
 
 
 def _schedule_fingerprint(cfg: TrainConfig) -> dict:
@@ -249,9 +249,10 @@ def probe_loss(model: nn.Module, examples: list, pad_id: int, start_id: int, lab
     """Label-smoothed CE per target token of `model` (eval mode) on a fixed list of examples."""
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     total, tokens = 0.0, 0
     for i in range(0, len(examples), 16):
-        batch = collate(examples[i : i + 16], pad_id, start_id)
+        batch = {k: v.to(device) for k, v in collate(examples[i : i + 16], pad_id, start_id).items()}
         labels = batch.pop("labels")
         total += float(sequence_loss(model(**batch).logits, labels, label_smoothing))
         tokens += int((labels != -100).sum())
@@ -307,10 +308,12 @@ def run_phase(job: Job, name: str, build: Callable[[], nn.Module], cfg: TrainCon
                        evaluate=_dev_evaluator(job, to_marian),
                        teacher=job.teacher if cfg.kd_weight > 0 else None, desc=f"{job.method}:{name}")
         after = probe_loss(model, job.probe, job.pad_id, job.start_id, cfg.label_smoothing)
-        student = finish(model)
+        student = finish(model).to("cpu")  # train() may have moved it to --device
         if student is not model:
             freeze_pad_row(student)
         del model
+        if job.teacher is not None:
+            job.teacher.to("cpu")
     info = {
         "steps": result.steps,
         "train_seconds": round(result.train_seconds, 2),  # summed over resumptions
@@ -493,6 +496,8 @@ def compress(
 
     if data is None or out is None:
         raise InputError("--data and --out are required (except with --dry-run)")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise InputError("wdctl compress runs as one process; do not start it under torchrun")
     out = Path(out)
     run_dir = Path(run_dir) if run_dir else out.with_name(out.name + ".run")
     if not (teacher_dir / "model.safetensors").is_file():
@@ -539,12 +544,14 @@ def compress(
         torch.set_num_threads(threads)
     started = time.perf_counter()
     metrics: dict = {**summary, "memory_check": memory}
+    torch_threads = torch.get_num_threads()  # the ONNX backend holds torch to one thread
     distilled = distill(teacher_dir, train_pairs, cache_dir or default_cache_dir(), beams=distill_beams,
                         batch_size=distill_batch_size, max_length=MAX_LENGTH, length_penalty=length_penalty,
                         fast=fast_distill, threads=threads or 1, progress=progress)
     metrics["distill"] = {"cache": str(distilled.path), "reused": distilled.reused, "translated": distilled.translated,
                           "seconds": round(distilled.seconds, 2), "backend": distilled.backend,
                           "pairs": len(distilled.pairs)}
+    torch.set_num_threads(torch_threads)
     teacher, tokenizer = load_marian(teacher_dir)
     teacher.requires_grad_(False)
     pairs = _union(train_pairs, distilled.pairs)

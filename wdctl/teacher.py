@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
+import torch
 from transformers import AutoTokenizer
 
 from wdctl.atomic import atomic_dir, check_output_dir
@@ -72,6 +73,7 @@ def train_teacher(
         train_pairs, run_dir / "vocab", vocab_size or TEACHER_PRESETS[preset].vocab_size, cfg.seed
     )
     examples, _ = encode_pairs(tokenizer, train_pairs, max_length=256)
+    torch.manual_seed(cfg.seed)  # the initial weights depend on the seed alone
     model = build_teacher(preset, len(tokenizer))
     write_json(run_dir / "config.json", {"data": str(data), "preset": preset, "train": asdict(cfg),
                                          "vocab_size": len(tokenizer), "versions": versions()})

@@ -1,0 +1,221 @@
+"""Export a MarianMT directory to an onnxruntime package and verify it against PyTorch.
+
+The package holds `encoder_model.onnx`, `decoder_model_merged.onnx` (one decoder with and
+without KV cache, weights stored once), config, generation config and tokenizer files, so
+`ORTModelForSeq2SeqLM.from_pretrained(package)` loads it with its defaults and `OrtTranslator`
+decodes it. optimum also writes `decoder_model.onnx` and `decoder_with_past_model.onnx`: each
+stores the decoder weights (and the shared embeddings) again, and the merged file serves both
+uses, so they are deleted; the report records how many bytes that saved.
+
+Validation is part of the export: on sample sentences, PyTorch and onnxruntime logits
+(teacher-forced on PyTorch's greedy output) are compared, and greedy and beam-4 outputs must
+agree token for token. A failure raises `WdctlError` and leaves nothing at `out`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from wdctl.atomic import atomic_dir, check_output_dir
+from wdctl.errors import InputError, WdctlError
+from wdctl.runinfo import cpu_info, versions, write_json
+
+TASK = "text2text-generation-with-past"
+KEEP = ("encoder_model.onnx", "decoder_model_merged.onnx")
+DROP = ("decoder_model.onnx", "decoder_with_past_model.onnx")
+REPORT = "export_report.json"
+LOGIT_ATOL = 1e-3
+MIN_AGREEMENT = 0.9
+VALIDATION_BEAMS = 4
+
+SAMPLE_SENTENCES = (
+    "In the beginning God created the heaven and the earth.",
+    "And God said, Let there be light: and there was light.",
+    "The quick brown fox jumps over the lazy dog.",
+    "Where are you going?",
+    "I will give you rest.",
+    "Blessed are the meek: for they shall inherit the earth.",
+    "Please send the report before the meeting on Monday morning.",
+    "Yes.",
+)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """optimum's exporter prints tracer warnings and info lines that mean nothing to a user."""
+    loggers = [logging.getLogger(name) for name in ("optimum", "transformers", "torch.onnx")]
+    levels = [lg.level for lg in loggers]
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_level = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover
+        hf_logging, hf_level = None, None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels):
+                lg.setLevel(level)
+            if hf_logging is not None:
+                hf_logging.set_verbosity(hf_level)
+
+
+def _sizes(directory: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_size for p in sorted(directory.iterdir())
+            if p.is_file() and (p.suffix == ".onnx" or p.name.endswith(".onnx_data"))}
+
+
+def export_into(model_dir: Path, dest: Path) -> dict:
+    """Run optimum's exporter into the existing directory `dest` and keep encoder + merged
+    decoder only. Returns the size record. The model directory must already be checked."""
+    from optimum.exporters.onnx import main_export
+
+    started = time.perf_counter()
+    try:
+        with _quiet():
+            main_export(str(model_dir), output=str(dest), task=TASK, device="cpu", do_validation=False,
+                        local_files_only=True, trust_remote_code=False, library_name="transformers")
+    except Exception as exc:  # noqa: BLE001 - the exporter raises many types
+        raise WdctlError(f"{model_dir}: ONNX export failed ({str(exc).splitlines()[0][:300]})") from None
+    missing = [name for name in KEEP if not (dest / name).is_file()]
+    if missing:
+        raise WdctlError(f"{model_dir}: the exporter wrote no {', '.join(missing)} "
+                         "(optimum could not build a merged decoder with KV cache)")
+    all_files = _sizes(dest)
+    for name in DROP:
+        for path in (dest / name, dest / f"{name}_data"):
+            if path.exists():
+                path.unlink()
+    kept = _sizes(dest)
+    return {
+        "files": kept,
+        "onnx_total": sum(kept.values()),
+        "four_file_total": sum(all_files.values()),
+        "saved_by_merged_decoder": sum(all_files.values()) - sum(kept.values()),
+        "pytorch_weights": (model_dir / "model.safetensors").stat().st_size,
+        "export_seconds": round(time.perf_counter() - started, 2),
+    }
+
+
+def _ort_logits(tr, input_ids: np.ndarray, mask: np.ndarray, decoder_ids: np.ndarray) -> np.ndarray:
+    """Teacher-forced logits from the ONNX files (decoder's no-cache branch, whole sequence)."""
+    (hidden,) = tr.encoder.run([tr.encoder_output], {"input_ids": input_ids, "attention_mask": mask})
+    n = input_ids.shape[0]
+    feed = {"input_ids": decoder_ids, "encoder_attention_mask": mask, "encoder_hidden_states": hidden,
+            "use_cache_branch": np.zeros(1, dtype=bool)}
+    empty = np.zeros((n, tr.heads, 0, tr.head_dim), dtype=tr.kv_dtype)
+    feed.update({name: empty for name in tr.past_inputs})
+    return tr.decoder.run(["logits"], feed)[0].astype(np.float32)
+
+
+def _strip(seq: Sequence[int], pad: int) -> list[int]:
+    """A `generate()` row as OrtTranslator returns it: no start token, no trailing padding."""
+    seq = list(seq[1:])
+    while seq and seq[-1] == pad:
+        seq.pop()
+    return seq
+
+
+def validate_package(model, tokenizer, package: Path, sentences: Sequence[str], *, device: str = "cpu",
+                     beams: int = VALIDATION_BEAMS) -> dict:
+    """Compare PyTorch and onnxruntime on `sentences`: logits and greedy / beam token agreement."""
+    import torch
+
+    from wdctl.export.decode import OrtTranslator, output_limit
+
+    sentences = [s for s in sentences if s.strip()]
+    if not sentences:
+        raise InputError("no non-empty sample sentences to validate the export with")
+    pad = model.config.pad_token_id
+    enc = tokenizer(list(sentences), return_tensors="pt", padding=True, truncation=True,
+                    max_length=min(256, tokenizer.model_max_length))
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    limit = output_limit(ids.shape[1])
+    translator = OrtTranslator(package, device=device)
+    report: dict = {"sentences": len(sentences), "max_length": limit}
+    greedy_ref = None
+    for name, num_beams in (("greedy", 1), (f"beam{beams}", beams)):
+        extra = {"early_stopping": True} if num_beams > 1 else {}
+        with torch.inference_mode():
+            ref = model.generate(input_ids=ids, attention_mask=mask, num_beams=num_beams, max_length=limit, **extra)
+        if greedy_ref is None:
+            greedy_ref = ref
+        ref_rows = [_strip(row, pad) for row in ref.tolist()]
+        ort_rows = translator.generate(ids.numpy(), mask.numpy(), beams=num_beams, max_length=limit)
+        agree = sum(a == b for a, b in zip(ref_rows, ort_rows))
+        report[name] = {"agree": agree, "total": len(ref_rows), "agreement": round(agree / len(ref_rows), 4)}
+
+    with torch.inference_mode():
+        torch_logits = model(input_ids=ids, attention_mask=mask, decoder_input_ids=greedy_ref).logits.float().numpy()
+    ort_logits = _ort_logits(translator, ids.numpy(), mask.numpy(), greedy_ref.numpy())
+    # positions up to and including each row's EOS (later ones are padding)
+    valid = np.ones(greedy_ref.shape, dtype=bool)
+    for i, row in enumerate(greedy_ref.tolist()):
+        length = len(_strip(row, pad)) + 1
+        valid[i, length:] = False
+    diff = np.abs(torch_logits - ort_logits)[valid]
+    report["max_abs_logit_diff"] = float(diff.max())
+    report["mean_abs_logit_diff"] = float(diff.mean())
+    return report
+
+
+def export_onnx(model_dir: Path | str, out: Path | str, *, force: bool = False, device: str = "cpu",
+                validate: bool = True, sample_sentences: Sequence[str] | None = None,
+                logit_atol: float = LOGIT_ATOL, min_agreement: float = MIN_AGREEMENT) -> dict:
+    """Export `model_dir` (a MarianMT directory) to an onnxruntime package at `out`.
+
+    Returns the report, also written to `out/export_report.json`. A bad model directory raises
+    InputError, a failed export or validation WdctlError; either way nothing is left at `out`.
+    """
+    from wdctl.export.session import providers_for
+    from wdctl.passes.marian import load_marian
+
+    model_dir, out = Path(model_dir), Path(out)
+    check_output_dir(out, force)
+    providers_for(device)
+    with _quiet():
+        model, tokenizer = load_marian(model_dir)
+    sentences = list(sample_sentences) if sample_sentences else list(SAMPLE_SENTENCES)
+    started = time.perf_counter()
+    with atomic_dir(out, force) as tmp:
+        sizes = export_into(model_dir, tmp)
+        report: dict = {
+            "model_dir": str(model_dir),
+            "task": TASK,
+            "files": sorted(sizes["files"]),
+            "sizes": sizes,
+            "device": device,
+        }
+        if validate:
+            with _quiet():
+                check = validate_package(model, tokenizer, tmp, sentences, device=device)
+            check["logit_atol"] = logit_atol
+            check["min_agreement"] = min_agreement
+            failures = []
+            if not check["max_abs_logit_diff"] <= logit_atol:
+                failures.append(f"max |logit diff| {check['max_abs_logit_diff']:.2e} > {logit_atol:g}")
+            for key in ("greedy", f"beam{VALIDATION_BEAMS}"):
+                if check[key]["agreement"] < min_agreement:
+                    failures.append(f"{key} agrees on {check[key]['agree']}/{check[key]['total']} sentences")
+            check["passed"] = not failures
+            report["validation"] = check
+            if failures:
+                raise WdctlError(f"{model_dir}: ONNX export disagrees with PyTorch ({'; '.join(failures)}); "
+                                 f"nothing written to {out}")
+        report["seconds"] = round(time.perf_counter() - started, 2)
+        report["versions"] = versions()
+        report["cpu"] = cpu_info()
+        write_json(tmp / REPORT, report)
+    return report

@@ -1,0 +1,153 @@
+"""Interruption, atomic outputs, determinism, non-finite losses and safe loading."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from wdctl.errors import InputError, WdctlError
+from wdctl.passes.marian import load_marian
+from wdctl.passes.training import TrainConfig, train
+
+
+def teacher_cmd(corpus, out, steps=80):
+    return [sys.executable, "-m", "wdctl", "teacher", "train", "--data", str(corpus), "--out", str(out),
+            "--preset", "tiny", "--max-steps", str(steps), "--vocab-size", "300", "--threads", "1"]
+
+
+def logged_steps(run_dir: Path) -> int:
+    log = run_dir / "log.jsonl"
+    return max((json.loads(line)["step"] for line in log.read_text().splitlines()), default=0) if log.exists() else 0
+
+
+def test_sigint_mid_training_then_rerun_equals_uninterrupted(tmp_path, tiny_corpus):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # slow the run down a little with small batches so the signal lands mid-run
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("max_tokens: 256\nlog_every: 5\nsave_every: 20\n")
+    interrupted = tmp_path / "a" / "model"
+    proc = subprocess.Popen(teacher_cmd(tiny_corpus, interrupted) + ["--config", str(cfg)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while logged_steps(interrupted.with_name("model.run")) < 25 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-1000:]
+    assert "interrupted at step" in err and "Run the same command again to resume" in err
+    assert not interrupted.exists()
+    checkpoints = sorted((interrupted.with_name("model.run") / "checkpoints").glob("step-*"))
+    assert checkpoints and int(checkpoints[-1].name.split("-")[1]) < 80
+
+    rerun = subprocess.run(teacher_cmd(tiny_corpus, interrupted) + ["--config", str(cfg)], env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-1000:]
+    assert "resuming from" in rerun.stderr
+
+    straight = tmp_path / "b" / "model"
+    once = subprocess.run(teacher_cmd(tiny_corpus, straight) + ["--config", str(cfg)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert once.returncode == 0, once.stderr[-1000:]
+    a, b = load_file(str(interrupted / "model.safetensors")), load_file(str(straight / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6)
+
+
+def test_existing_output_is_refused_unless_force_and_foreign_dirs_are_never_replaced(tmp_path, tiny_corpus, cli):
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("user data")
+    code, _, err = cli("teacher", "train", "--data", tiny_corpus, "--out", foreign, "--preset", "tiny", "--max-steps", 2)
+    assert code == 2 and "output directory exists" in err
+    code, _, err = cli("teacher", "train", "--data", tiny_corpus, "--out", foreign, "--preset", "tiny",
+                       "--max-steps", 2, "--force")
+    assert code == 2 and "not written by wdctl" in err
+    assert (foreign / "notes.txt").read_text() == "user data"
+
+
+class _Exploding(nn.Module):
+    """Gives finite logits for a few steps, then NaN."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Embedding(20, 20)
+        self.calls = 0
+
+    def forward(self, input_ids, attention_mask, decoder_input_ids):
+        self.calls += 1
+        logits = self.proj(decoder_input_ids)
+        return type("Out", (), {"logits": logits * (float("nan") if self.calls > 4 else 1.0)})
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    examples = [([3, 4, 0], [5, 6, 0])] * 8
+    cfg = TrainConfig(max_steps=10, max_tokens=6, warmup=1, save_every=2, log_every=1)
+    with pytest.raises(WdctlError, match="non-finite loss at step 5.*step-00000004"):
+        train(_Exploding(), examples, cfg, tmp_path, pad_id=19, start_id=19, desc="t")
+    kept = sorted((tmp_path / "checkpoints").glob("step-*"))
+    assert kept and kept[-1].name == "step-00000004"
+    assert all(torch.isfinite(t).all() for t in load_file(str(kept[-1] / "trainable.safetensors")).values())
+
+
+def test_resume_with_different_settings_is_refused(tmp_path):
+    examples = [([3, 4, 0], [5, 6, 0])] * 8
+    model = _Exploding()
+    train(model, examples, TrainConfig(max_steps=2, max_tokens=6, warmup=1, save_every=1), tmp_path,
+          pad_id=19, start_id=19)
+    with pytest.raises(InputError, match="lr: 0.0007 -> 0.1"):
+        train(_Exploding(), examples, TrainConfig(max_steps=4, max_tokens=6, warmup=1, lr=0.1), tmp_path,
+              pad_id=19, start_id=19)
+
+
+def test_teacher_training_is_deterministic(tmp_path, tiny_corpus, cli):
+    outs = []
+    for name in ("x", "y"):
+        out = tmp_path / name
+        code, _, err = cli("teacher", "train", "--data", tiny_corpus, "--out", out, "--preset", "tiny",
+                           "--max-steps", 20, "--vocab-size", 300, "--threads", 1)
+        assert code == 0, err
+        outs.append(load_file(str(out / "model.safetensors")))
+    for name in outs[0]:
+        assert torch.equal(outs[0][name], outs[1][name]), name
+
+
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        (lambda d: None, "model directory not found"),
+        (lambda d: d.mkdir(), "no config.json"),
+        (lambda d: (d.mkdir(), (d / "config.json").write_text("{not json")), "unreadable model config"),
+        (lambda d: (d.mkdir(), (d / "config.json").write_text(json.dumps({"model_type": "bert"}))),
+         "model type 'bert' is not supported (supported: marian"),
+    ],
+)
+def test_bad_model_directories(tmp_path, setup, message):
+    target = tmp_path / "m"
+    setup(target)
+    with pytest.raises(InputError, match=message.replace("(", r"\(")):
+        load_marian(target)
+
+
+def test_pickle_weights_are_refused_and_corrupt_safetensors_reported(tmp_path, tiny_teacher_dir):
+    import shutil
+
+    pickled = tmp_path / "pickled"
+    shutil.copytree(tiny_teacher_dir, pickled)
+    (pickled / "model.safetensors").unlink()
+    (pickled / "pytorch_model.bin").write_bytes(b"\x80\x04pickle")
+    with pytest.raises(InputError, match="pytorch_model.bin is a pickle file, which wdctl refuses to load"):
+        load_marian(pickled)
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(tiny_teacher_dir, corrupt)
+    (corrupt / "model.safetensors").write_bytes(b"garbage" * 10)
+    with pytest.raises(InputError, match="model.safetensors: cannot load weights"):
+        load_marian(corrupt)

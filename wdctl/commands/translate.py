@@ -1,0 +1,85 @@
+"""`wdctl translate`: translate lines with a MarianMT directory or an exported ONNX package."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from wdctl.app import app
+
+
+def _read_input(path: Optional[Path]) -> list[str]:
+    from wdctl.corpus import read_lines
+    from wdctl.errors import InputError
+
+    if path is not None:
+        return read_lines(path, allow_empty=True)
+    raw = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode("utf-8")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"<stdin>: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+    if not text:
+        return []
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return [line.rstrip("\r") for line in lines]
+
+
+def is_onnx_package(model_dir: Path) -> bool:
+    return (Path(model_dir) / "encoder_model.onnx").is_file()
+
+
+@app.command("translate")
+def translate_command(
+    model_dir: Path = typer.Argument(..., help="A MarianMT directory, or a package written by `wdctl export` (has encoder_model.onnx)."),
+    input: Optional[Path] = typer.Option(None, "--input", "-i", help="Text file, one sentence per line (default: standard input)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Where to write translations, one per input line (default: standard output)."),
+    beams: int = typer.Option(4, "--beams", help="Beam size (1 = greedy)."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Sentences per batch (batches are length-sorted)."),
+    threads: int = typer.Option(1, "--threads", help="Intra-op threads (onnxruntime for packages, torch otherwise)."),
+    max_length: int = typer.Option(256, "--max-length", help="Longest output in tokens (also capped at 1.5 x source + 10)."),
+    length_penalty: float = typer.Option(1.0, "--length-penalty", help="Beam-search length penalty (score / length ** penalty)."),
+    device: str = typer.Option("cpu", "--device", help="cpu, or cuda for ONNX packages (needs onnxruntime-gpu: pip install 'wdctl[gpu]')."),
+) -> None:
+    """Translate one sentence per line; empty lines stay empty, so output lines match input lines.
+
+    ONNX packages are decoded with wdctl's own beam search over onnxruntime (same tokens as
+    transformers' generate, without its per-step overhead); MarianMT directories with PyTorch.
+    """
+    from wdctl.atomic import atomic_write_text
+    from wdctl.errors import InputError
+
+    if beams < 1 or batch_size < 1 or threads < 1 or max_length < 2:
+        raise InputError("--beams, --batch-size and --threads must be at least 1, --max-length at least 2")
+    if not model_dir.is_dir():
+        raise InputError(f"{model_dir}: model directory not found")
+    lines = _read_input(input)
+    if is_onnx_package(model_dir):
+        from wdctl.export.decode import OrtTranslator
+
+        translator = OrtTranslator(model_dir, threads=threads, device=device)
+        hyps = translator.translate(lines, beams=beams, batch_size=batch_size, max_length=max_length,
+                                    length_penalty=length_penalty)
+    else:
+        if device != "cpu":
+            raise InputError("--device cuda applies to ONNX packages only (export the model with `wdctl export`)")
+        import torch
+
+        from wdctl.passes.marian import load_marian
+        from wdctl.passes.translate import translate_torch
+
+        torch.set_num_threads(threads)
+        model, tokenizer = load_marian(model_dir)
+        hyps = translate_torch(model, tokenizer, lines, beams=beams, batch_size=batch_size, max_length=max_length,
+                               length_penalty=length_penalty)
+    text = "".join(h + "\n" for h in hyps)
+    if output is not None:
+        atomic_write_text(output, text)
+    else:
+        sys.stdout.write(text)
+        sys.stdout.flush()
