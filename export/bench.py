@@ -286,6 +286,8 @@ def prepare_packages(systems: list[System], backends: tuple[str, ...], cache: Pa
             {k: v for k, v in stamp.items() if k != "model_dir"}
         paths = {kind: cache / f"{system.name}-{kind}" for kind in ("fp32", "int8", "ct2")}
         stale = not fresh and any(paths[k].exists() for k in kinds)
+        if not fresh:  # a half-finished rebuild must not look fresh to the next run
+            stamp_path.unlink(missing_ok=True)
         for kind in ("fp32", "int8", "ct2"):
             if kind not in kinds:
                 continue
@@ -443,7 +445,7 @@ def summarize(m: Measurement, result: dict, settings: BenchSettings, n_sentences
         "status": "failed", "error": result.get("error"),
         "bleu": None, "chrf": None, "bleu_signature": None, "chrf_signature": None,
         "target_tokens": None, "seconds": None, "sentences_per_s": None, "tokens_per_s": None,
-        "latency_ms": None, "peak_rss_mb": None, "load_seconds": None, "stable": None,
+        "latency_ms": None, "peak_rss_mb": None, "load_seconds": None, "stable": None, "load_avg": None,
         "size_mb": None, "size_files": [],
         "speedup_vs_teacher_same_backend": None, "speedup_vs_teacher_torch": None,
         "hypotheses": None, "log": log_rel,
@@ -468,6 +470,7 @@ def summarize(m: Measurement, result: dict, settings: BenchSettings, n_sentences
         "sentences_per_s": _spread(n_sentences / med, n_sentences / hi, n_sentences / lo),
         "tokens_per_s": _spread(tokens / med, tokens / hi, tokens / lo, 1),
         "peak_rss_mb": round(result["peak_rss_mb"], 1), "load_seconds": round(result["load_seconds"], 2),
+        "load_avg": max(result["load_avg"]) if result.get("load_avg") else None,
         "stable": result["stable"], "hypotheses": hyp_rel,
     })
     lat = result.get("latencies_ms") or []

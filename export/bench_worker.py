@@ -22,7 +22,8 @@ decode, detokenize), never loading or the token counting done afterwards.
 The result JSON holds: seconds (per timed pass), latencies_ms (batch size 1 only; all
 sentences of all passes), target_tokens (of the hypotheses, counted with the model's target
 tokenizer, special tokens excluded), peak_rss_mb (getrusage of this process), load_seconds,
-stable (all timed passes produced the same hypotheses), threads. On failure it holds
+stable (all timed passes produced the same hypotheses), threads, load_avg (the 1-minute load
+average before and after the timed passes). On failure it holds
 `error` and the process exits 1.
 """
 
@@ -194,6 +195,7 @@ def measure(spec: dict) -> dict:
     warmup_seconds = time.perf_counter() - t0
 
     seconds, latencies, passes = [], [], []
+    load_before = os.getloadavg()[0]
     for _ in range(spec["repeats"]):
         if batch_size == 1:
             hyps = []
@@ -223,6 +225,9 @@ def measure(spec: dict) -> dict:
         "stable": all(p == hyps for p in passes),
         "threads": spec["threads"],
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        # 1-minute load average before/after the timed passes (this worker counts 1): other
+        # work on the machine shows up here and makes the timings unreliable
+        "load_avg": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "env_threads": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")},
     }
 

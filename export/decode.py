@@ -120,23 +120,6 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
-def _topk(x: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k largest entries of each row, best first."""
-    n = x.shape[1]
-    if k >= n:
-        return np.argsort(-x, axis=1, kind="stable")[:, :k]
-    part = np.argpartition(-x, k - 1, axis=1)[:, :k]
-    order = np.argsort(-np.take_along_axis(x, part, axis=1), axis=1, kind="stable")
-    return np.take_along_axis(part, order, axis=1)
-
-
-def _take(x: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """x[b, idx[b, j], ...] for a (batch, m, ...) array and (batch, k) indices."""
-    while idx.ndim < x.ndim:
-        idx = idx[..., None]
-    return np.take_along_axis(x, idx, axis=1)
-
-
 # ----------------------------------------------------------------------------- ORT runners
 
 
@@ -378,6 +361,11 @@ class OrtTranslator:
             return self._greedy(input_ids, attention_mask, max_length, prune)
         return self._beam(input_ids, attention_mask, beams, max_length, float(length_penalty), early_stopping, prune)
 
+    def _eos_table(self, vocab: int) -> np.ndarray:
+        table = np.zeros(max(vocab, max(self.settings.eos_token_ids) + 1), dtype=bool)
+        table[list(self.settings.eos_token_ids)] = True
+        return table
+
     def _greedy(self, input_ids, attention_mask, max_length: int, prune: bool) -> list[list[int]]:
         s = self.settings
         n = input_ids.shape[0]
@@ -387,11 +375,13 @@ class OrtTranslator:
         lengths = np.ones(n, dtype=np.int64)
         alive = np.arange(n)  # sentence of each decoder row
         active = np.ones(n, dtype=bool)  # rows still decoding (all of them when pruning)
-        eos = np.asarray(s.eos_token_ids)
+        is_eos = None
         tokens = history[:, 0]
         cur_len = 1
         while True:
             scores = runner.step(tokens)
+            if is_eos is None:
+                is_eos = self._eos_table(scores.shape[1])
             self._process(scores, history[alive] if s.multi_bad else None, cur_len, max_length)
             tokens = scores.argmax(axis=1)
             if not prune:
@@ -399,7 +389,7 @@ class OrtTranslator:
             history[alive, cur_len] = tokens
             cur_len += 1
             lengths[alive[active]] = cur_len
-            active &= ~np.isin(tokens, eos)
+            active &= ~is_eos[tokens]
             if cur_len >= max_length or not active.any():
                 break
             if prune and not active.all():
@@ -410,18 +400,20 @@ class OrtTranslator:
 
     def _beam(self, input_ids, attention_mask, k: int, max_length: int, length_penalty: float,
               early_stopping, prune: bool) -> list[list[int]]:
+        """HF's vectorised beam search (`GenerationMixin._beam_search`, transformers 4.57),
+        step for step, in numpy. Arrays are (sentences, beams, ...) over the active sentences."""
         s = self.settings
         b = input_ids.shape[0]
-        runner = self._runner(input_ids, attention_mask)
-        eos = np.asarray(s.eos_token_ids)
-        keep_k = max(2, 1 + len(eos)) * k
-        top_k_mask = np.arange(keep_k) < k
         L = max_length
+        runner = self._runner(input_ids, attention_mask)
+        keep_k = max(2, 1 + len(s.eos_token_ids)) * k  # candidates kept per step, as in HF
+        in_top_k = np.arange(keep_k) < k
+        stop_on_early = early_stopping is True
 
         run_seq = np.full((b, k, L), s.pad_token_id, dtype=np.int64)
         run_seq[:, :, 0] = s.decoder_start_token_id
         run_score = np.zeros((b, k), dtype=np.float32)
-        run_score[:, 1:] = BIG_NEG
+        run_score[:, 1:] = BIG_NEG  # only the first beam is live at the start
         fin_seq = run_seq.copy()
         fin_score = np.full((b, k), BIG_NEG, dtype=np.float32)
         fin_len = np.zeros((b, k), dtype=np.int64)
@@ -432,69 +424,77 @@ class OrtTranslator:
 
         # Step 0: every beam of a sentence is identical; run one row per sentence, then repeat.
         logits = runner.step(np.full(b, s.decoder_start_token_id, dtype=np.int64))
+        is_eos = self._eos_table(logits.shape[1])
         logits = np.repeat(logits, k, axis=0)
         runner.select(np.repeat(np.arange(b), k), sentences_changed=True)
         cur_len = 1
         while True:
             n = sentence.shape[0]
+            rows = np.arange(n)[:, None]
             log_probs = _log_softmax(logits)
-            self._process(log_probs, run_seq.reshape(n * k, L), cur_len, L)
+            self._process(log_probs, run_seq.reshape(n * k, L) if s.multi_bad else None, cur_len, L)
             vocab = log_probs.shape[1]
             acc = (log_probs.reshape(n, k, vocab) + run_score[:, :, None]).reshape(n, k * vocab)
-            top = _topk(acc, keep_k)
-            top_score = np.take_along_axis(acc, top, axis=1)
+
+            # top 2k continuations over all beams, best first
+            part = np.argpartition(acc, -keep_k, axis=1)[:, -keep_k:]
+            part_score = acc[rows, part]
+            order = np.argsort(-part_score, axis=1, kind="stable")
+            top, top_score = part[rows, order], part_score[rows, order]
             src_beam, top_tok = top // vocab, top % vocab
-            top_seq = _take(run_seq, src_beam)
+            top_seq = run_seq[rows, src_beam]
             top_seq[:, :, cur_len] = top_tok
-            hits = np.isin(top_tok, eos) | (cur_len + 1 >= L)
+            hits = is_eos[top_tok]
+            if cur_len + 1 >= L:
+                hits[:] = True
 
-            # running beams for the next step: best k that did not finish
+            # running beams for the next step: the best k that did not finish
             masked = top_score + hits.astype(np.float32) * BIG_NEG
-            nxt = _topk(masked, k)
-            run_seq = _take(top_seq, nxt)
-            run_score = np.take_along_axis(masked, nxt, axis=1)
-            parent = np.take_along_axis(src_beam, nxt, axis=1)
+            nxt = np.argsort(-masked, axis=1, kind="stable")[:, :k]
+            run_seq, run_score, parent = top_seq[rows, nxt], masked[rows, nxt], src_beam[rows, nxt]
 
-            # finished hypotheses: merge the new ones (among the top k candidates) with the old
-            cand = top_score / np.float32(cur_len ** length_penalty)
-            full = is_fin.all(axis=1) & (early_stopping is True)
-            cand = cand + full[:, None].astype(np.float32) * BIG_NEG
-            cand = cand + (~improvable)[:, None].astype(np.float32) * BIG_NEG
-            just = hits & top_k_mask[None, :]
-            cand = cand + (~just).astype(np.float32) * BIG_NEG
-            merged = np.concatenate([fin_score, cand], axis=1)
-            best = _topk(merged, k)
-            fin_score = np.take_along_axis(merged, best, axis=1)
-            fin_seq = _take(np.concatenate([fin_seq, top_seq], axis=1), best)
-            fin_len = np.take_along_axis(np.concatenate([fin_len, np.full_like(top_tok, cur_len + 1)], axis=1),
-                                         best, axis=1)
-            is_fin = np.take_along_axis(np.concatenate([is_fin, just], axis=1), best, axis=1)
+            # finished hypotheses: merge new ones (among the top k candidates) with the kept ones;
+            # with nothing new finished the merge changes nothing observable and is skipped
+            just = hits & in_top_k[None, :]
+            if just.any():
+                cand = top_score / np.float32(cur_len ** length_penalty)
+                full = is_fin.all(axis=1) & stop_on_early
+                cand = cand + full[:, None].astype(np.float32) * BIG_NEG
+                cand = cand + (~improvable)[:, None].astype(np.float32) * BIG_NEG
+                cand = cand + (~just).astype(np.float32) * BIG_NEG
+                merged = np.concatenate([fin_score, cand], axis=1)
+                best = np.argsort(-merged, axis=1, kind="stable")[:, :k]
+                fin_score = merged[rows, best]
+                fin_seq = np.concatenate([fin_seq, top_seq], axis=1)[rows, best]
+                fin_len = np.concatenate([fin_len, np.full((n, keep_k), cur_len + 1, dtype=np.int64)],
+                                         axis=1)[rows, best]
+                is_fin = np.concatenate([is_fin, just], axis=1)[rows, best]
 
             cur_len += 1
-            if early_stopping == "never" and length_penalty > 0.0:
-                best_len = L - 1
-            else:
-                best_len = cur_len - 1
+            all_fin = is_fin.all(axis=1)
+            best_len = L - 1 if early_stopping == "never" and length_penalty > 0.0 else cur_len - 1
             best_running = run_score[:, :1] / np.float32(best_len ** length_penalty)
             worst_finished = np.where(is_fin, fin_score.min(axis=1, keepdims=True), BIG_NEG)
             improvable &= (best_running > worst_finished).any(axis=1)
-            done = ~improvable | (is_fin.all(axis=1) & (early_stopping is True))
+            done = ~improvable | (all_fin & stop_on_early)
             if cur_len >= L:
                 done[:] = True
-            if not prune and not done.all():
+            elif not prune and not done.all():
                 done[:] = False  # keep finished sentences in the batch, as generate() does
-            for j in np.flatnonzero(done):
-                results[sentence[j]] = fin_seq[j, 0, 1:fin_len[j, 0]].tolist()
-            if done.all():
-                break
-            keep = np.flatnonzero(~done)
-            changed = keep.shape[0] != n
-            if changed:
+            if done.any():
+                for j in np.flatnonzero(done):
+                    results[sentence[j]] = fin_seq[j, 0, 1:fin_len[j, 0]].tolist()
+                if done.all():
+                    break
+                keep = np.flatnonzero(~done)
                 sentence, run_seq, run_score, parent = sentence[keep], run_seq[keep], run_score[keep], parent[keep]
                 fin_seq, fin_score, fin_len = fin_seq[keep], fin_score[keep], fin_len[keep]
                 is_fin, improvable = is_fin[keep], improvable[keep]
-            rows = (keep[:, None] * k + parent).reshape(-1)
-            runner.select(rows, sentences_changed=changed)
+                runner.select((keep[:, None] * k + parent).reshape(-1), sentences_changed=True)
+            else:
+                flat = (rows * k + parent).reshape(-1)
+                if not np.array_equal(flat, np.arange(flat.shape[0])):
+                    runner.select(flat, sentences_changed=False)
             logits = runner.step(run_seq[:, :, cur_len - 1].reshape(-1))
         return results  # type: ignore[return-value]
 

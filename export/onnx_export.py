@@ -218,4 +218,5 @@ def export_onnx(model_dir: Path | str, out: Path | str, *, force: bool = False, 
         report["versions"] = versions()
         report["cpu"] = cpu_info()
         write_json(tmp / REPORT, report)
+        (tmp / REPORT).chmod(0o644)
     return report

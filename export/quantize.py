@@ -224,6 +224,7 @@ def quantize_into(package_dir: Path, dest: Path, *, mode: str = "int8", isa: str
         "versions": versions(),
     }
     write_json(dest / REPORT, report)
+    (dest / REPORT).chmod(0o644)
     return report
 
 

@@ -47,6 +47,11 @@ def group_title(key: tuple[int, int, int], many_threads: bool) -> str:
 
 # --- markdown ---------------------------------------------------------------------------------
 
+def busy(loads: list[float], cores: int | None) -> bool:
+    """True when the load average says something else competed for the cores while measuring."""
+    return bool(loads) and max(loads) > 1.0 + 0.5 * (cores or 1)
+
+
 def _num(value, digits: int = 1, suffix: str = "") -> str:
     if value is None:
         return "–"
@@ -124,6 +129,13 @@ def render_markdown(report: dict) -> str:
     mem = f", {machine['memory_gb']} GiB RAM" if machine.get("memory_gb") else ""
     lines += [f"- CPU: {machine.get('model', '?')} ({machine.get('cores', '?')} cores{mem}); ISA flags: {flags}",
               f"- Python {machine.get('python', '?')} on {machine.get('machine', '?')}"]
+    loads = [r["load_avg"] for r in rows if r.get("load_avg") is not None]
+    if loads:
+        line = f"- 1-minute load average while measuring (the worker itself counts 1): {min(loads):.1f}–{max(loads):.1f}"
+        if busy(loads, machine.get("cores")):
+            line += (" — **other processes were running: the speed figures are unreliable; rerun on an idle "
+                     "machine**")
+        lines.append(line)
     versions = report.get("versions", {})
     shown = [f"{name} {versions[name]}" for name in SHOWN_VERSIONS if name in versions]
     lines += ["- " + " · ".join(shown), ""]

@@ -99,17 +99,19 @@ def runs(tmp_path_factory, tiny_teacher_dir, small_corpus):
     root = tmp_path_factory.mktemp("compress")
     results = {}
     for method in METHODS:
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         metrics = compress(tiny_teacher_dir, str(small_corpus), root / method, student="tiny", method=method,
                            phase1=PHASE1, phase2=PHASE2, export=False, cache_dir=root / "cache",
                            eval_sentences=5, threads=1, progress=False)
-        results[method] = {"out": root / method, "metrics": metrics, "seconds": time.perf_counter() - started}
+        results[method] = {"out": root / method, "metrics": metrics, "seconds": time.perf_counter() - started,
+                           "cpu_seconds": time.process_time() - cpu}
     return results
 
 
 def test_three_methods_run_quickly_and_write_standard_marian_dirs(runs):
-    total = sum(r["seconds"] for r in runs.values())
-    assert total < 180, {m: round(r["seconds"], 1) for m, r in runs.items()}
+    # CPU time, not wall time: the 2-core test machines are shared with long training jobs.
+    cpu = sum(r["cpu_seconds"] for r in runs.values())
+    assert cpu < 180, {m: (round(r["cpu_seconds"], 1), round(r["seconds"], 1)) for m, r in runs.items()}
     for method, r in runs.items():
         out = r["out"]
         model = MarianMTModel.from_pretrained(out)

@@ -389,10 +389,6 @@ METHODS: dict[str, Method] = {
 }
 
 
-def describe_methods() -> str:
-    return "; ".join(f"{name}: {m.help}" for name, m in METHODS.items())
-
-
 # --- evaluation and export ---------------------------------------------------------------------
 
 def score_bleu(translate: Callable[[list[str], int], list[str]], pairs: list[Pair], beams: list[int],
@@ -507,6 +503,11 @@ def compress(
         check_output_dir(path, force)
     if export:
         _export_modules()
+        import wdctl.export.quantize as quantize_module
+
+        modes = getattr(quantize_module, "MODES", None)
+        if quantize and modes and quantize not in modes:
+            raise InputError(f"unknown quantization mode '{quantize}' (choose from {', '.join(modes)}, or none)")
     train_pairs = require_pairs(read_parallel(data, "train"), 2, str(data))
     dev_pairs, test_pairs = _optional_split(str(data), "dev"), _optional_split(str(data), "test")
     if test_pairs and test_sentences:

@@ -110,10 +110,14 @@ def export_command(
         quant_report = quantize_into(fp32_dir, tmp, mode=mode, isa=isa, keep_fp32=keep_fp32)
         quality = rescore(fp32_dir, tmp, mode, sources, refs, beams, threads, device)
         report = dict(fp32_report)
+        quant_report["source"] = f"{model_dir} (fp32 export, validated, not kept)"
+        write_json(tmp / "quantize_report.json", quant_report)
         report["quantization"] = quant_report
         report["quality"] = quality
         report["sizes_quantized"] = quant_report["sizes"]
         write_json(tmp / REPORT, report)
+        for name in (REPORT, "quantize_report.json"):
+            (tmp / name).chmod(0o644)
     _summary(out, report, mode)
 
 

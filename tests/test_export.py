@@ -1,0 +1,262 @@
+"""`wdctl export`: package layout, validation report, int8/fp16 quantization, clean failures,
+and `wdctl translate` over packages and MarianMT directories."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from wdctl.errors import InputError, WdctlError
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory, tiny_teacher_dir):
+    """The tiny teacher through the CLI once: an fp32 package and an int8 package."""
+    from wdctl.cli import main
+
+    root = tmp_path_factory.mktemp("export")
+    assert main(["export", str(tiny_teacher_dir), "--out", str(root / "fp32"), "--quantize", "none"]) == 0
+    assert main(["export", str(tiny_teacher_dir), "--out", str(root / "int8"), "--quantize", "int8",
+                 "--beams", "2"]) == 0
+    return {"fp32": root / "fp32", "int8": root / "int8", "root": root}
+
+
+def _report(path: Path) -> dict:
+    return json.loads((path / "export_report.json").read_text())
+
+
+def _op_types(path: Path) -> set[str]:
+    import onnx
+
+    from wdctl.export.quantize import _walk_nodes
+
+    return {n.op_type for n in _walk_nodes(onnx.load(str(path)).graph)}
+
+
+def _leftovers(parent: Path, name: str) -> list[str]:
+    return [p.name for p in parent.iterdir() if p.name.startswith(f".{name}")]
+
+
+def test_fp32_package_layout_and_report(exported, tiny_teacher_dir):
+    pkg = exported["fp32"]
+    onnx_files = sorted(p.name for p in pkg.glob("*.onnx"))
+    assert onnx_files == ["decoder_model_merged.onnx", "encoder_model.onnx"]
+    for name in ("config.json", "generation_config.json", "tokenizer_config.json", "vocab.json", "source.spm"):
+        assert (pkg / name).is_file(), name
+    report = _report(pkg)
+    check = report["validation"]
+    assert check["passed"] and check["max_abs_logit_diff"] < 1e-3
+    assert check["greedy"]["agreement"] == 1.0 and check["beam4"]["agreement"] == 1.0
+    sizes = report["sizes"]
+    assert sizes["onnx_total"] == sum(p.stat().st_size for p in pkg.glob("*.onnx"))
+    assert sizes["four_file_total"] > sizes["onnx_total"] and sizes["saved_by_merged_decoder"] > 0
+    assert report["versions"]["onnxruntime"]
+
+
+def test_fp32_package_loads_in_optimum_with_defaults(exported, tokenizer_for):
+    from optimum.onnxruntime import ORTModelForSeq2SeqLM
+
+    model = ORTModelForSeq2SeqLM.from_pretrained(exported["fp32"])
+    assert model.use_merged
+    tok = tokenizer_for(exported["fp32"])
+    out = model.generate(**tok(["In the beginning God created the heaven."], return_tensors="pt"), num_beams=2,
+                         max_length=20)
+    assert out.shape[0] == 1 and out.shape[1] > 1
+
+
+@pytest.fixture(scope="session")
+def tokenizer_for():
+    from transformers import AutoTokenizer
+
+    return lambda path: AutoTokenizer.from_pretrained(path)
+
+
+def test_int8_package_loads_in_optimum_and_translates(exported, tokenizer_for):
+    from optimum.onnxruntime import ORTModelForSeq2SeqLM
+
+    pkg = exported["int8"]
+    assert sorted(p.name for p in pkg.glob("*.onnx")) == ["decoder_model_merged.onnx", "encoder_model.onnx"]
+    for name in ("encoder_model.onnx", "decoder_model_merged.onnx"):
+        assert {"DynamicQuantizeLinear", "MatMulInteger"} <= _op_types(pkg / name), name
+    model = ORTModelForSeq2SeqLM.from_pretrained(pkg)  # default file names
+    tok = tokenizer_for(pkg)
+    out = model.generate(**tok(["And God said, Let there be light."], return_tensors="pt"), num_beams=4, max_length=24)
+    text = tok.batch_decode(out, skip_special_tokens=True)
+    assert len(text) == 1 and text[0].strip()
+
+
+def test_int8_report_has_sizes_and_rescored_bleu(exported):
+    report = _report(exported["int8"])
+    q = report["quantization"]
+    assert q["mode"] == "int8" and q["isa"] in ("avx512_vnni", "avx512", "avx2", "arm64")
+    assert q["sizes"]["total_after"] < q["sizes"]["total_before"]
+    assert report["validation"]["passed"]
+    quality = report["quality"]
+    assert quality["sentences"] >= 4 and "bleu_int8_vs_fp32" in quality and quality["beams"] == 2
+
+
+def test_int8_with_dev_data_scores_both_against_references(tiny_teacher_dir, tiny_corpus, tmp_path, cli):
+    code, out, err = cli("export", tiny_teacher_dir, "--out", tmp_path / "pkg", "--data", tiny_corpus,
+                         "--max-sentences", "6", "--beams", "1", "--keep-fp32", "lm_head")
+    assert code == 0, err
+    quality = _report(tmp_path / "pkg")["quality"]
+    assert quality["references"] and quality["sentences"] == 6
+    assert {"bleu_fp32", "bleu_int8", "chrf_fp32", "chrf_int8"} <= set(quality)
+    assert "package written to" in out
+
+
+def test_quantize_package_keeps_chosen_nodes_fp32(exported, tmp_path):
+    import onnx
+
+    from wdctl.export.quantize import _walk_nodes, quantize_package
+
+    report = quantize_package(exported["fp32"], tmp_path / "q", keep_fp32=["lm_head"], isa="avx2")
+    assert report["isa"] == "avx2" and report["reduce_range"]
+    kept = report["files"]["decoder_model_merged.onnx"]["kept_fp32_nodes"]
+    assert kept == ["/lm_head/MatMul"]
+    nodes = {n.name: n.op_type for n in _walk_nodes(onnx.load(str(tmp_path / "q" / "decoder_model_merged.onnx")).graph)}
+    assert nodes["/lm_head/MatMul"] == "MatMul"
+    with pytest.raises(InputError, match="matches no node"):
+        quantize_package(exported["fp32"], tmp_path / "q2", keep_fp32=["no_such_node"])
+    assert not (tmp_path / "q2").exists()
+
+
+def test_fp16_package_loads_and_translates(exported, tmp_path):
+    from wdctl.export.decode import OrtTranslator
+    from wdctl.export.quantize import quantize_package
+
+    report = quantize_package(exported["fp32"], tmp_path / "fp16", mode="fp16")
+    assert report["sizes"]["total_after"] < report["sizes"]["total_before"]
+    out = OrtTranslator(tmp_path / "fp16").translate(["In the beginning."], beams=2)
+    assert len(out) == 1
+
+
+def test_detect_isa():
+    from wdctl.export.quantize import detect_isa
+
+    assert detect_isa({"machine": "x86_64", "isa_flags": ["avx2", "avx512f", "avx512_vnni"]}) == "avx512_vnni"
+    assert detect_isa({"machine": "x86_64", "isa_flags": ["avx2", "avx512f"]}) == "avx512"
+    assert detect_isa({"machine": "x86_64", "isa_flags": ["avx2"]}) == "avx2"
+    assert detect_isa({"machine": "aarch64", "isa_flags": []}) == "arm64"
+
+
+# ----------------------------------------------------------------------------- failures
+
+
+def _broken_dirs(root: Path, teacher: Path) -> dict[str, tuple[Path, str]]:
+    garbage = root / "garbage-config"
+    garbage.mkdir()
+    (garbage / "config.json").write_text("{ not json")
+    bert = root / "bert"
+    bert.mkdir()
+    (bert / "config.json").write_text(json.dumps({"model_type": "bert", "vocab_size": 10}))
+    weights = root / "bad-weights"
+    shutil.copytree(teacher, weights)
+    (weights / "model.safetensors").write_bytes(b"this is not a safetensors file")
+    return {
+        "corrupt config": (garbage, "config.json"),
+        "non-Marian": (bert, "config.json"),
+        "corrupt weights": (weights, "model.safetensors"),
+        "missing": (root / "nope", "nope"),
+    }
+
+
+def test_bad_model_dirs_fail_cleanly_with_nothing_at_out(tmp_path, tiny_teacher_dir, cli):
+    for what, (model_dir, named) in _broken_dirs(tmp_path, tiny_teacher_dir).items():
+        for quantize in ("none", "int8"):
+            out = tmp_path / f"out-{model_dir.name}-{quantize}"
+            code, stdout, err = cli("export", model_dir, "--out", out, "--quantize", quantize)
+            assert code == 2, (what, err)
+            lines = err.strip().splitlines()
+            assert len(lines) == 1 and lines[0].startswith("wdctl: error: ") and named in lines[0], (what, err)
+            assert not out.exists(), what
+            assert not _leftovers(tmp_path, out.name), what
+
+
+def test_validation_failure_exits_1_and_leaves_nothing(tmp_path, tiny_teacher_dir, exported, cli, monkeypatch):
+    """A disagreeing fp32 export fails; reuse the exported files instead of exporting again."""
+    from wdctl.export import onnx_export
+
+    def copy_export(model_dir, dest):
+        for name in ("encoder_model.onnx", "decoder_model_merged.onnx"):
+            shutil.copy(exported["fp32"] / name, dest / name)
+        for p in exported["fp32"].iterdir():
+            if p.suffix != ".onnx" and p.name not in ("export_report.json", ".wdctl"):
+                shutil.copy(p, dest / p.name)
+        return {"files": {}, "onnx_total": 0, "four_file_total": 0, "saved_by_merged_decoder": 0,
+                "pytorch_weights": 0, "export_seconds": 0}
+
+    monkeypatch.setattr(onnx_export, "export_into", copy_export)
+    with pytest.raises(WdctlError, match="disagrees with PyTorch") as info:
+        onnx_export.export_onnx(tiny_teacher_dir, tmp_path / "api", logit_atol=-1.0)
+    assert info.value.exit_code == 1 and not (tmp_path / "api").exists()
+
+    real = onnx_export.validate_package
+
+    def disagreeing(*args, **kwargs):
+        report = real(*args, **kwargs)
+        report["beam4"] = {"agree": 3, "total": 8, "agreement": 0.375}
+        return report
+
+    monkeypatch.setattr(onnx_export, "validate_package", disagreeing)
+    code, _, err = cli("export", tiny_teacher_dir, "--out", tmp_path / "cli", "--quantize", "int8")
+    assert code == 1 and "beam4 agrees on 3/8" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "cli").exists() and not _leftovers(tmp_path, "cli")
+
+
+def test_existing_output_and_bad_options_are_input_errors(exported, tiny_teacher_dir, tmp_path, cli):
+    code, _, err = cli("export", tiny_teacher_dir, "--out", exported["fp32"], "--quantize", "none")
+    assert code == 2 and "--force" in err
+    code, _, err = cli("export", tiny_teacher_dir, "--out", tmp_path / "x", "--quantize", "int4")
+    assert code == 2 and "--quantize" in err
+    code, _, err = cli("export", tiny_teacher_dir, "--out", tmp_path / "x", "--device", "cuda", "--quantize", "none")
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        assert code == 2 and "pip install 'wdctl[gpu]'" in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_export_help(cli):
+    code, out, _ = cli("export", "--help")
+    assert code == 0
+    for flag in ("--out", "--quantize", "--device", "--threads", "--force", "--keep-fp32", "--data"):
+        assert flag in out
+
+
+# ----------------------------------------------------------------------------- translate
+
+
+def test_translate_package_and_model_dir_agree_and_keep_empty_lines(exported, tiny_teacher_dir, bible_pairs,
+                                                                    tmp_path, cli):
+    sources = [s for s, _ in bible_pairs["test"][:5]]
+    lines = [sources[0], "", sources[1], sources[2], "  ", sources[3], sources[4]]
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    outputs = {}
+    for name, model in (("onnx", exported["fp32"]), ("torch", tiny_teacher_dir)):
+        target = tmp_path / f"{name}.txt"
+        code, _, err = cli("translate", model, "--input", src, "--output", target, "--beams", "2",
+                           "--batch-size", "2")
+        assert code == 0, err
+        outputs[name] = target.read_text(encoding="utf-8").split("\n")[:-1]
+    assert len(outputs["onnx"]) == len(lines)
+    assert outputs["onnx"][1] == outputs["onnx"][4] == ""
+    assert outputs["onnx"] == outputs["torch"]
+    code, out, err = cli("translate", exported["int8"], "--input", src, "--beams", "1")
+    assert code == 0, err
+    assert len(out.split("\n")[:-1]) == len(lines)
+
+
+def test_translate_errors_name_the_file(exported, tmp_path, cli):
+    code, _, err = cli("translate", exported["fp32"], "--input", tmp_path / "missing.txt")
+    assert code == 2 and "missing.txt" in err
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"ok\n\xff\xfe\n")
+    code, _, err = cli("translate", exported["fp32"], "--input", bad)
+    assert code == 2 and "bad.txt:2" in err
+    code, _, err = cli("translate", tmp_path / "nope", "--input", bad)
+    assert code == 2 and "nope" in err
