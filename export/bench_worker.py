@@ -100,7 +100,7 @@ def _ort_backend(spec: dict, tokenizer) -> Translate:
 
 
 class _Evaluable:
-    """ORTModelForSeq2SeqLM has no `.eval()`; `translate_torch` calls it."""
+    """ORTModelForSeq2SeqLM has no `.eval()`, which `translate_torch` calls; all else is the model's."""
 
     def __init__(self, model) -> None:
         self.model = model
@@ -108,8 +108,8 @@ class _Evaluable:
     def eval(self):
         return self
 
-    def generate(self, **kwargs):
-        return self.model.generate(**kwargs)
+    def __getattr__(self, name):
+        return getattr(self.model, name)
 
 
 def _ort_optimum_backend(spec: dict, tokenizer) -> Translate:
@@ -119,11 +119,15 @@ def _ort_optimum_backend(spec: dict, tokenizer) -> Translate:
     from wdctl.export.session import session_options  # the same options OrtTranslator uses
     from wdctl.passes.translate import translate_torch
 
+    # optimum takes the merged decoder by its standard name only when no decoder file name is
+    # given (a name sends it looking for decoder_with_past_model.onnx); check it took ours
     model = ORTModelForSeq2SeqLM.from_pretrained(
-        spec["model"], encoder_file_name=spec.get("encoder_file") or "encoder_model.onnx",
-        decoder_file_name=spec.get("decoder_file") or "decoder_model_merged.onnx",
+        spec["model"], encoder_file_name=spec.get("encoder_file") or "encoder_model.onnx", use_merged=True,
         session_options=session_options(spec["threads"]), provider="CPUExecutionProvider",
         use_cache=True, local_files_only=True)
+    decoder = Path(str(model.decoder.path)).name
+    if decoder != (spec.get("decoder_file") or "decoder_model_merged.onnx"):
+        raise RuntimeError(f"optimum loaded {decoder}, not {spec.get('decoder_file')}")
     wrapped = _Evaluable(model)
 
     def run(sentences: list[str], batch_size: int) -> list[str]:
@@ -135,6 +139,8 @@ def _ort_optimum_backend(spec: dict, tokenizer) -> Translate:
 
 def _ct2_backend(spec: dict, tokenizer) -> Translate:
     import ctranslate2
+
+    _limit_torch_threads(1)  # imported by transformers; idle, but kept off the second core
 
     translator = ctranslate2.Translator(spec["model"], device="cpu", compute_type="int8",
                                         intra_threads=spec["threads"], inter_threads=1)

@@ -116,8 +116,10 @@ def _read_json(path: Path) -> dict:
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
+    """x - max - log(sum(exp(x - max))), in the order torch's kernel computes it."""
     shifted = x - x.max(axis=-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    shifted -= np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    return shifted
 
 
 # ----------------------------------------------------------------------------- ORT runners
@@ -165,25 +167,20 @@ class _Runner:
                 self.past[slot] = self.past[slot][rows]
 
 
-class _CudaRunner(_Runner):
-    """Same interface as `_Runner`, KV cache and encoder states kept on the GPU (IO binding)."""
+class _BoundRunner(_Runner):
+    """Same interface as `_Runner`, with IO binding: KV cache and encoder states stay on the
+    device (`owner.io_device`, "cuda" on GPUs); only logits come to the host."""
 
     def __init__(self, owner: "OrtTranslator", input_ids: np.ndarray, attention_mask: np.ndarray):
-        import onnxruntime as ort
-
         self.o = owner
-        self.ort = ort
         self.mask = np.ascontiguousarray(attention_mask, dtype=np.int64)
         binding = owner.encoder.io_binding()
         binding.bind_cpu_input("input_ids", np.ascontiguousarray(input_ids, dtype=np.int64))
         binding.bind_cpu_input("attention_mask", self.mask)
-        binding.bind_output(owner.encoder_output, "cuda")
+        binding.bind_output(owner.encoder_output, owner.io_device)
         owner.encoder.run_with_iobinding(binding)
         self.hidden = binding.get_outputs()[0]
         self.past = None
-
-    def _gpu(self, array: np.ndarray):
-        return self.ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), "cuda", 0)
 
     def step(self, tokens: np.ndarray) -> np.ndarray:
         o = self.o
@@ -194,9 +191,9 @@ class _CudaRunner(_Runner):
         binding.bind_ortvalue_input("encoder_hidden_states", self.hidden)
         first = self.past is None
         if first:
-            empty = self._gpu(np.zeros((n, o.heads, 0, o.head_dim), dtype=o.kv_dtype))
+            empty = np.zeros((n, o.heads, 0, o.head_dim), dtype=o.kv_dtype)
             for name in o.past_inputs:
-                binding.bind_ortvalue_input(name, empty)
+                binding.bind_cpu_input(name, empty)
         else:
             for name, value in zip(o.past_inputs, self.past):
                 binding.bind_ortvalue_input(name, value)
@@ -204,7 +201,7 @@ class _CudaRunner(_Runner):
         names = o.all_outputs if first else o.self_outputs
         binding.bind_output(names[0], "cpu")
         for name in names[1:]:
-            binding.bind_output(name, "cuda")
+            binding.bind_output(name, o.io_device)
         binding.synchronize_inputs()
         o.decoder.run_with_iobinding(binding)
         binding.synchronize_outputs()
@@ -220,7 +217,7 @@ class _CudaRunner(_Runner):
     def select(self, rows: np.ndarray, sentences_changed: bool) -> None:
         slots = list(self.o.self_slots) + (list(self.o.cross_slots) if sentences_changed else [])
         values = [self.past[s] for s in slots] + ([self.hidden] if sentences_changed else [])
-        gathered = self.o.gather_on_gpu(values, rows)
+        gathered = self.o.gather_on_device(values, rows)
         for slot, value in zip(slots, gathered):
             self.past[slot] = value
         if sentences_changed:
@@ -248,14 +245,17 @@ class OrtTranslator:
         hold_torch_threads(1)
         self.device = device
         self.threads = threads
+        self.io_binding = device == "cuda"  # IO binding keeps the cache on the GPU
+        self.io_device = "cuda" if device == "cuda" else "cpu"
         self.settings = GenerationSettings.from_package(self.package)
+        self._single_bad = np.asarray(self.settings.single_bad, dtype=np.int64)
         for name in (encoder_file, decoder_file):
             if not (self.package / name).is_file():
                 raise InputError(f"{self.package / name}: not found (is this a package written by `wdctl export`?)")
         self.encoder = make_session(self.package / encoder_file, threads, device)
         self.decoder = make_session(self.package / decoder_file, threads, device)
         self._tokenizer = None
-        self._gather = None
+        self._gather: dict = {}  # (rank, dtype) signature -> GPU gather session
         self._inspect(self.package / decoder_file)
 
     # -- model introspection
@@ -297,21 +297,21 @@ class OrtTranslator:
         return self._tokenizer
 
     def _runner(self, input_ids, attention_mask) -> _Runner:
-        if self.device == "cuda":
-            return _CudaRunner(self, input_ids, attention_mask)
+        if self.io_binding:
+            return _BoundRunner(self, input_ids, attention_mask)
         return _Runner(self, input_ids, attention_mask)
 
-    def gather_on_gpu(self, values: list, rows: np.ndarray) -> list:
-        """Row-gather OrtValues on the GPU with a small ONNX graph (one Gather per tensor)."""
-        key = tuple(len(v.shape()) for v in values) + tuple(v.data_type() for v in values)
-        if self._gather is None or self._gather[0] != key:
-            self._gather = (key, _gather_session(values, self.threads))
-        session = self._gather[1]
+    def gather_on_device(self, values: list, rows: np.ndarray) -> list:
+        """Row-gather OrtValues where they live with a small ONNX graph (one Gather per tensor)."""
+        key = tuple((len(v.shape()), v.data_type()) for v in values)
+        if key not in self._gather:
+            self._gather[key] = _gather_session(values, self.threads, self.device)
+        session = self._gather[key]
         binding = session.io_binding()
         binding.bind_cpu_input("rows", rows.astype(np.int64))
         for i, value in enumerate(values):
             binding.bind_ortvalue_input(f"x{i}", value)
-            binding.bind_output(f"y{i}", "cuda")
+            binding.bind_output(f"y{i}", self.io_device)
         binding.synchronize_inputs()
         session.run_with_iobinding(binding)
         binding.synchronize_outputs()
@@ -321,7 +321,7 @@ class OrtTranslator:
     def _process(self, scores: np.ndarray, history: np.ndarray, cur_len: int, max_length: int) -> None:
         s = self.settings
         if s.single_bad:
-            scores[:, s.single_bad] = NEG_INF
+            scores[:, self._single_bad] = NEG_INF
         for seq in s.multi_bad:
             prefix = np.asarray(seq[:-1])
             if cur_len >= len(prefix):
@@ -449,7 +449,7 @@ class OrtTranslator:
                 hits[:] = True
 
             # running beams for the next step: the best k that did not finish
-            masked = top_score + hits.astype(np.float32) * BIG_NEG
+            masked = np.where(hits, top_score + BIG_NEG, top_score)
             nxt = np.argsort(-masked, axis=1, kind="stable")[:, :k]
             run_seq, run_score, parent = top_seq[rows, nxt], masked[rows, nxt], src_beam[rows, nxt]
 
@@ -526,8 +526,8 @@ class OrtTranslator:
         return out
 
 
-def _gather_session(values: list, threads: int):
-    """A tiny ONNX graph: y_i = Gather(x_i, rows, axis=0), run on the GPU for cache reordering."""
+def _gather_session(values: list, threads: int, device: str):
+    """A tiny ONNX graph: y_i = Gather(x_i, rows, axis=0), for reordering the cache on the device."""
     from onnx import TensorProto, helper
 
     types = {"tensor(float)": TensorProto.FLOAT, "tensor(float16)": TensorProto.FLOAT16}
@@ -541,4 +541,4 @@ def _gather_session(values: list, threads: int):
         nodes.append(helper.make_node("Gather", [f"x{i}", "rows"], [f"y{i}"], axis=0))
     graph = helper.make_graph(nodes, "gather_rows", inputs, outputs)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    return make_session_from_bytes(model.SerializeToString(), threads, "cuda")
+    return make_session_from_bytes(model.SerializeToString(), threads, device)

@@ -283,3 +283,66 @@ def test_demo_help_says_it_is_a_shorter_schedule(cli):
     flat = " ".join(out.split())
     assert code == 0
     assert "shorter schedule than the full recipe" in flat and "report.md" in flat and "reused" in flat
+
+
+def test_demo_runs_its_stages_in_order_and_reuses_finished_ones(tmp_path, monkeypatch):
+    """Stage orchestration with the training and benchmark stages faked (the real ones are
+    covered by their own tests; the whole demo is WDCTL_SLOW_TESTS=1)."""
+    import wdctl.demo as demo
+    from wdctl.atomic import atomic_dir
+
+    calls = []
+
+    def fake_model(name):
+        def make(out, *args, **kwargs):
+            path = out / ("teacher" if name == "teacher" else "wd-tiny")
+            if demo._finished(path):  # as the real stages do
+                return path
+            calls.append(name)
+            with atomic_dir(path) as tmp:
+                (tmp / "config.json").write_text("{}")
+                (tmp / "model.safetensors").write_text("")
+            return path
+        return make
+
+    def fake_bench(out, settings):
+        calls.append("bench")
+        with atomic_dir(out / "bench", force=True):
+            pass
+        (out / "report.md").write_text(settings.command)
+        return out / "report.md"
+
+    monkeypatch.setattr(demo, "stage_teacher", fake_model("teacher"))
+    monkeypatch.setattr(demo, "stage_student", fake_model("student"))
+    monkeypatch.setattr(demo, "stage_packages", lambda settings: calls.append("export") or [])
+    monkeypatch.setattr(demo, "stage_bench", fake_bench)
+    monkeypatch.setattr(demo, "bench_finished", lambda out, settings: False)
+    out = tmp_path / "demo"
+    messages = []
+    report = demo.run_demo(out, plan=demo.SMOKE, log=messages.append)
+    assert calls == ["teacher", "student", "export", "bench"]
+    assert report == out / "report.md" and "--packages" in report.read_text()
+    assert len(read_parallel(out / "data", "train")) == 600 and len(read_parallel(out / "data-student", "train")) == 200
+    assert len(read_parallel(out / "data", "test")) == 8
+    first = json.loads((out / "demo.json").read_text())["stages"]
+
+    calls.clear()
+    messages.clear()
+    demo.run_demo(out, plan=demo.SMOKE, log=messages.append)
+    assert calls == ["export", "bench"]
+    assert "demo: teacher: reusing the finished output" in messages
+    stages = json.loads((out / "demo.json").read_text())["stages"]
+    assert stages["teacher"] == {**first["teacher"], "reused": True}
+
+
+@pytest.mark.skipif(not __import__("os").environ.get("WDCTL_SLOW_TESTS"), reason="set WDCTL_SLOW_TESTS=1 (a few minutes)")
+def test_demo_smoke_runs_every_stage_for_real(cli, tmp_path):
+    out = tmp_path / "demo"
+    code, stdout, err = cli("demo", "--smoke", "--out", out)
+    assert code == 0, err
+    assert (out / "report.md").is_file() and (out / "bleu_vs_speed.png").is_file()
+    report = json.loads((out / "bench" / "report.json").read_text())
+    validate(report)
+    assert [s["name"] for s in report["systems"]] == ["teacher", "wd-tiny"]
+    code, _, err = cli("demo", "--smoke", "--out", out)
+    assert code == 0 and "demo: bench: reusing the finished output" in err

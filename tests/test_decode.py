@@ -252,3 +252,16 @@ def test_not_a_package_is_an_input_error(tmp_path, packages):
     (tmp_path / "config.json").write_text((packages["teacher-fp32"] / "config.json").read_text())
     with pytest.raises(InputError, match="encoder_model.onnx"):
         OrtTranslator(tmp_path)
+
+
+@pytest.mark.parametrize("beams,batch", [(1, 8), (4, 1), (4, 8)])
+def test_io_binding_runner_gives_the_same_tokens(packages, tokenizer, sentences, beams, batch):
+    """The IO-binding runner (`--device cuda`) exercised on the CPU: cache kept as OrtValues,
+    reordered by the Gather helper graph; it must give the numpy runner's tokens."""
+    from wdctl.export.decode import OrtTranslator
+
+    path = packages["diverse-fp32"]
+    bound = OrtTranslator(path)
+    bound.io_binding = True  # what device="cuda" turns on; io_device stays "cpu" here
+    ref, ours = _compare(_optimum(path), bound, tokenizer, sentences[:8], batch, beams)
+    assert ref == ours

@@ -57,7 +57,7 @@ def export_command(
     model_dir: Path = typer.Argument(..., help="MarianMT directory (config.json, model.safetensors, tokenizer files)."),
     out: Path = typer.Option(..., "--out", help="Package directory to write (encoder_model.onnx, decoder_model_merged.onnx, config, tokenizer, export_report.json)."),
     quantize: Optional[str] = typer.Option(None, "--quantize", help="int8 (dynamic, for CPUs), fp16 (for GPUs) or none. Default: int8 with --device cpu, fp16 with --device cuda."),
-    device: str = typer.Option("cpu", "--device", help="Where the package is validated and meant to run: cpu, or cuda (needs onnxruntime-gpu: pip install 'wdctl[gpu]')."),
+    device: str = typer.Option("cpu", "--device", help="Where the package is validated and meant to run: cpu, or cuda (needs onnxruntime-gpu: pip install 'wdctl\\[gpu]')."),
     threads: int = typer.Option(1, "--threads", help="onnxruntime intra-op threads for validation and re-scoring."),
     isa: str = typer.Option("auto", "--isa", help="int8 target: auto (from /proc/cpuinfo), avx512_vnni, avx512, avx2 (uses reduce_range) or arm64."),
     keep_fp32: List[str] = typer.Option([], "--keep-fp32", help="Keep matching nodes in fp32 when quantizing to int8; repeatable. Aliases: lm_head (output projection), embeddings; otherwise a glob or substring of ONNX node names."),
@@ -68,14 +68,9 @@ def export_command(
 ) -> None:
     """Export a MarianMT model to an onnxruntime package, verify it, and quantize it.
 
-    Writes encoder_model.onnx and decoder_model_merged.onnx (one decoder with KV cache; the
-    weights are stored once per file instead of in three decoder files) plus config and
-    tokenizer files: ORTModelForSeq2SeqLM.from_pretrained(OUT) and `wdctl translate OUT` load it.
+    Writes encoder_model.onnx and decoder_model_merged.onnx (one decoder with KV cache, so the decoder weights are stored once instead of in three decoder files) plus config and tokenizer files: ORTModelForSeq2SeqLM.from_pretrained(OUT) and `wdctl translate OUT` load it.
 
-    The fp32 export is checked against PyTorch (max logit difference, greedy and beam-4
-    token agreement); a disagreement fails with nothing written. With --quantize, the fp32
-    package is quantized (every ONNX file) and BLEU is re-scored for fp32 and the quantized
-    package. The figures go to OUT/export_report.json.
+    The fp32 export is checked against PyTorch (max logit difference, greedy and beam-4 token agreement); a disagreement fails with nothing written. With --quantize, every ONNX file of the verified fp32 export is quantized and BLEU is re-scored for fp32 and the quantized package. The figures go to OUT/export_report.json.
     """
     from wdctl.atomic import atomic_dir, check_output_dir
     from wdctl.errors import InputError

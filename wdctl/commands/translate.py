@@ -44,12 +44,11 @@ def translate_command(
     threads: int = typer.Option(1, "--threads", help="Intra-op threads (onnxruntime for packages, torch otherwise)."),
     max_length: int = typer.Option(256, "--max-length", help="Longest output in tokens (also capped at 1.5 x source + 10)."),
     length_penalty: float = typer.Option(1.0, "--length-penalty", help="Beam-search length penalty (score / length ** penalty)."),
-    device: str = typer.Option("cpu", "--device", help="cpu, or cuda for ONNX packages (needs onnxruntime-gpu: pip install 'wdctl[gpu]')."),
+    device: str = typer.Option("cpu", "--device", help="cpu, or cuda for ONNX packages (needs onnxruntime-gpu: pip install 'wdctl\\[gpu]')."),
 ) -> None:
     """Translate one sentence per line; empty lines stay empty, so output lines match input lines.
 
-    ONNX packages are decoded with wdctl's own beam search over onnxruntime (same tokens as
-    transformers' generate, without its per-step overhead); MarianMT directories with PyTorch.
+    ONNX packages (from `wdctl export`) are decoded with wdctl's own greedy/beam search over onnxruntime: the same tokens as transformers' generate, without its per-step overhead. MarianMT directories are decoded with PyTorch.
     """
     from wdctl.atomic import atomic_write_text
     from wdctl.errors import InputError
