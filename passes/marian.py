@@ -105,14 +105,11 @@ def freeze_pad_row(model) -> None:
 SUPPORTED_MODEL_TYPES = ("marian",)
 
 
-def load_marian(model_dir, *, with_tokenizer: bool = True):
-    """Load a MarianMT directory safely (safetensors only, no remote code) with clear errors.
-
-    Returns (model, tokenizer or None).
-    """
+def load_marian_config(model_dir):
+    """A model directory's config, checked to be MarianMT, with one-line errors naming the file."""
     from pathlib import Path
 
-    from transformers import AutoConfig, AutoTokenizer, MarianMTModel
+    from transformers import AutoConfig
 
     from wdctl.errors import InputError
 
@@ -130,6 +127,22 @@ def load_marian(model_dir, *, with_tokenizer: bool = True):
             f"{model_dir / 'config.json'}: model type '{config.model_type}' is not supported "
             f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)} — MarianMTModel)"
         )
+    return config
+
+
+def load_marian(model_dir, *, with_tokenizer: bool = True):
+    """Load a MarianMT directory safely (safetensors only, no remote code) with clear errors.
+
+    Returns (model, tokenizer or None).
+    """
+    from pathlib import Path
+
+    from transformers import AutoTokenizer, MarianMTModel
+
+    from wdctl.errors import InputError
+
+    model_dir = Path(model_dir)
+    load_marian_config(model_dir)
     if not (model_dir / "model.safetensors").is_file():
         pickles = [p.name for p in model_dir.glob("*.bin")] + [p.name for p in model_dir.glob("*.pt")]
         hint = f" ({', '.join(pickles)} is a pickle file, which wdctl refuses to load)" if pickles else ""

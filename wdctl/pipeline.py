@@ -53,6 +53,7 @@ from wdctl.atomic import atomic_dir, check_output_dir
 from wdctl.config import train_config
 from wdctl.corpus import Pair, read_parallel, require_pairs
 from wdctl.errors import InputError, WdctlError
+from wdctl.passes.marian import load_marian_config
 from wdctl.passes.student import StudentSpec, check_teacher, resolve_student, student_config
 from wdctl.passes.training import TrainConfig, collate, sequence_loss
 from wdctl.runinfo import versions, write_json
@@ -108,17 +109,8 @@ def _schedule_fingerprint(cfg: TrainConfig) -> dict:
 
 
 def load_teacher_config(teacher_dir: Path):
-    """The teacher's MarianConfig, with the same checks and messages as `load_marian`."""
-    from transformers import AutoConfig
-
-    if not teacher_dir.is_dir():
-        raise InputError(f"{teacher_dir}: model directory not found")
-    if not (teacher_dir / "config.json").is_file():
-        raise InputError(f"{teacher_dir}: not a model directory (no config.json)")
-    try:
-        config = AutoConfig.from_pretrained(teacher_dir, trust_remote_code=False)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{teacher_dir / 'config.json'}: unreadable model config ({str(exc).splitlines()[0]})") from None
+    """The teacher's MarianConfig (checked like `load_marian`) and fit to be a WD teacher."""
+    config = load_marian_config(teacher_dir)
     try:
         check_teacher(config)
     except InputError as exc:
