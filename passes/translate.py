@@ -6,6 +6,12 @@ import torch
 from tqdm.auto import tqdm
 
 
+def count_too_long(tokenizer, sentences: list[str], limit: int) -> int:
+    """How many (non-empty) inputs exceed `limit` source tokens and will be cut to it."""
+    texts = [s for s in sentences if s.strip()]
+    return sum(len(ids) > limit for ids in tokenizer(texts)["input_ids"]) if texts else 0
+
+
 def output_limit(source_tokens: int) -> int:
     """Longest output worth decoding for a source of this length (fairseq's max_len_a/b idea):
     keeps an untrained or looping model from always running to the model's maximum."""

@@ -151,3 +151,39 @@ def test_pickle_weights_are_refused_and_corrupt_safetensors_reported(tmp_path, t
     (corrupt / "model.safetensors").write_bytes(b"garbage" * 10)
     with pytest.raises(InputError, match="model.safetensors: cannot load weights"):
         load_marian(corrupt)
+
+
+def test_translate_accepts_long_empty_and_odd_unicode_lines(tmp_path, tiny_teacher_dir, cli):
+    lines = [
+        "And God said " * 400,  # far beyond the model's limit: truncated with a warning
+        "",
+        "Jesus\u200b wept\u200d.",  # zero-width characters
+        "ｆｕｌｌｗｉｄｔｈ God ﬁsh ½",  # NFKC-foldable forms
+        "שָׁלוֹם and سلام",  # right-to-left text
+        "Cafe\u0301 and café",  # decomposed and composed é
+        "   ",
+    ]
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = tmp_path / "out.txt"
+    code, _, err = cli("translate", tiny_teacher_dir, "--input", src, "--output", out, "--beams", 1)
+    assert code == 0, err
+    assert "1 input line(s) longer than" in err and "were truncated" in err
+    hyps = out.read_text(encoding="utf-8").split("\n")[:-1]
+    assert len(hyps) == len(lines)
+    assert hyps[1] == "" and hyps[6] == ""
+    assert all(h.strip() for i, h in enumerate(hyps) if i not in (1, 6))
+
+
+def test_atomic_dir_keeps_previous_output_when_a_write_fails(tmp_path):
+    from wdctl.atomic import atomic_dir
+
+    out = tmp_path / "pkg"
+    with atomic_dir(out) as tmp:
+        (tmp / "model.txt").write_text("v1")
+    with pytest.raises(RuntimeError):
+        with atomic_dir(out, force=True) as tmp:
+            (tmp / "model.txt").write_text("half of v2")
+            raise RuntimeError("disk full")
+    assert (out / "model.txt").read_text() == "v1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pkg"]

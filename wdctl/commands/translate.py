@@ -30,6 +30,16 @@ def _read_input(path: Optional[Path]) -> list[str]:
     return [line.rstrip("\r") for line in lines]
 
 
+def _warn_truncation(tokenizer, lines: list[str], max_length: int) -> None:
+    """Over-long inputs are translated cut to the model's limit, with a warning, not rejected."""
+    from wdctl.passes.translate import count_too_long
+
+    limit = min(max_length, tokenizer.model_max_length)
+    too_long = count_too_long(tokenizer, lines, limit)
+    if too_long:
+        typer.echo(f"wdctl: warning: {too_long} input line(s) longer than {limit} tokens were truncated", err=True)
+
+
 def is_onnx_package(model_dir: Path) -> bool:
     return (Path(model_dir) / "encoder_model.onnx").is_file()
 
@@ -62,6 +72,7 @@ def translate_command(
         from wdctl.export.decode import OrtTranslator
 
         translator = OrtTranslator(model_dir, threads=threads, device=device)
+        _warn_truncation(translator.tokenizer, lines, max_length)
         hyps = translator.translate(lines, beams=beams, batch_size=batch_size, max_length=max_length,
                                     length_penalty=length_penalty)
     else:
@@ -74,6 +85,7 @@ def translate_command(
 
         torch.set_num_threads(threads)
         model, tokenizer = load_marian(model_dir)
+        _warn_truncation(tokenizer, lines, max_length)
         hyps = translate_torch(model, tokenizer, lines, beams=beams, batch_size=batch_size, max_length=max_length,
                                length_penalty=length_penalty)
     text = "".join(h + "\n" for h in hyps)
