@@ -19,7 +19,7 @@
 # Everything resumes: rerun the script after Ctrl-C, finished runs and phases are skipped.
 #
 # Settings (environment variables):
-#   DATA=examples/data/bible  ROOT=runs/wd-table  RESULTS=examples/results
+#   DATA=examples/data/bible  ROOT=runs/wd-table  RESULTS=examples/results  TABLE=wd_table (file name)
 #   PHASE1_STEPS=1000  PHASE2_STEPS=1000  THREADS=2  PRESETS="tiny small"  METHODS="kd cut-kd wd"
 #   EXTRA="--eval-sentences 200"   (more `wdctl compress` flags, e.g. --config FILE.yaml)
 # On 2 CPU cores, budget about (P1+P2) x 0.5-1.5 s per run, six runs, plus ~30 min once for
@@ -31,6 +31,7 @@ TEACHER=${1:-${TEACHER:-runs/cpu-teacher/model}}
 DATA=${DATA:-examples/data/bible}
 ROOT=${ROOT:-runs/wd-table}
 RESULTS=${RESULTS:-examples/results}
+TABLE=${TABLE:-wd_table}
 PHASE1_STEPS=${PHASE1_STEPS:-1000}
 PHASE2_STEPS=${PHASE2_STEPS:-1000}
 THREADS=${THREADS:-2}
@@ -58,7 +59,7 @@ sys.exit(sum(p["steps"] for p in m["phases"].values()) != int(sys.argv[2]))' \
   done
 done
 
-"$PYTHON" - "$TEACHER" "$DATA" "$ROOT" "$RESULTS" "$PHASE1_STEPS" "$PHASE2_STEPS" "$THREADS" "$PRESETS" "$METHODS" <<'EOF'
+"$PYTHON" - "$TEACHER" "$DATA" "$ROOT" "$RESULTS" "$PHASE1_STEPS" "$PHASE2_STEPS" "$THREADS" "$PRESETS" "$METHODS" "$TABLE" <<'EOF'
 """Score the teacher on the test split (once, cached) and write the table."""
 import json
 import sys
@@ -73,7 +74,7 @@ from wdctl.passes.marian import load_marian
 from wdctl.passes.translate import translate_torch
 from wdctl.runinfo import cpu_info, versions, write_json
 
-teacher_dir, data, root, results, p1, p2, threads, presets, methods = sys.argv[1:]
+teacher_dir, data, root, results, p1, p2, threads, presets, methods, table = sys.argv[1:]
 root, results, threads = Path(root), Path(results), int(threads)
 torch.set_num_threads(threads)
 
@@ -160,14 +161,14 @@ if small and small["test_bleu_beam4"] is not None:
     claims.append(f"- small wd − teacher = {gap:+.2f} BLEU (beam 4); claim 'within 0.5 BLEU of the teacher': "
                   f"{'reproduced' if gap >= -0.5 else 'not reproduced'}.")
 lines += ["", "## Claims", "", *claims, "",
-          "Per-phase numbers (steps, training seconds, peak RSS, probe loss before/after) are in wd_table.json.", ""]
+          f"Per-phase numbers (steps, training seconds, peak RSS, probe loss before/after) are in {table}.json.", ""]
 
 results.mkdir(parents=True, exist_ok=True)
-(results / "wd_table.md").write_text("\n".join(lines), encoding="utf-8")
-write_json(results / "wd_table.json", {
+(results / f"{table}.md").write_text("\n".join(lines), encoding="utf-8")
+write_json(results / f"{table}.json", {
     "teacher_dir": teacher_dir, "data": data, "phase1_steps": int(p1), "phase2_steps": int(p2), "threads": threads,
     "teacher": teacher, "rows": rows, "claims": claims, "machine": cpu_info(), "versions": versions(),
 })
 print("\n".join(lines))
-print(f"written: {results / 'wd_table.md'}, {results / 'wd_table.json'}")
+print(f"written: {results / f'{table}.md'}, {results / f'{table}.json'}")
 EOF
