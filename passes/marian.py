@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from transformers import GenerationConfig, MarianConfig
 
@@ -69,9 +69,6 @@ def generation_config(config: MarianConfig, num_beams: int = 4, max_length: int 
 def describe_presets() -> str:
     return "; ".join(f"{name}: {p.help}" for name, p in TEACHER_PRESETS.items())
 
-
-def preset_dict(name: str) -> dict:
-    return asdict(TEACHER_PRESETS[name])
 
 
 def build_teacher(preset_name: str, vocab_size: int) -> "MarianMTModel":

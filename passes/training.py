@@ -448,7 +448,3 @@ def train(
     model.eval()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return TrainResult(steps=step, train_seconds=seconds, peak_rss_mb=peak, history=history)
-
-
-def config_dict(cfg: TrainConfig) -> dict:
-    return asdict(cfg)

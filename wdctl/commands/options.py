@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Optional
-
 import typer
 
 ConfigOpt = typer.Option(None, "--config", help="YAML file of training options (keys of TrainConfig).")
@@ -22,6 +19,3 @@ ForceOpt = typer.Option(False, "--force", help="Replace an output directory that
 def train_overrides(max_steps, max_minutes, max_tokens, accum, lr, warmup, seed, threads) -> dict:
     return {"max_steps": max_steps, "max_minutes": max_minutes, "max_tokens": max_tokens, "accum": accum,
             "lr": lr, "warmup": warmup, "seed": seed, "threads": threads}
-
-
-OptionalPath = Optional[Path]
