@@ -3,7 +3,8 @@
 Order of work (everything cheap is checked before anything heavy runs):
 
 1. Settings: flags parsed and validated (`InputError`, exit 2): model directories, the test
-   data, beams, batch sizes, threads, backends, the output directory.
+   data, beams, batch sizes, threads, backends, the device (with `--device cuda`, that the
+   libraries the chosen backends load can reach a GPU), the output directory.
 2. Systems: the teacher and each student (names unique; parameters counted).
 3. Packages: every system exported once to ONNX fp32 and int8 (`wdctl.export.onnx_export`,
    `wdctl.export.quantize`) and to CTranslate2 int8 when `ctranslate2` is importable, in a
@@ -45,6 +46,7 @@ from pathlib import Path
 
 from wdctl.atomic import MARKER, atomic_dir, check_output_dir
 from wdctl.errors import InputError, WdctlError
+from wdctl.export.session import DEVICES
 
 BACKENDS = ("torch", "ort", "ort-optimum", "ort-int8", "ct2")
 BACKEND_LABELS = {
@@ -56,6 +58,9 @@ BACKEND_LABELS = {
 }
 PRECISION = {"torch": "fp32", "ort": "fp32", "ort-optimum": "fp32", "ort-int8": "int8", "ct2": "int8"}
 PACKAGE_OF = {"torch": None, "ort": "fp32", "ort-optimum": "fp32", "ort-int8": "int8", "ct2": "ct2"}
+CPU_ONLY = ("ort-int8",)  # dynamic int8 ONNX: its integer kernels exist only in the CPU provider
+ORT_BACKENDS = ("ort", "ort-optimum", "ort-int8")
+TORCH_BACKENDS = ("torch", "ort-optimum")  # optimum's generate runs torch tensors on the model's device
 QUICK = {"max_sentences": 16, "repeats": 1, "beams": (1,), "batch_sizes": (1,)}
 DEFAULTS = {"beams": (1, 4), "batch_sizes": (1, 32), "threads": (1,), "repeats": 3, "max_sentences": None}
 ENCODER_FILES = ("encoder_model.onnx", "encoder_model_quantized.onnx")
@@ -79,9 +84,10 @@ def parse_int_list(text: str | None, flag: str, default: tuple[int, ...]) -> tup
     return tuple(values)
 
 
-def parse_backends(text: str | None) -> tuple[str, ...]:
+def parse_backends(text: str | None, device: str = "cpu") -> tuple[str, ...]:
+    """Backends named in `text`; by default all that run on `device`."""
     if text is None:
-        return BACKENDS
+        return tuple(b for b in BACKENDS if device == "cpu" or b not in CPU_ONLY)
     names = [p.strip() for p in str(text).split(",") if p.strip()]
     unknown = [n for n in names if n not in BACKENDS]
     if unknown or not names:
@@ -101,6 +107,8 @@ class BenchSettings:
     batch_sizes: tuple[int, ...] = DEFAULTS["batch_sizes"]
     threads: tuple[int, ...] = DEFAULTS["threads"]
     backends: tuple[str, ...] = BACKENDS
+    device: str = "cpu"
+    skipped_backends: tuple[str, ...] = ()  # default backends left out because they cannot run on `device`
     max_sentences: int | None = None
     repeats: int = 3
     max_length: int = 256
@@ -120,24 +128,33 @@ class BenchSettings:
             raise InputError(f"--max-length must be at least 2 (got {self.max_length})")
         if not self.students:
             raise InputError("--student: give at least one student model directory")
+        if self.device not in DEVICES:
+            raise InputError(f"--device: unknown device '{self.device}' (choose from {', '.join(DEVICES)})")
+        cpu_only = [b for b in self.backends if b in CPU_ONLY and self.device != "cpu"]
+        if cpu_only:
+            raise InputError(f"--backends {','.join(cpu_only)}: dynamic int8 ONNX runs on CPU only; "
+                             f"leave it out with --device {self.device}, or measure it with --device cpu")
         for path in [self.teacher, *self.students]:
             check_model_dir(Path(path))
         check_output_dir(self.out, self.force)
+        check_device(self.device, self.backends)  # last: it imports torch and onnxruntime
         return self
 
 
 def make_settings(teacher, students, data, out, *, split="test", beams=None, batch_sizes=None, threads=None,
-                  backends=None, max_sentences=None, repeats=None, max_length=256, length_penalty=1.0,
+                  backends=None, device="cpu", max_sentences=None, repeats=None, max_length=256, length_penalty=1.0,
                   packages=None, force=False, quick=False, progress=True, command=None) -> BenchSettings:
     """Settings from CLI-style values: None means the default, or the `--quick` value."""
     base = {**DEFAULTS, **(QUICK if quick else {})}
+    chosen = parse_backends(backends, device)
     settings = BenchSettings(
         teacher=Path(teacher), students=[Path(s) for s in students or []], data=str(data), out=Path(out),
         split=split,
         beams=parse_int_list(beams, "--beams", base["beams"]),
         batch_sizes=parse_int_list(batch_sizes, "--batch-sizes", base["batch_sizes"]),
         threads=parse_int_list(threads, "--threads", base["threads"]),
-        backends=parse_backends(backends),
+        backends=chosen, device=device,
+        skipped_backends=tuple(b for b in BACKENDS if b not in chosen) if backends is None else (),
         max_sentences=max_sentences if max_sentences is not None else base["max_sentences"],
         repeats=repeats if repeats is not None else base["repeats"],
         max_length=max_length, length_penalty=length_penalty,
@@ -147,6 +164,32 @@ def make_settings(teacher, students, data, out, *, split="test", beams=None, bat
     if settings.command is None:
         settings.command = canonical_command(settings)
     return settings
+
+
+def check_device(device: str, backends: tuple[str, ...]) -> None:
+    """With --device cuda, check that each library the backends load can reach a GPU: otherwise
+    every worker would fail on its own, after minutes of exporting."""
+    if device == "cpu":
+        return
+    if any(b in ORT_BACKENDS for b in backends):
+        from wdctl.export.session import providers_for
+
+        try:
+            providers_for(device)
+        except InputError as exc:
+            raise InputError(f"--device {device}: {exc}") from None
+    if any(b in TORCH_BACKENDS for b in backends):
+        import torch
+
+        if not torch.cuda.is_available():
+            why = (f"torch {torch.__version__} is a CPU-only build: install a CUDA build of torch"
+                   if torch.version.cuda is None else "no GPU visible: check the NVIDIA driver and CUDA_VISIBLE_DEVICES")
+            raise InputError(f"--device {device}: PyTorch cannot use CUDA ({why})")
+    if "ct2" in backends and ct2_available():
+        import ctranslate2
+
+        if ctranslate2.get_cuda_device_count() < 1:
+            raise InputError(f"--device {device}: CTranslate2 finds no CUDA device (leave ct2 out of --backends)")
 
 
 def check_model_dir(path: Path) -> None:
@@ -401,7 +444,7 @@ def run_worker(m: Measurement, settings: BenchSettings, sources: Path, work: Pat
         "backend": m.backend, "model": str(model), "tokenizer": str(_tokenizer_dir(model, m.system.model_dir)),
         "sources": str(sources), "hypotheses": str(hyp_path), "result": str(work / f"{m.id}.result.json"),
         "beams": m.beams, "batch_size": m.batch_size, "threads": m.threads, "repeats": settings.repeats,
-        "max_length": settings.max_length, "length_penalty": settings.length_penalty,
+        "max_length": settings.max_length, "length_penalty": settings.length_penalty, "device": settings.device,
     }
     if m.backend in ("ort", "ort-int8", "ort-optimum"):
         encoder, decoder = onnx_files(model)
@@ -554,7 +597,7 @@ def run_bench(settings: BenchSettings, log=None) -> dict:
             raise
         report["settings"]["packages"] = "packages" if in_out else str(Path(settings.packages).resolve())
         report.update({"created": _utc_now(), "versions": versions(),
-                       "machine": {**cpu_info(), **_memory()},
+                       "machine": {**cpu_info(), **_memory(), **_gpu(settings.device)},
                        "wall_seconds": round(time.perf_counter() - started, 1)})
         write_report(tmp, report)
     failed = [r for r in report["rows"] if r["status"] != "ok"]
@@ -574,10 +617,22 @@ def _memory() -> dict:
         return {}
 
 
+def _gpu(device: str) -> dict:
+    """The GPU's name; asked after the measurements so that this process holds no CUDA context
+    (GPU memory) while the workers run."""
+    if device != "cuda":
+        return {}
+    import torch
+
+    return {"gpu": torch.cuda.get_device_name(0)} if torch.cuda.is_available() else {}
+
+
 def _measure_all(settings: BenchSettings, systems: list[System], cache: Path, tmp: Path, sources: list[str],
                  references: list[str], log, tqdm) -> dict:
     notes = prepare_packages(systems, settings.backends, cache, log=log)
     backends = [b for b in settings.backends if PACKAGE_OF[b] is None or all(PACKAGE_OF[b] in s.packages for s in systems)]
+    if settings.device == "cuda" and "ct2" in backends:
+        notes.append("ct2: on cuda, int8 weights with float16 activations (compute type int8_float16)")
     hyp_dir, log_dir, work = tmp / "hypotheses", tmp / "logs", tmp / ".work"
     for d in (hyp_dir, log_dir, work):
         d.mkdir(parents=True, exist_ok=True)
@@ -632,6 +687,8 @@ def canonical_command(settings: BenchSettings) -> str:
     args += ["--data", settings.data]
     if settings.split != "test":
         args += ["--split", settings.split]
+    if settings.device != "cpu":
+        args += ["--device", settings.device]
     args += ["--beams", ",".join(map(str, settings.beams)), "--batch-sizes", ",".join(map(str, settings.batch_sizes)),
              "--threads", ",".join(map(str, settings.threads)), "--backends", ",".join(settings.backends)]
     if settings.max_sentences:

@@ -12,12 +12,15 @@ The spec is a JSON object:
   hypotheses    where to write the hypotheses of the last timed pass (one per line)
   result        where to write the result JSON
   beams, batch_size, threads, repeats, max_length, length_penalty
+  device        cpu | cuda (default cpu): where the backend runs
   encoder_file, decoder_file   (ORT backends) the ONNX files to load
 
 The worker loads the backend, runs one warm-up pass over the first batch (at least 8
 sentences), then `repeats` timed passes over all sentences. At batch size 1 every sentence
 is its own call and its latency is recorded. Timings cover translation only (tokenize,
-decode, detokenize), never loading or the token counting done afterwards.
+decode, detokenize), never loading or the token counting done afterwards. On cuda, the
+torch-based backends call `torch.cuda.synchronize()` before a timer stops, so queued GPU work
+is counted; wdctl's ORT decoder and CTranslate2 return host results, which already waits.
 
 The result JSON holds: seconds (per timed pass), latencies_ms (batch size 1 only; all
 sentences of all passes), target_tokens (of the hypotheses, counted with the model's target
@@ -65,6 +68,20 @@ def _limit_torch_threads(n: int) -> None:
         pass
 
 
+def _synchronized(translate: Translate, device: str) -> Translate:
+    """`translate`, waiting for the GPU to finish before returning (CUDA calls are asynchronous)."""
+    if device != "cuda":
+        return translate
+    import torch
+
+    def run(sentences: list[str], batch_size: int) -> list[str]:
+        out = translate(sentences, batch_size)
+        torch.cuda.synchronize()
+        return out
+
+    return run
+
+
 def _load_tokenizer(path: str):
     from transformers import AutoTokenizer
 
@@ -77,12 +94,13 @@ def _torch_backend(spec: dict, tokenizer) -> Translate:
     from wdctl.passes.translate import translate_torch
 
     model, _ = load_marian(spec["model"], with_tokenizer=False)
+    model.to(spec["device"])  # translate_torch puts the inputs on the model's device
 
     def run(sentences: list[str], batch_size: int) -> list[str]:
         return translate_torch(model, tokenizer, sentences, beams=spec["beams"], batch_size=batch_size,
                                max_length=spec["max_length"], length_penalty=spec["length_penalty"])
 
-    return run
+    return _synchronized(run, spec["device"])
 
 
 def _ort_backend(spec: dict, tokenizer) -> Translate:
@@ -90,7 +108,7 @@ def _ort_backend(spec: dict, tokenizer) -> Translate:
     from wdctl.export.decode import OrtTranslator
 
     files = {k: spec[k] for k in ("encoder_file", "decoder_file") if spec.get(k)}
-    translator = OrtTranslator(spec["model"], threads=spec["threads"], device="cpu", **files)
+    translator = OrtTranslator(spec["model"], threads=spec["threads"], device=spec["device"], **files)
 
     def run(sentences: list[str], batch_size: int) -> list[str]:
         return translator.translate(sentences, beams=spec["beams"], batch_size=batch_size,
@@ -120,10 +138,13 @@ def _ort_optimum_backend(spec: dict, tokenizer) -> Translate:
     from wdctl.passes.translate import translate_torch
 
     # optimum takes the merged decoder by its standard name only when no decoder file name is
-    # given (a name sends it looking for decoder_with_past_model.onnx); check it took ours
+    # given (a name sends it looking for decoder_with_past_model.onnx); check it took ours.
+    # On cuda, IO binding keeps inputs, outputs and the cache on the GPU between steps.
+    cuda = spec["device"] == "cuda"
     model = ORTModelForSeq2SeqLM.from_pretrained(
         spec["model"], encoder_file_name=spec.get("encoder_file") or "encoder_model.onnx", use_merged=True,
-        session_options=session_options(spec["threads"]), provider="CPUExecutionProvider",
+        session_options=session_options(spec["threads"]),
+        provider="CUDAExecutionProvider" if cuda else "CPUExecutionProvider", use_io_binding=cuda,
         use_cache=True, local_files_only=True)
     decoder = Path(str(model.decoder.path)).name
     if decoder != (spec.get("decoder_file") or "decoder_model_merged.onnx"):
@@ -134,7 +155,7 @@ def _ort_optimum_backend(spec: dict, tokenizer) -> Translate:
         return translate_torch(wrapped, tokenizer, sentences, beams=spec["beams"], batch_size=batch_size,
                                max_length=spec["max_length"], length_penalty=spec["length_penalty"])
 
-    return run
+    return _synchronized(run, spec["device"])
 
 
 def _ct2_backend(spec: dict, tokenizer) -> Translate:
@@ -142,7 +163,10 @@ def _ct2_backend(spec: dict, tokenizer) -> Translate:
 
     _limit_torch_threads(1)  # imported by transformers; idle, but kept off the second core
 
-    translator = ctranslate2.Translator(spec["model"], device="cpu", compute_type="int8",
+    # int8 weights either way; on the GPU the layers that are not int8 run in float16, the usual
+    # CTranslate2 setting there
+    compute_type = "int8_float16" if spec["device"] == "cuda" else "int8"
+    translator = ctranslate2.Translator(spec["model"], device=spec["device"], compute_type=compute_type,
                                         intra_threads=spec["threads"], inter_threads=1)
     beams, max_length = spec["beams"], spec["max_length"]
     truncate = min(max_length, tokenizer.model_max_length)
@@ -244,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m wdctl.export.bench_worker SPEC.json", file=sys.stderr)
         return 2
     spec = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
+    spec.setdefault("device", "cpu")  # optional in a spec (see above)
     try:
         if spec["backend"] not in LOADERS:
             raise ValueError(f"unknown backend {spec['backend']!r}")

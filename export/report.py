@@ -98,6 +98,14 @@ def _result_rows(rows: list[dict], batch: int) -> tuple[list[str], list[list[str
     return header, body
 
 
+def _device(settings: dict) -> str:
+    """The device row; reports written before `--device` existed ran on the CPU."""
+    text = settings.get("device", "cpu")
+    if settings.get("skipped_backends"):
+        text += f" ({', '.join(settings['skipped_backends'])} left out: CPU only)"
+    return text
+
+
 def render_markdown(report: dict) -> str:
     s, data, machine = report["settings"], report["data"], report.get("machine", {})
     rows = report["rows"]
@@ -120,6 +128,7 @@ def render_markdown(report: dict) -> str:
                           f"{s['length_penalty']}"],
         ["BLEU", f"`{report['metrics'].get('bleu')}`"],
         ["chrF", f"`{report['metrics'].get('chrf')}`"],
+        ["device", _device(s)],
         ["quick mode", "yes (smoke run: figures are not meaningful)" if s.get("quick") else "no"],
     ]
     lines += _table(["setting", "value"], settings_rows) + [""]
@@ -129,6 +138,8 @@ def render_markdown(report: dict) -> str:
     mem = f", {machine['memory_gb']} GiB RAM" if machine.get("memory_gb") else ""
     lines += [f"- CPU: {machine.get('model', '?')} ({machine.get('cores', '?')} cores{mem}); ISA flags: {flags}",
               f"- Python {machine.get('python', '?')} on {machine.get('machine', '?')}"]
+    if machine.get("gpu"):
+        lines.append(f"- GPU: {machine['gpu']}")
     loads = [r["load_avg"] for r in rows if r.get("load_avg") is not None]
     if loads:
         line = f"- 1-minute load average while measuring (the worker itself counts 1): {min(loads):.1f}–{max(loads):.1f}"

@@ -9,7 +9,8 @@ and caches the hypotheses on disk under a key that hashes
 
 so a rerun — or another student distilled from the same teacher and data — reuses them. The
 translation is done in chunks, each written atomically as soon as it is finished: an
-interrupted run (Ctrl-C) keeps its finished chunks and resumes after them. When all chunks are
+interrupted run (Ctrl-C) keeps its finished chunks and resumes after them. Under `torchrun`
+the chunks are dealt out to the ranks (rank r takes every world-th one) and rank 0 joins them. When all chunks are
 done they are joined into one `distilled-KEY.tsv` (source<TAB>hypothesis, written atomically)
 next to a `distilled-KEY.json` that records what was hashed.
 
@@ -32,6 +33,7 @@ from tqdm.auto import tqdm
 from wdctl.atomic import atomic_write_text
 from wdctl.corpus import Pair
 from wdctl.errors import InputError, WdctlError
+from wdctl.passes.distributed import distributed
 from wdctl.passes.translate import translate_torch
 
 log = logging.getLogger(__name__)
@@ -107,6 +109,14 @@ class _TorchBackend:
                                max_length=max_length, length_penalty=length_penalty)
 
 
+def _export_teacher(teacher_dir: Path, package_dir: Path) -> None:
+    from wdctl.export.onnx_export import export_onnx
+
+    if not (package_dir / "config.json").is_file():
+        tqdm.write(f"distill: exporting the teacher to ONNX once, into {package_dir}")
+        export_onnx(teacher_dir, package_dir, force=package_dir.exists())
+
+
 class _OnnxBackend:
     """The teacher exported once (fp32) into the cache, decoded with onnxruntime."""
 
@@ -114,11 +124,8 @@ class _OnnxBackend:
 
     def __init__(self, teacher_dir: Path, threads: int, package_dir: Path):
         from wdctl.export.decode import OrtTranslator
-        from wdctl.export.onnx_export import export_onnx
 
-        if not (package_dir / "config.json").is_file():
-            tqdm.write(f"distill: exporting the teacher to ONNX once, into {package_dir}")
-            export_onnx(teacher_dir, package_dir, force=package_dir.exists())
+        _export_teacher(teacher_dir, package_dir)
         self.translator = OrtTranslator(package_dir, threads=threads)
 
     def translate(self, sentences, beams, batch_size, max_length, length_penalty) -> list[str]:
@@ -143,6 +150,7 @@ def distill(
     if beams < 1 or batch_size < 1 or max_length < 2 or chunk_size < 1:
         raise InputError("distillation: beams and batch size must be >= 1, max length >= 2")
     teacher_dir, cache_dir = Path(teacher_dir), Path(cache_dir)
+    dist = distributed()
     started = time.perf_counter()
     backend_name = "onnx" if fast and _export_available() else "torch"
     if fast and backend_name == "torch":
@@ -159,39 +167,49 @@ def distill(
         if len(hypotheses) != len(sources):
             raise WdctlError(f"{final}: corrupt distillation cache ({len(hypotheses)} lines for "
                              f"{len(sources)} sentences); delete it and rerun")
-        tqdm.write(f"distill: reusing {final}")
+        if dist.is_main:
+            tqdm.write(f"distill: reusing {final}")
     else:
         parts = cache_dir / f"distilled-{key}.parts"
-        parts.mkdir(parents=True, exist_ok=True)
+        package_dir = cache_dir / f"teacher-onnx-{teacher_hash[:24]}"
+        if dist.is_main:
+            parts.mkdir(parents=True, exist_ok=True)
+            if backend_name == "onnx":
+                _export_teacher(teacher_dir, package_dir)
+        dist.barrier()
         backend = None
-        hypotheses = []
-        bar = tqdm(total=len(sources), desc=f"distill[{backend_name}, beam {beams}]", unit="sent",
-                   dynamic_ncols=True, disable=not progress)
-        for index, start in enumerate(range(0, len(sources), chunk_size)):
-            chunk = sources[start : start + chunk_size]
+        chunks = [(index, sources[start : start + chunk_size])
+                  for index, start in enumerate(range(0, len(sources), chunk_size))]
+        mine = chunks[dist.rank :: dist.world]  # under torchrun each rank translates its share of the chunks
+        bar = tqdm(total=sum(len(c) for _, c in mine), desc=f"distill[{backend_name}, beam {beams}]", unit="sent",
+                   dynamic_ncols=True, disable=not progress or not dist.is_main)
+        for index, chunk in mine:
             part = parts / f"chunk-{index:06d}.txt"
-            if part.is_file() and len(lines := _read_lines(part)) == len(chunk):
-                hypotheses += lines
-            else:
+            if not (part.is_file() and len(_read_lines(part)) == len(chunk)):
                 if backend is None:
-                    backend = (_OnnxBackend(teacher_dir, threads, cache_dir / f"teacher-onnx-{teacher_hash[:24]}")
+                    backend = (_OnnxBackend(teacher_dir, threads, package_dir)
                                if backend_name == "onnx" else _TorchBackend(teacher_dir, threads))
                 out = [_clean(h) for h in backend.translate(chunk, beams, batch_size, max_length, length_penalty)]
                 if len(out) != len(chunk):
                     raise WdctlError(f"distill: the {backend_name} backend returned {len(out)} translations "
                                      f"for {len(chunk)} sentences")
                 atomic_write_text(part, "".join(h + "\n" for h in out))
-                hypotheses += out
                 translated += len(chunk)
             bar.update(len(chunk))
         bar.close()
-        atomic_write_text(final.with_suffix(".json"), json.dumps({
-            "teacher_dir": str(teacher_dir.resolve()), "teacher_sha256": teacher_hash, "sentences": len(sources),
-            "settings": settings, "cache_version": CACHE_VERSION,
-        }, indent=2) + "\n")
-        atomic_write_text(final, "".join(f"{_clean(s)}\t{h}\n" for s, h in zip(sources, hypotheses)))
-        shutil.rmtree(parts, ignore_errors=True)
         del backend
+        translated = int(dist.sum([translated])[0])
+        dist.barrier()  # every chunk is on disk
+        hypotheses = [h for index, _ in chunks for h in _read_lines(parts / f"chunk-{index:06d}.txt")]
+        if dist.is_main:
+            atomic_write_text(final.with_suffix(".json"), json.dumps({
+                "teacher_dir": str(teacher_dir.resolve()), "teacher_sha256": teacher_hash,
+                "sentences": len(sources), "settings": settings, "cache_version": CACHE_VERSION,
+            }, indent=2) + "\n")
+            atomic_write_text(final, "".join(f"{_clean(s)}\t{h}\n" for s, h in zip(sources, hypotheses)))
+        dist.barrier()  # no rank still reads the chunks
+        if dist.is_main:
+            shutil.rmtree(parts, ignore_errors=True)
 
     kept = [(s, h) for s, h in zip(sources, hypotheses) if h.strip()]
     if len(kept) < len(sources):

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import random
 import resource
 import signal
@@ -34,6 +33,7 @@ from tqdm.auto import tqdm
 
 from wdctl.atomic import atomic_dir
 from wdctl.errors import InputError, WdctlError
+from wdctl.passes.distributed import check_accum, distributed
 
 Example = tuple[list[int], list[int]]
 
@@ -260,40 +260,6 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
-# --- distribution ------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Distributed:
-    """Rank and world size under `torchrun` (DDP: gloo on CPU, NCCL on GPU); 0 and 1 otherwise."""
-
-    rank: int = 0
-    world: int = 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def sum(self, values: list[float]) -> list[float]:
-        if self.world == 1:
-            return values
-        t = torch.tensor(values, dtype=torch.float64)
-        torch.distributed.all_reduce(t)
-        return t.tolist()
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            torch.distributed.barrier()
-
-
-def distributed(device: str = "cpu") -> Distributed:
-    """Join the process group that `torchrun` describes in the environment, if any."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return Distributed()
-    if not torch.distributed.is_initialized():
-        torch.distributed.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
-    return Distributed(torch.distributed.get_rank(), torch.distributed.get_world_size())
-
-
 # --- the loop ----------------------------------------------------------------------------------
 
 def train(
@@ -318,14 +284,13 @@ def train(
     if cfg.kd_weight > 0 and teacher is None:
         raise InputError("kd_weight > 0 needs a teacher model")
     dist = distributed(cfg.device)
-    if cfg.accum % dist.world:
-        raise InputError(f"--accum {cfg.accum} must be a multiple of the number of processes ({dist.world})")
+    check_accum(cfg.accum, dist.world, desc)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    device = torch.device(cfg.device)
+    device = dist.device(cfg.device)
     model.to(device)
     if teacher is not None:
         teacher.to(device).eval()
@@ -352,7 +317,7 @@ def train(
             tqdm.write(f"{desc}: resuming from {existing[-1]} (step {step})", file=sys.stderr)
     forward = model
     if dist.world > 1:
-        forward = nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
+        forward = nn.parallel.DistributedDataParallel(model, forward_sync_buffers=False)  # buffers never change
 
     log_path = run_dir / "log.jsonl"
     history: list[dict] = []
@@ -372,9 +337,9 @@ def train(
     with _StopFlag() as stop:
         while step < cfg.max_steps and not out_of_time():
             started = time.perf_counter()
-            micro = [collate(stream.next(), pad_id, start_id) for _ in range(cfg.accum)]
-            n_tokens = sum(int((b["labels"] != -100).sum()) for b in micro)  # global: same on every rank
-            mine = micro[dist.rank :: dist.world]
+            micro = [stream.next() for _ in range(cfg.accum)]  # the global batch, the same on every rank
+            n_tokens = sum(len(t) for batch in micro for _, t in batch)
+            mine = [collate(b, pad_id, start_id) for b in micro[dist.rank :: dist.world]]  # this rank's share
             optimizer.zero_grad(set_to_none=True)
             local_loss = 0.0
             for j, batch in enumerate(mine):

@@ -9,7 +9,8 @@ import torch
 from safetensors.torch import save_file
 from transformers import MarianConfig, MarianMTModel
 
-from wdctl.passes.training import TrainConfig, distributed, train
+from wdctl.passes.distributed import distributed
+from wdctl.passes.training import TrainConfig, train
 
 
 def main(run_dir: str, steps: int, out: str) -> None:

@@ -1,6 +1,7 @@
 """`wdctl bench` and `wdctl demo`: a quick bench on a tiny teacher and a cut student exported in
 the test, its report checked against a JSON schema and its BLEU against sacrebleu on the saved
-hypotheses; bad input; failed measurements; the report and plot on their own."""
+hypotheses; bad input (--device cuda without a GPU included); failed measurements; the
+report and plot on their own."""
 
 from __future__ import annotations
 
@@ -61,6 +62,7 @@ def test_quick_bench_writes_a_report_that_matches_the_schema(quick_bench):
     assert report["systems"][1]["parameters"] < report["systems"][0]["parameters"]
     s = report["settings"]
     assert (s["beams"], s["batch_sizes"], s["repeats"], s["sentences"], s["quick"]) == ([1], [1], 1, 16, True)
+    assert (s["device"], s["skipped_backends"], "gpu" in report["machine"]) == ("cpu", [], False)
     backends = ALL_BACKENDS if "ctranslate2" in report["versions"] else ALL_BACKENDS[:-1]
     rows = report["rows"]
     assert [(r["system"], r["backend"]) for r in rows] == [(sys, b) for sys in ("teacher", "wd-tiny") for b in backends]
@@ -115,6 +117,7 @@ def test_report_md_plot_and_packages_exist(quick_bench):
     md = (out / "report.md").read_text(encoding="utf-8")
     for text in ("# wdctl bench report", "## Settings", "## Machine and versions", "### greedy (beam 1), batch 1",
                  "| system | backend | BLEU | chrF |", "ORT int8 (wdctl decoder)", "p50 ms", "bleu_vs_speed.png",
+                 "| device | cpu |",
                  "nrefs:1"):
         assert text in md, text
     assert (out / "bleu_vs_speed.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -145,6 +148,14 @@ def test_existing_output_without_force_is_refused(quick_bench, tiny_teacher_dir,
     assert code == 2 and "pass --force" in err
 
 
+@pytest.fixture
+def no_gpu(monkeypatch):
+    """onnxruntime and torch without CUDA, as on a CPU-only machine, whatever this one has."""
+    monkeypatch.setattr("onnxruntime.get_available_providers", lambda: ["AzureExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+
+
+@pytest.mark.usefixtures("no_gpu")
 @pytest.mark.parametrize("args, message", [
     (["--teacher", "{missing}"], "model directory not found"),
     (["--beams", "1,x"], "--beams: expected comma-separated positive integers, got '1,x'"),
@@ -155,6 +166,10 @@ def test_existing_output_without_force_is_refused(quick_bench, tiny_teacher_dir,
     (["--repeats", "0"], "--repeats must be at least 1"),
     (["--data", "{missing}"], "file not found"),
     (["--student", "{corpus}"], "not a model directory (no config.json)"),
+    (["--device", "tpu"], "--device: unknown device 'tpu' (choose from cpu, cuda)"),
+    (["--device", "cuda", "--backends", "torch,ort-int8"], "--backends ort-int8: dynamic int8 ONNX runs on CPU only"),
+    (["--device", "cuda"], "--device cuda: onnxruntime-gpu not installed: pip install 'wdctl[gpu]'"),
+    (["--device", "cuda", "--backends", "torch"], "--device cuda: PyTorch cannot use CUDA ("),
 ])
 def test_bad_input_exits_2_with_one_line(cli, tiny_teacher_dir, tiny_corpus, tmp_path, args, message):
     values = {"--teacher": str(tiny_teacher_dir), "--student": str(tiny_teacher_dir), "--data": str(tiny_corpus),
@@ -216,14 +231,39 @@ def test_ct2_missing_is_a_note_not_a_failure(tiny_teacher_dir, tmp_path, monkeyp
     assert systems[0].name == "teacher" and systems[1].name != "teacher"
 
 
-def test_settings_defaults_quick_and_command(tiny_teacher_dir, tiny_corpus, tmp_path):
+def test_settings_defaults_quick_and_command(tiny_teacher_dir, tiny_corpus, tmp_path, monkeypatch):
+    import wdctl.export.bench as bench
     from wdctl.export.bench import make_settings
 
     full = make_settings(tiny_teacher_dir, [tiny_teacher_dir], tiny_corpus, tmp_path / "o")
     assert (full.beams, full.batch_sizes, full.threads, full.repeats) == ((1, 4), (1, 32), (1,), 3)
+    assert (full.device, full.skipped_backends) == ("cpu", ()) and "--device" not in full.command
+    monkeypatch.setattr(bench, "check_device", lambda device, backends: None)  # as if on a GPU machine
+    gpu = make_settings(tiny_teacher_dir, [tiny_teacher_dir], tiny_corpus, tmp_path / "o", device="cuda")
+    assert gpu.backends == ("torch", "ort", "ort-optimum", "ct2") and gpu.skipped_backends == ("ort-int8",)
+    assert "--backends torch,ort,ort-optimum,ct2" in gpu.command and "--device cuda" in gpu.command
     quick = make_settings(tiny_teacher_dir, [tiny_teacher_dir], tiny_corpus, tmp_path / "o", quick=True, beams="4,1,4")
     assert (quick.beams, quick.batch_sizes, quick.repeats, quick.max_sentences) == ((4, 1), (1,), 1, 16)
     assert "--beams 4,1 --batch-sizes 1 --threads 1" in quick.command and "--max-sentences 16" in quick.command
+
+
+def test_worker_spec_carries_the_device(tmp_path, monkeypatch):
+    """The parent's settings reach the worker through its spec file (the worker is faked)."""
+    import subprocess
+
+    import wdctl.export.bench as bench
+
+    def fake_run(args, **kwargs):
+        spec = json.loads(Path(args[-1]).read_text(encoding="utf-8"))
+        Path(spec["result"]).write_text(json.dumps({"spec": spec}), encoding="utf-8")
+        return subprocess.CompletedProcess(args, 0)
+
+    monkeypatch.setattr(bench.subprocess, "run", fake_run)
+    settings = bench.BenchSettings(teacher=tmp_path, students=[tmp_path], data="d", out=tmp_path / "o",
+                                   device="cuda", repeats=2)
+    m = bench.Measurement(bench.System("teacher", "teacher", tmp_path), "torch", 4, 8, 1)
+    spec = bench.run_worker(m, settings, tmp_path / "src.txt", tmp_path, tmp_path / "h.txt", tmp_path / "log")["spec"]
+    assert (spec["device"], spec["backend"], spec["beams"], spec["batch_size"], spec["repeats"]) == ("cuda", "torch", 4, 8, 2)
 
 
 def test_percentile_matches_numpy():
@@ -262,9 +302,11 @@ def test_report_renders_groups_by_beam_and_batch(tmp_path):
     rows = [row(s, b, beam, bs, 100.0 * (1 + i)) for beam in (1, 4) for bs in (1, 32)
             for i, (s, b) in enumerate((s, b) for s in ("teacher", "wd-tiny") for b in ("torch", "ct2"))]
     report = {"settings": {"beams": [1, 4], "batch_sizes": [1, 32], "threads": [1], "repeats": 3, "warmup": "w",
-                           "max_length": 256, "length_penalty": 1.0, "quick": False, "max_sentences": None},
+                           "max_length": 256, "length_penalty": 1.0, "quick": False, "max_sentences": None,
+                           "device": "cuda", "skipped_backends": ["ort-int8"]},
               "data": {"spec": "d", "split": "test", "sentences": 30}, "metrics": {"bleu": "b", "chrf": "c"},
-              "machine": {"model": "cpu", "cores": 2, "isa_flags": ["avx2"]}, "versions": {"torch": "2"},
+              "machine": {"model": "cpu", "cores": 2, "isa_flags": ["avx2"], "gpu": "NVIDIA H100 80GB HBM3"},
+              "versions": {"torch": "2"},
               "systems": [{"name": "teacher", "role": "teacher", "parameters": 10, "model_dir": "t", "packages": {}},
                           {"name": "wd-tiny", "role": "student", "parameters": 5, "model_dir": "s", "packages": {}}],
               "backends": {"torch": "PyTorch fp32", "ct2": "CTranslate2 int8"}, "notes": ["a note"], "rows": rows}
@@ -273,9 +315,17 @@ def test_report_renders_groups_by_beam_and_batch(tmp_path):
     assert titles == ["### greedy (beam 1), batch 1", "### greedy (beam 1), batch 32", "### beam 4, batch 1",
                       "### beam 4, batch 32"]
     assert md.count("p50 ms") == 2 and "- a note" in md
+    assert "| device | cuda (ort-int8 left out: CPU only) |" in md and "- GPU: NVIDIA H100 80GB HBM3" in md
     write_report(tmp_path, report)
     assert (tmp_path / "bleu_vs_speed.png").stat().st_size > 10_000
     assert json.loads((tmp_path / "report.json").read_text())["files"]["plot"] == "bleu_vs_speed.png"
+
+
+def test_bench_help_explains_device(cli):
+    code, out, _ = cli("bench", "--help")
+    flat = " ".join(out.replace("│", " ").split())
+    assert code == 0
+    assert "--device" in flat and "pip install 'wdctl[gpu]'" in flat and "ort-int8 (a CPU format)" in flat
 
 
 def test_demo_help_says_it_is_a_shorter_schedule(cli):

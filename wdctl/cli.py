@@ -14,8 +14,9 @@ register_all()
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; errors become `wdctl: error: ...` on stderr with exit 2 (input) or 1."""
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     try:
-        app(args=argv, prog_name="wdctl")
+        app(args=argv, prog_name="wdctl", obj={"argv": argv})  # `--nproc` relaunches the same argv
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except WdctlError as exc:

@@ -27,6 +27,10 @@ Steps, in order (everything that can be checked without heavy work is checked fi
    `OUT.int8/` (made by `wdctl.export`), whose BLEU is scored again (quantization can break a
    model).
 
+Under `torchrun` (or `wdctl compress --nproc N`) every rank validates, distills its share of
+the chunks and trains its share of each batch (`wdctl.passes.distributed`); rank 0 alone writes
+the run directory, the outputs and the scores.
+
 Run directory (default `OUT.run/`): config.json (inputs, shapes, schedules, versions),
 plan.txt/plan.json (wd), PHASE/{checkpoints,log.jsonl,done.json,student}, metrics.json
 (per-phase steps, wall and training time, peak RSS; loss of a fixed probe batch before and
@@ -53,6 +57,7 @@ from wdctl.atomic import atomic_dir, check_output_dir
 from wdctl.config import train_config
 from wdctl.corpus import Pair, read_parallel, require_pairs
 from wdctl.errors import InputError, WdctlError
+from wdctl.passes.distributed import Distributed, check_accum, distributed
 from wdctl.passes.marian import load_marian_config
 from wdctl.passes.student import StudentSpec, check_teacher, resolve_student, student_config
 from wdctl.passes.training import TrainConfig, collate, sequence_loss
@@ -226,6 +231,7 @@ class Job:
     dev_pairs: list[Pair] | None = None
     eval_sentences: int = 0
     phases: dict = field(default_factory=dict)
+    dist: Distributed = Distributed()
 
     @property
     def pad_id(self) -> int:
@@ -285,7 +291,8 @@ def run_phase(job: Job, name: str, build: Callable[[], nn.Module], cfg: TrainCon
     done = phase_dir / "done.json"
     if done.is_file():
         job.phases[name] = {**json.loads(done.read_text(encoding="utf-8")), "skipped": True}
-        print(f"{job.method}:{name}: finished earlier, reusing {phase_dir / 'student'}")
+        if job.dist.is_main:
+            print(f"{job.method}:{name}: finished earlier, reusing {phase_dir / 'student'}")
         return _load_student(phase_dir / "student")
 
     started = time.perf_counter()
@@ -316,9 +323,11 @@ def run_phase(job: Job, name: str, build: Callable[[], nn.Module], cfg: TrainCon
         "trainable_parameters": trainable,
         "history": result.history[-50:],
     }
-    with atomic_dir(phase_dir / "student", force=True) as tmp:
-        student.save_pretrained(tmp, safe_serialization=True)
-    write_json(done, info)
+    if job.dist.is_main:
+        with atomic_dir(phase_dir / "student", force=True) as tmp:
+            student.save_pretrained(tmp, safe_serialization=True)
+        write_json(done, info)
+    job.dist.barrier()
     job.phases[name] = info
     return student.eval()
 
@@ -484,8 +493,9 @@ def compress(
 
     if data is None or out is None:
         raise InputError("--data and --out are required (except with --dry-run)")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise InputError("wdctl compress runs as one process; do not start it under torchrun")
+    dist = distributed(phase1.device)
+    check_accum(phase1.accum, dist.world, "phase1")
+    check_accum(phase2.accum, dist.world, "phase2")
     out = Path(out)
     run_dir = Path(run_dir) if run_dir else out.with_name(out.name + ".run")
     if not (teacher_dir / "model.safetensors").is_file():
@@ -516,16 +526,21 @@ def compress(
         "subset_bytes": plan.subset_bytes,
     }
     fingerprint = _jsonable(fingerprint)  # as it reads back from config.json (tuples become lists)
-    _claim_run_dir(run_dir, fingerprint, force)
-    write_json(run_dir / "config.json", {
-        "fingerprint": fingerprint, "phase1": dataclasses.asdict(phase1), "phase2": dataclasses.asdict(phase2),
-        "outputs": {k: str(v) for k, v in outputs.items()}, "export": export, "quantize": quantize,
-        "eval_beams": eval_beams, "eval_sentences": eval_sentences, "threads": threads, **summary,
-        "versions": versions(),
-    })
-    if METHODS[method].needs_generator:
-        (run_dir / "plan.txt").write_text(plan.format() + "\n", encoding="utf-8")
-        write_json(run_dir / "plan.json", plan.to_dict())
+    start_over = _claim_run_dir(run_dir, fingerprint, force)
+    dist.barrier()  # every rank has checked the run directory before rank 0 changes it
+    if dist.is_main:
+        if start_over:
+            shutil.rmtree(run_dir)
+        write_json(run_dir / "config.json", {
+            "fingerprint": fingerprint, "phase1": dataclasses.asdict(phase1), "phase2": dataclasses.asdict(phase2),
+            "outputs": {k: str(v) for k, v in outputs.items()}, "export": export, "quantize": quantize,
+            "eval_beams": eval_beams, "eval_sentences": eval_sentences, "threads": threads, "processes": dist.world,
+            **summary, "versions": versions(),
+        })
+        if METHODS[method].needs_generator:
+            (run_dir / "plan.txt").write_text(plan.format() + "\n", encoding="utf-8")
+            write_json(run_dir / "plan.json", plan.to_dict())
+    dist.barrier()
 
     # 2. teacher, distilled data, examples
     from wdctl.passes.distill import distill
@@ -557,11 +572,13 @@ def compress(
     job = Job(teacher_dir=teacher_dir, teacher_config=teacher_config, spec=spec, student_config=s_config,
               method=method, phase1=phase1, phase2=phase2, run_dir=run_dir, plan=plan, teacher=teacher,
               tokenizer=tokenizer, examples=examples, probe=probe, dev_pairs=dev_pairs,
-              eval_sentences=eval_sentences)
+              eval_sentences=eval_sentences, dist=dist)
     model = METHODS[method].run(job)
     metrics["phases"] = job.phases
     del job
     model.generation_config = generation_config(model.config)
+    if not dist.is_main:  # rank 0 alone writes, scores and exports
+        return {}
 
     # 4. outputs and scores
     with atomic_dir(out, force=force) as tmp:
@@ -609,20 +626,22 @@ def _count_parameters(config) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _claim_run_dir(run_dir: Path, fingerprint: dict, force: bool) -> None:
-    """Resume only a run of the same configuration; with --force, restart a different one."""
+def _claim_run_dir(run_dir: Path, fingerprint: dict, force: bool) -> bool:
+    """Resume only a run of the same configuration; with --force, restart a different one.
+
+    Returns True when the run directory holds another run that must be cleared first."""
     config = run_dir / "config.json"
     if not config.is_file():
         if run_dir.exists() and any(run_dir.iterdir()):
             raise InputError(f"{run_dir}: run directory exists and was not made by `wdctl compress`; "
                              "choose another --run-dir")
-        return
+        return False
     try:
         previous = json.loads(config.read_text(encoding="utf-8")).get("fingerprint")
     except (json.JSONDecodeError, OSError):
         previous = None
     if previous == fingerprint:
-        return
+        return False
     if previous is None:
         raise InputError(f"{run_dir}: run directory exists and was not made by `wdctl compress`; "
                          "choose another --run-dir")
@@ -630,4 +649,4 @@ def _claim_run_dir(run_dir: Path, fingerprint: dict, force: bool) -> None:
     if not force:
         raise InputError(f"{run_dir}: holds a run with different settings ({', '.join(changed)}); pass --force "
                          "to start it over, or choose another --run-dir")
-    shutil.rmtree(run_dir)
+    return True

@@ -15,6 +15,7 @@ from transformers import AutoTokenizer
 from wdctl.atomic import atomic_dir, check_output_dir
 from wdctl.corpus import read_parallel, require_pairs
 from wdctl.metrics import bleu
+from wdctl.passes.distributed import Distributed, check_accum, distributed
 from wdctl.passes.marian import TEACHER_PRESETS, build_teacher, save_marian
 from wdctl.passes.training import TrainConfig, train
 from wdctl.passes.translate import translate_torch
@@ -23,10 +24,11 @@ from wdctl.runinfo import versions, write_json
 from wdctl.errors import InputError
 
 
-def load_or_train_vocab(pairs, vocab_dir: Path, vocab_size: int, seed: int):
-    if (vocab_dir / "vocab.json").is_file():
-        return AutoTokenizer.from_pretrained(vocab_dir)
-    train_vocabulary(pairs, vocab_dir, vocab_size, seed)
+def load_or_train_vocab(pairs, vocab_dir: Path, vocab_size: int, seed: int, dist: Distributed = Distributed()):
+    """The run's vocabulary: trained once (by rank 0 under torchrun), then loaded by every rank."""
+    if dist.is_main and not (vocab_dir / "vocab.json").is_file():
+        train_vocabulary(pairs, vocab_dir, vocab_size, seed)
+    dist.barrier()
     return AutoTokenizer.from_pretrained(vocab_dir)
 
 
@@ -58,28 +60,37 @@ def train_teacher(
     final_beams: int = 4,
     force: bool = False,
 ) -> dict:
-    """Train a teacher and return its metrics (dev/test BLEU at greedy and `final_beams`)."""
+    """Train a teacher and return its metrics (dev/test BLEU at greedy and `final_beams`).
+
+    Under `torchrun` every rank trains its share of each batch; rank 0 alone trains the
+    vocabulary, writes files, scores dev/test and returns the metrics (the others return {})."""
     if preset not in TEACHER_PRESETS:
         raise InputError(f"unknown teacher preset '{preset}' (choose from {', '.join(TEACHER_PRESETS)})")
     out = Path(out)
     check_output_dir(out, force)
     cfg.validate()
+    dist = distributed(cfg.device)
+    check_accum(cfg.accum, dist.world, "teacher")
     run_dir = Path(run_dir) if run_dir else out.with_name(out.name + ".run")
     train_pairs = require_pairs(read_parallel(data, "train"), 2, str(data))
     dev_pairs = held_out(data, "dev", dev)
     test_pairs = read_parallel(data, "test") if Path(data).is_dir() else None
 
     tokenizer = load_or_train_vocab(
-        train_pairs, run_dir / "vocab", vocab_size or TEACHER_PRESETS[preset].vocab_size, cfg.seed
+        train_pairs, run_dir / "vocab", vocab_size or TEACHER_PRESETS[preset].vocab_size, cfg.seed, dist
     )
     examples, _ = encode_pairs(tokenizer, train_pairs, max_length=256)
     torch.manual_seed(cfg.seed)  # the initial weights depend on the seed alone
     model = build_teacher(preset, len(tokenizer))
-    write_json(run_dir / "config.json", {"data": str(data), "preset": preset, "train": asdict(cfg),
-                                         "vocab_size": len(tokenizer), "versions": versions()})
+    if dist.is_main:
+        write_json(run_dir / "config.json", {"data": str(data), "preset": preset, "train": asdict(cfg),
+                                             "processes": dist.world, "vocab_size": len(tokenizer),
+                                             "versions": versions()})
     evaluate = dev_bleu_evaluator(tokenizer, dev_pairs[:eval_sentences]) if dev_pairs else None
     result = train(model, examples, cfg, run_dir, pad_id=model.config.pad_token_id,
                    start_id=model.config.decoder_start_token_id, evaluate=evaluate, desc=f"teacher[{preset}]")
+    if not dist.is_main:
+        return {}
 
     metrics = {"steps": result.steps, "train_minutes": round(result.train_seconds / 60, 1),
                "peak_rss_mb": round(result.peak_rss_mb), "parameters": model.num_parameters()}

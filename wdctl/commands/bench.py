@@ -19,7 +19,8 @@ def bench_command(
     beams: Optional[str] = typer.Option(None, "--beams", help="Beam sizes, comma-separated (default 1,4; with --quick 1)."),
     batch_sizes: Optional[str] = typer.Option(None, "--batch-sizes", help="Batch sizes, comma-separated (default 1,32; with --quick 1)."),
     threads: Optional[str] = typer.Option(None, "--threads", help="Threads per measurement; a list such as 1,2 measures each (default 1)."),
-    backends: Optional[str] = typer.Option(None, "--backends", help="Backends, comma-separated, from torch (PyTorch fp32), ort (ONNX Runtime fp32, wdctl's decoder), ort-optimum (ONNX Runtime fp32 via optimum's generate, a reference), ort-int8 (ONNX Runtime int8, wdctl's decoder), ct2 (CTranslate2 int8; skipped with a note if ctranslate2 is not installed). Default: all."),
+    backends: Optional[str] = typer.Option(None, "--backends", help="Backends, comma-separated, from torch (PyTorch fp32), ort (ONNX Runtime fp32, wdctl's decoder), ort-optimum (ONNX Runtime fp32 via optimum's generate, a reference), ort-int8 (ONNX Runtime int8, wdctl's decoder), ct2 (CTranslate2 int8; skipped with a note if ctranslate2 is not installed). Default: all (with --device cuda, all but ort-int8)."),
+    device: str = typer.Option("cpu", "--device", help="Where every backend runs: cpu, or cuda (one NVIDIA GPU: PyTorch and optimum on cuda, ONNX Runtime with CUDAExecutionProvider and IO binding, CTranslate2 int8_float16). cuda needs onnxruntime-gpu (pip install 'wdctl\\[gpu]') and a CUDA build of torch, checked before any work starts; ort-int8 (a CPU format) is left out of the default backends and refused if named."),
     max_sentences: Optional[int] = typer.Option(None, "--max-sentences", help="Use only the first N test sentences (default all; with --quick 16)."),
     repeats: Optional[int] = typer.Option(None, "--repeats", help="Timed passes per measurement, after one warm-up pass (default 3; with --quick 1)."),
     max_length: int = typer.Option(256, "--max-length", help="Longest output in tokens (also capped at 1.5 x source + 10)."),
@@ -36,7 +37,7 @@ def bench_command(
 
     settings = make_settings(
         teacher, student, data, out, split=split, beams=beams, batch_sizes=batch_sizes, threads=threads,
-        backends=backends, max_sentences=max_sentences, repeats=repeats, max_length=max_length,
+        backends=backends, device=device, max_sentences=max_sentences, repeats=repeats, max_length=max_length,
         packages=packages, force=force, quick=quick,
     )
     report = run_bench(settings)

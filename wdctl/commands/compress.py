@@ -8,7 +8,8 @@ from typing import Optional
 import typer
 
 from wdctl.app import app
-from wdctl.commands.options import AccumOpt, ForceOpt, MaxTokensOpt, SeedOpt, ThreadsOpt
+from wdctl.commands.options import (AccumOpt, DeviceOpt, ForceOpt, MaxTokensOpt, NprocOpt, PrecisionOpt, SeedOpt,
+                                    ThreadsOpt)
 
 STUDENT_HELP = (
     "Student shape: a preset or a YAML file of shape fields (encoder_layers, decoder_layers, d_model, "
@@ -56,6 +57,7 @@ def _print_plan(result: dict) -> None:
 
 @app.command("compress")
 def compress_command(
+    ctx: typer.Context,
     teacher_dir: Path = typer.Argument(..., help="Teacher MarianMT directory (safetensors weights + tokenizer)."),
     data: Optional[str] = typer.Option(None, "--data", help="Training corpus: a directory with train/dev/test splits, a TSV file, or SRC,TGT text files. Test BLEU is reported when the directory has a test split."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output student MarianMT directory (loadable by transformers)."),
@@ -88,24 +90,31 @@ def compress_command(
     quantize: str = typer.Option("int8", "--quantize", help="Quantization of the exported package (a mode of `wdctl export`, e.g. int8), or 'none'."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the weight-grouping plan (classes, instances, groups, generator parameters and memory, subsets) and the phase-1 memory estimate; train nothing."),
     threads: Optional[int] = ThreadsOpt,
+    device: Optional[str] = DeviceOpt,
+    precision: Optional[str] = PrecisionOpt,
+    nproc: Optional[int] = NprocOpt,
     force: bool = ForceOpt,
 ) -> None:
     """Compress a MarianMT teacher into a smaller student by Weight Distillation (or a baseline).
 
     Pipeline: the teacher translates the training sources (beam search, cached) → training on original ∪ distilled pairs with label-smoothed CE (ε 0.1), Adam(0.9, 0.98) and inverse-sqrt warm-up → a standard MarianMT directory at OUT → test BLEU (greedy and beam 4) → ONNX fp32 and int8 packages.
 
-    Each phase checkpoints into the run directory: after Ctrl-C, rerun the same command to resume. Per-phase wall time and peak memory go to OUT.run/metrics.json. Defaults are CPU-sized (phase 1: 2000 steps, lr 7e-4, warm-up 400; phase 2: 2000 steps, lr 7e-4, warm-up 100; 2500-token batches); the paper's release uses warm-up 4000 and 1000.
+    Each phase checkpoints into the run directory: after Ctrl-C, rerun the same command to resume. `--nproc N` (or torchrun) distills and trains with N data-parallel processes; checkpoints resume with any N. Per-phase wall time and peak memory go to OUT.run/metrics.json. Defaults are CPU-sized (phase 1: 2000 steps, lr 7e-4, warm-up 400; phase 2: 2000 steps, lr 7e-4, warm-up 100; 2500-token batches); the paper's release uses warm-up 4000 and 1000.
     """
     from wdctl.config import read_yaml
+    from wdctl.launch import handed_to_torchrun
     from wdctl.pipeline import compress, phase_configs
 
     options = read_yaml(config)
-    shared = {"max_tokens": max_tokens, "accum": accum, "kd_weight": kd_weight, "seed": seed}
+    shared = {"max_tokens": max_tokens, "accum": accum, "kd_weight": kd_weight, "seed": seed, "device": device,
+              "precision": precision}
     per_phase = {"phase1": {"max_steps": phase1_steps, "lr": phase1_lr, "warmup": phase1_warmup},
                  "phase2": {"max_steps": phase2_steps, "lr": phase2_lr, "warmup": phase2_warmup}}
     p1, p2 = phase_configs(options)
     p1, p2 = phase_configs({**shared, **{k: {n: v for n, v in d.items() if v is not None} for k, d in per_phase.items()}},
                            base=(p1, p2))
+    if not dry_run and handed_to_torchrun(nproc, ctx.obj["argv"], (p1.accum, p2.accum)):
+        return
     result = compress(
         teacher_dir, data, out,
         student=student_request(student, encoder_layers, decoder_layers, d_model, ffn_dim, heads),
@@ -115,6 +124,8 @@ def compress_command(
         eval_sentences=eval_sentences, test_sentences=test_sentences,
         subset_bytes=subset_mb * 2**20 if subset_mb else None, threads=threads or 0,
     )
+    if not result:  # a torchrun worker other than rank 0
+        return
     if dry_run:
         _print_plan(result)
         typer.echo(f"method {method}; dry run: nothing trained")

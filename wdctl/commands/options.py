@@ -14,8 +14,12 @@ WarmupOpt = typer.Option(None, "--warmup", help="Warm-up steps of the inverse-sq
 SeedOpt = typer.Option(None, "--seed", help="Random seed (data order, initialisation, dropout).")
 ThreadsOpt = typer.Option(None, "--threads", help="Torch intra-op threads (default: torch's choice).")
 ForceOpt = typer.Option(False, "--force", help="Replace an output directory that wdctl wrote earlier.")
+DeviceOpt = typer.Option(None, "--device", help="Where to train: cpu, or cuda (each torchrun process takes the GPU of its LOCAL_RANK).")
+PrecisionOpt = typer.Option(None, "--precision", help="fp32, or autocast bf16 / fp16 (fp16 with loss scaling; for GPUs).")
+NprocOpt = typer.Option(None, "--nproc", help="Train with N processes on this machine: reruns this command under `torchrun --nproc_per_node N` (DDP; gloo on CPU, NCCL on GPU). The global batch stays the same, so --accum must be a multiple of N; checkpoints resume with any N. Same as starting wdctl with torchrun yourself.")
 
 
-def train_overrides(max_steps, max_minutes, max_tokens, accum, lr, warmup, seed, threads) -> dict:
+def train_overrides(max_steps, max_minutes, max_tokens, accum, lr, warmup, seed, threads, device=None,
+                    precision=None) -> dict:
     return {"max_steps": max_steps, "max_minutes": max_minutes, "max_tokens": max_tokens, "accum": accum,
-            "lr": lr, "warmup": warmup, "seed": seed, "threads": threads}
+            "lr": lr, "warmup": warmup, "seed": seed, "threads": threads, "device": device, "precision": precision}

@@ -8,8 +8,9 @@ from typing import Optional
 import typer
 
 from wdctl.app import app
-from wdctl.commands.options import (AccumOpt, ConfigOpt, ForceOpt, LrOpt, MaxMinutesOpt, MaxStepsOpt,
-                                    MaxTokensOpt, SeedOpt, ThreadsOpt, WarmupOpt, train_overrides)
+from wdctl.commands.options import (AccumOpt, ConfigOpt, DeviceOpt, ForceOpt, LrOpt, MaxMinutesOpt, MaxStepsOpt,
+                                    MaxTokensOpt, NprocOpt, PrecisionOpt, SeedOpt, ThreadsOpt, WarmupOpt,
+                                    train_overrides)
 from wdctl.config import TEACHER_SCHEDULES, read_yaml, train_config
 from wdctl.passes.marian import describe_presets
 
@@ -19,6 +20,7 @@ app.add_typer(teacher_app, name="teacher")
 
 @teacher_app.command("train")
 def teacher_train(
+    ctx: typer.Context,
     data: str = typer.Option(..., "--data", help="Corpus directory (with train/dev/test splits), a TSV file, or SRC,TGT text files."),
     out: Path = typer.Option(..., "--out", help="Output MarianMT directory (loadable by transformers)."),
     preset: str = typer.Option("cpu", "--preset", help=f"Architecture and schedule. {describe_presets()}."),
@@ -34,22 +36,32 @@ def teacher_train(
     warmup: Optional[int] = WarmupOpt,
     seed: Optional[int] = SeedOpt,
     threads: Optional[int] = ThreadsOpt,
+    device: Optional[str] = DeviceOpt,
+    precision: Optional[str] = PrecisionOpt,
+    nproc: Optional[int] = NprocOpt,
     force: bool = ForceOpt,
 ) -> None:
     """Train a joint subword vocabulary and a MarianMT teacher; report dev/test BLEU.
 
     Label-smoothed cross-entropy, Adam(0.9, 0.98), inverse-sqrt warm-up, token batches,
     checkpoints that resume after Ctrl-C (rerun the same command), and averaging of the
-    last checkpoints.
+    last checkpoints. `--nproc N` (or torchrun) trains with N data-parallel processes.
     """
     from wdctl.errors import InputError
+    from wdctl.launch import handed_to_torchrun
+    from wdctl.passes.distributed import distributed
     from wdctl.teacher import train_teacher
 
     if preset not in TEACHER_SCHEDULES:
         raise InputError(f"unknown teacher preset '{preset}' (choose from {', '.join(TEACHER_SCHEDULES)})")
     cfg = train_config(TEACHER_SCHEDULES[preset], read_yaml(config), str(config or "config"))
-    cfg = train_config(cfg, train_overrides(max_steps, max_minutes, max_tokens, accum, lr, warmup, seed, threads))
+    cfg = train_config(cfg, train_overrides(max_steps, max_minutes, max_tokens, accum, lr, warmup, seed, threads,
+                                            device, precision))
+    if handed_to_torchrun(nproc, ctx.obj["argv"], (cfg.accum,)):
+        return
     metrics = train_teacher(data, out, preset, cfg, run_dir=run_dir, dev=dev, vocab_size=vocab_size, force=force)
+    if not distributed().is_main:
+        return
     typer.echo(f"teacher written to {out}")
     for key, value in metrics.items():
         typer.echo(f"  {key}: {value}")
