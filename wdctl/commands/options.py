@@ -12,7 +12,7 @@ AccumOpt = typer.Option(None, "--accum", help="Micro-batches per optimizer step 
 LrOpt = typer.Option(None, "--lr", help="Peak learning rate of the inverse-sqrt schedule.")
 WarmupOpt = typer.Option(None, "--warmup", help="Warm-up steps of the inverse-sqrt schedule.")
 SeedOpt = typer.Option(None, "--seed", help="Random seed (data order, initialisation, dropout).")
-ThreadsOpt = typer.Option(None, "--threads", help="Torch intra-op threads (default: torch's choice).")
+ThreadsOpt = typer.Option(None, "--threads", help="Torch intra-op threads (default: torch's choice, all cores). On a machine shared with other jobs use fewer: two threads on two busy cores trained ~8x slower than one.")
 ForceOpt = typer.Option(False, "--force", help="Replace an output directory that wdctl wrote earlier.")
 DeviceOpt = typer.Option(None, "--device", help="Where to train: cpu, or cuda (each torchrun process takes the GPU of its LOCAL_RANK).")
 PrecisionOpt = typer.Option(None, "--precision", help="fp32, or autocast bf16 / fp16 (fp16 with loss scaling; for GPUs).")
