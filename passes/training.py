@@ -332,7 +332,9 @@ def train(
         return cfg.max_minutes > 0 and seconds >= cfg.max_minutes * 60
 
     model.train()
-    bar = tqdm(total=cfg.max_steps, initial=step, desc=desc, unit="step", dynamic_ncols=True, disable=not dist.is_main)
+    # a time budget usually ends the run long before max_steps: no ETA computed from max_steps then
+    bar = tqdm(total=None if cfg.max_minutes else cfg.max_steps, initial=step, unit="step", dynamic_ncols=True,
+               desc=f"{desc} (up to {cfg.max_minutes:g} min)" if cfg.max_minutes else desc, disable=not dist.is_main)
     window_loss, window_tokens, window_time = 0.0, 0, 0.0
     with _StopFlag() as stop:
         while step < cfg.max_steps and not out_of_time():

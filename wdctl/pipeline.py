@@ -57,6 +57,7 @@ from wdctl.atomic import atomic_dir, check_output_dir
 from wdctl.config import train_config
 from wdctl.corpus import Pair, read_parallel, require_pairs
 from wdctl.errors import InputError, WdctlError
+from wdctl.metrics import score_bleu
 from wdctl.passes.distributed import Distributed, check_accum, distributed
 from wdctl.passes.marian import load_marian_config
 from wdctl.passes.student import StudentSpec, check_teacher, resolve_student, student_config
@@ -391,21 +392,6 @@ METHODS: dict[str, Method] = {
 
 
 # --- evaluation and export ---------------------------------------------------------------------
-
-def score_bleu(translate: Callable[[list[str], int], list[str]], pairs: list[Pair], beams: list[int],
-               prefix: str) -> dict:
-    from wdctl.metrics import bleu
-
-    metrics = {}
-    for b in beams:
-        started = time.perf_counter()
-        hyps = translate([s for s, _ in pairs], b)
-        score = bleu(hyps, [t for _, t in pairs])
-        metrics[f"{prefix}_bleu_beam{b}"] = score.score
-        metrics[f"{prefix}_seconds_beam{b}"] = round(time.perf_counter() - started, 2)
-        metrics["bleu_signature"] = score.signature
-    return metrics
-
 
 def _export_modules():
     try:

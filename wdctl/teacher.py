@@ -14,7 +14,7 @@ from transformers import AutoTokenizer
 
 from wdctl.atomic import atomic_dir, check_output_dir
 from wdctl.corpus import read_parallel, require_pairs
-from wdctl.metrics import bleu
+from wdctl.metrics import bleu, score_bleu
 from wdctl.passes.distributed import Distributed, check_accum, distributed
 from wdctl.passes.marian import TEACHER_PRESETS, build_teacher, save_marian
 from wdctl.passes.training import TrainConfig, train
@@ -94,14 +94,12 @@ def train_teacher(
 
     metrics = {"steps": result.steps, "train_minutes": round(result.train_seconds / 60, 1),
                "peak_rss_mb": round(result.peak_rss_mb), "parameters": model.num_parameters()}
+    def translate(sentences, beams):
+        return translate_torch(model, tokenizer, sentences, beams=beams, batch_size=64, progress=True)
+
     for name, pairs in (("dev", dev_pairs), ("test", test_pairs)):
-        if not pairs:
-            continue
-        for beams in sorted({1, final_beams}):
-            hyps = translate_torch(model, tokenizer, [s for s, _ in pairs], beams=beams, batch_size=64, progress=True)
-            score = bleu(hyps, [t for _, t in pairs])
-            metrics[f"{name}_bleu_beam{beams}"] = score.score
-            metrics["bleu_signature"] = score.signature
+        if pairs:
+            metrics.update(score_bleu(translate, pairs, sorted({1, final_beams}), name))
     with atomic_dir(out, force=force) as tmp:
         save_marian(model, tokenizer, tmp)
     write_json(run_dir / "metrics.json", metrics)
