@@ -396,3 +396,21 @@ def test_demo_smoke_runs_every_stage_for_real(cli, tmp_path):
     assert [s["name"] for s in report["systems"]] == ["teacher", "wd-tiny"]
     code, _, err = cli("demo", "--smoke", "--out", out)
     assert code == 0 and "demo: bench: reusing the finished output" in err
+
+
+def test_readme_pivot_has_a_row_per_system_and_backend(quick_bench):
+    """benchmarks/bench_pivot.py: the README's table, one cell per beam and batch size."""
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_pivot.py"
+    spec = importlib.util.spec_from_file_location("bench_pivot", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    report = json.loads((quick_bench[1] / "report.json").read_text())
+    table = module.pivot(report).splitlines()
+    pairs = {(r["system"], r["backend"]) for r in report["rows"]}
+    assert len(table) == 2 + len(pairs)
+    for row in report["rows"]:
+        if row["status"] == "ok":
+            assert any(f"| {row['system']} | {row['backend_label']} |" in line and f"{row['bleu']:.2f} / " in line
+                       for line in table)
