@@ -99,10 +99,11 @@ def _export_available() -> bool:
 class _TorchBackend:
     name = "torch"
 
-    def __init__(self, teacher_dir: Path, threads: int):
+    def __init__(self, teacher_dir: Path, threads: int, device):
         from wdctl.passes.marian import load_marian
 
         self.model, self.tokenizer = load_marian(teacher_dir)
+        self.model.to(device)  # translate_torch follows the model's device
 
     def translate(self, sentences, beams, batch_size, max_length, length_penalty) -> list[str]:
         return translate_torch(self.model, self.tokenizer, sentences, beams=beams, batch_size=batch_size,
@@ -143,10 +144,13 @@ def distill(
     length_penalty: float = 1.0,
     fast: bool = False,
     threads: int = 1,
+    device: str = "cpu",
     chunk_size: int = CHUNK_SIZE,
     progress: bool = True,
 ) -> DistillResult:
-    """Teacher translations of the source side of `pairs`, from the cache when possible."""
+    """Teacher translations of the source side of `pairs`, from the cache when possible.
+
+    `device` places the PyTorch backend (`cuda`: this rank's GPU); the ONNX backend runs on CPU."""
     if beams < 1 or batch_size < 1 or max_length < 2 or chunk_size < 1:
         raise InputError("distillation: beams and batch size must be >= 1, max length >= 2")
     teacher_dir, cache_dir = Path(teacher_dir), Path(cache_dir)
@@ -188,7 +192,7 @@ def distill(
             if not (part.is_file() and len(_read_lines(part)) == len(chunk)):
                 if backend is None:
                     backend = (_OnnxBackend(teacher_dir, threads, package_dir)
-                               if backend_name == "onnx" else _TorchBackend(teacher_dir, threads))
+                               if backend_name == "onnx" else _TorchBackend(teacher_dir, threads, dist.device(device)))
                 out = [_clean(h) for h in backend.translate(chunk, beams, batch_size, max_length, length_penalty)]
                 if len(out) != len(chunk):
                     raise WdctlError(f"distill: the {backend_name} backend returned {len(out)} translations "

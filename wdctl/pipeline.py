@@ -541,7 +541,7 @@ def compress(
     torch_threads = torch.get_num_threads()  # the ONNX backend holds torch to one thread
     distilled = distill(teacher_dir, train_pairs, cache_dir or default_cache_dir(), beams=distill_beams,
                         batch_size=distill_batch_size, max_length=MAX_LENGTH, length_penalty=length_penalty,
-                        fast=fast_distill, threads=threads or 1, progress=progress)
+                        fast=fast_distill, threads=threads or 1, device=phase1.device, progress=progress)
     metrics["distill"] = {"cache": str(distilled.path), "reused": distilled.reused, "translated": distilled.translated,
                           "seconds": round(distilled.seconds, 2), "backend": distilled.backend,
                           "pairs": len(distilled.pairs)}
