@@ -24,7 +24,7 @@ is counted; wdctl's ORT decoder and CTranslate2 return host results, which alrea
 
 The result JSON holds: seconds (per timed pass), latencies_ms (batch size 1 only; all
 sentences of all passes), target_tokens (of the hypotheses, counted with the model's target
-tokenizer, special tokens excluded), peak_rss_mb (getrusage of this process), load_seconds,
+tokenizer, special tokens excluded), peak_rss_mb (this process's high-water mark), load_seconds,
 stable (all timed passes produced the same hypotheses), threads, load_avg (the 1-minute load
 average before and after the timed passes). On failure it holds
 `error` and the process exits 1.
@@ -34,12 +34,13 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import sys
 import time
 import traceback
 from pathlib import Path
 from typing import Callable
+
+from wdctl.runinfo import peak_rss_mb
 
 BACKENDS = ("torch", "ort", "ort-optimum", "ort-int8", "ct2")
 WARMUP_SENTENCES = 8
@@ -254,7 +255,7 @@ def measure(spec: dict) -> dict:
         "target_tokens": _count_target_tokens(tokenizer, hyps),
         "stable": all(p == hyps for p in passes),
         "threads": spec["threads"],
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "peak_rss_mb": peak_rss_mb(),
         # 1-minute load average before/after the timed passes (this worker counts 1): other
         # work on the machine shows up here and makes the timings unreliable
         "load_avg": [round(load_before, 2), round(os.getloadavg()[0], 2)],

@@ -17,7 +17,6 @@ import contextlib
 import json
 import math
 import random
-import resource
 import signal
 import sys
 import time
@@ -33,6 +32,7 @@ from tqdm.auto import tqdm
 
 from wdctl.atomic import atomic_dir
 from wdctl.errors import InputError, WdctlError
+from wdctl.runinfo import peak_rss_mb
 from wdctl.passes.distributed import check_accum, distributed
 
 Example = tuple[list[int], list[int]]
@@ -413,5 +413,4 @@ def train(
     if cfg.average_last > 1:
         average_checkpoints(model, checkpoint_dirs(run_dir)[-cfg.average_last :])
     model.eval()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return TrainResult(steps=step, train_seconds=seconds, peak_rss_mb=peak, history=history)
+    return TrainResult(steps=step, train_seconds=seconds, peak_rss_mb=peak_rss_mb(), history=history)

@@ -187,3 +187,19 @@ def test_atomic_dir_keeps_previous_output_when_a_write_fails(tmp_path):
             raise RuntimeError("disk full")
     assert (out / "model.txt").read_text() == "v1"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pkg"]
+
+
+def test_peak_rss_of_a_child_process_is_its_own(tmp_path):
+    """A worker started by fork + exec reports its own peak memory, not its launcher's
+    (getrusage's ru_maxrss inherits the parent's)."""
+    import subprocess
+    import sys
+
+    from wdctl.runinfo import peak_rss_mb
+
+    ballast = b"\x01" * (400 << 20)  # touched pages: the parent's peak is at least 400 MiB
+    child = subprocess.run([sys.executable, "-c", "from wdctl.runinfo import peak_rss_mb; print(peak_rss_mb())"],
+                           capture_output=True, text=True, check=True)
+    assert peak_rss_mb() >= 400
+    assert 0 < float(child.stdout) < 200
+    del ballast

@@ -42,7 +42,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 import shutil
 import threading
 import time
@@ -62,7 +61,7 @@ from wdctl.passes.distributed import Distributed, check_accum, distributed
 from wdctl.passes.marian import load_marian_config
 from wdctl.passes.student import StudentSpec, check_teacher, resolve_student, student_config
 from wdctl.passes.training import TrainConfig, collate, sequence_loss
-from wdctl.runinfo import versions, write_json
+from wdctl.runinfo import peak_rss_mb, versions, write_json
 
 # CPU-sized defaults. The release uses peak lr 7e-4 with warm-up 4000 (phase 1) and 1000
 # (phase 2) on GPU-sized batches; on a 2-core CPU wdctl keeps the lr and the 4:1 warm-up ratio
@@ -203,8 +202,7 @@ class PeakRSS:
     @property
     def peak_mb(self) -> float:
         if self._hwm:
-            status = Path("/proc/self/status").read_text()
-            return int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) / 1024
+            return peak_rss_mb()
         import psutil
 
         return max(self._samples + [psutil.Process().memory_info().rss]) / 2**20

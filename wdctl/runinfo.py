@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
+import resource
+import sys
 from importlib import metadata
 from pathlib import Path
 
@@ -39,6 +42,19 @@ def cpu_info() -> dict:
     wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "fma", "sse4_2")
     return {"model": model, "cores": os.cpu_count(), "isa_flags": [f for f in wanted if f in flags],
             "machine": platform.machine(), "python": platform.python_version()}
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process, in MiB.
+
+    Linux: VmHWM, the high-water mark of this process's own memory. getrusage's ru_maxrss is
+    not used there because it carries a parent's peak into a child started by fork + exec, so
+    a benchmark worker would report its launcher's memory. Elsewhere ru_maxrss (bytes on macOS)."""
+    try:
+        status = Path("/proc/self/status").read_text()
+        return int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) / 1024
+    except (OSError, AttributeError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
 
 
 def write_json(path: Path, data: dict) -> None:
