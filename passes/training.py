@@ -239,7 +239,11 @@ def average_checkpoints(model: nn.Module, paths: list[Path]) -> None:
 
 
 class _StopFlag:
-    """Turns the first SIGINT/SIGTERM into a request to stop after the current step."""
+    """Turns the first SIGINT/SIGTERM into a request to stop after the current step.
+
+    The same signal again stops at once. The other one does not: under torchrun, Ctrl-C reaches
+    the workers as SIGINT and then the launcher sends SIGTERM, which must not cut short the
+    checkpoint the first signal asked for."""
 
     def __init__(self):
         self.signal: int | None = None
@@ -251,9 +255,10 @@ class _StopFlag:
         return self
 
     def _handle(self, signum, frame):
-        if self.signal is not None:  # second signal: stop now
+        if self.signal == signum:  # asked twice: stop now
             raise KeyboardInterrupt
-        self.signal = signum
+        if self.signal is None:
+            self.signal = signum
 
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():

@@ -203,3 +203,22 @@ def test_peak_rss_of_a_child_process_is_its_own(tmp_path):
     assert peak_rss_mb() >= 400
     assert 0 < float(child.stdout) < 200
     del ballast
+
+
+def test_stop_flag_lets_the_launchers_sigterm_follow_a_ctrl_c():
+    """Ctrl-C then torchrun's SIGTERM: still one request to stop after the step; the same
+    signal twice stops at once."""
+    import os
+    import signal
+
+    import pytest
+
+    from wdctl.passes.training import _StopFlag
+
+    with _StopFlag() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.signal == signal.SIGINT
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
