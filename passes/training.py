@@ -241,12 +241,14 @@ def average_checkpoints(model: nn.Module, paths: list[Path]) -> None:
 class _StopFlag:
     """Turns the first SIGINT/SIGTERM into a request to stop after the current step.
 
-    The same signal again stops at once. The other one does not: under torchrun, Ctrl-C reaches
-    the workers as SIGINT and then the launcher sends SIGTERM, which must not cut short the
-    checkpoint the first signal asked for."""
+    The same signal again stops at once, unless `patient`: under torchrun, Ctrl-C reaches a
+    worker twice (from the terminal and forwarded by the launcher, which escalates to SIGKILL
+    itself after its shutdown timeout), and the second must not cut short the checkpoint the
+    first asked for."""
 
-    def __init__(self):
+    def __init__(self, patient: bool = False):
         self.signal: int | None = None
+        self.patient = patient
         self._previous = {}
 
     def __enter__(self):
@@ -255,10 +257,10 @@ class _StopFlag:
         return self
 
     def _handle(self, signum, frame):
-        if self.signal == signum:  # asked twice: stop now
-            raise KeyboardInterrupt
         if self.signal is None:
             self.signal = signum
+        elif signum == self.signal and not self.patient:  # asked twice: stop now
+            raise KeyboardInterrupt
 
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
@@ -341,7 +343,7 @@ def train(
     bar = tqdm(total=None if cfg.max_minutes else cfg.max_steps, initial=step, unit="step", dynamic_ncols=True,
                desc=f"{desc} (up to {cfg.max_minutes:g} min)" if cfg.max_minutes else desc, disable=not dist.is_main)
     window_loss, window_tokens, window_time = 0.0, 0, 0.0
-    with _StopFlag() as stop:
+    with _StopFlag(patient=dist.world > 1) as stop:
         while step < cfg.max_steps and not out_of_time():
             started = time.perf_counter()
             micro = [stream.next() for _ in range(cfg.accum)]  # the global batch, the same on every rank

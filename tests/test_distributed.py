@@ -113,3 +113,30 @@ def test_nproc_must_match_the_torchrun_world(cli, tmp_path, tiny_corpus, monkeyp
     code, _, err = cli("compress", tiny_corpus, "--data", tiny_corpus, "--out", tmp_path / "s", "--accum", 2,
                        "--nproc", 3)
     assert code == 2 and "--nproc 3 but torchrun started 2 processes" in err
+
+
+def test_ctrl_c_under_nproc_checkpoints_and_resumes(tmp_path, tiny_corpus):
+    """Ctrl-C to the terminal's process group (launcher, torchrun, workers): exit 130 with a
+    checkpoint; the same command then resumes from it."""
+    import signal
+    import time
+
+    out, run_dir = tmp_path / "teacher", tmp_path / "teacher.run"
+    args = [sys.executable, "-m", "wdctl", "teacher", "train", "--data", str(tiny_corpus), "--out", str(out),
+            "--preset", "tiny", "--vocab-size", "400", "--accum", "2", "--nproc", "2"]
+    env = {k: v for k, v in os.environ.items() if k != "WORLD_SIZE"}
+    proc = subprocess.Popen(args + ["--max-steps", "100000"], env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while not (run_dir / "log.jsonl").is_file() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted" in err
+    saved = sorted((run_dir / "checkpoints").glob("step-*"))
+    assert saved and not out.exists()
+    step = int(saved[-1].name.split("-")[1])
+    result = wdctl(*args[3:], "--max-steps", step + 4)
+    assert f"resuming from {saved[-1]} (step {step})" in result.stderr
+    assert json.loads((run_dir / "metrics.json").read_text())["steps"] == step + 4

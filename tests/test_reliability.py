@@ -205,9 +205,9 @@ def test_peak_rss_of_a_child_process_is_its_own(tmp_path):
     del ballast
 
 
-def test_stop_flag_lets_the_launchers_sigterm_follow_a_ctrl_c():
-    """Ctrl-C then torchrun's SIGTERM: still one request to stop after the step; the same
-    signal twice stops at once."""
+def test_stop_flag_asked_twice_stops_at_once_unless_patient():
+    """A second Ctrl-C stops at once in one process; under torchrun (patient) the launcher's
+    forwarded signal must not cut the checkpoint short."""
     import os
     import signal
 
@@ -217,8 +217,12 @@ def test_stop_flag_lets_the_launchers_sigterm_follow_a_ctrl_c():
 
     with _StopFlag() as stop:
         os.kill(os.getpid(), signal.SIGINT)
-        os.kill(os.getpid(), signal.SIGTERM)
         assert stop.signal == signal.SIGINT
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
+    with _StopFlag(patient=True) as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.signal == signal.SIGINT
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

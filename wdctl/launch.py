@@ -19,6 +19,10 @@ class WorkersFailed(WdctlError):
     """torchrun's workers failed; their own messages are above this one."""
 
 
+class WorkersInterrupted(WdctlError):
+    exit_code = 130
+
+
 def handed_to_torchrun(nproc: int | None, argv: list[str], accums: tuple[int, ...] = ()) -> bool:
     """Start `argv` under torchrun when `nproc` > 1 and this is not a worker already.
 
@@ -37,11 +41,15 @@ def handed_to_torchrun(nproc: int | None, argv: list[str], accums: tuple[int, ..
         check_accum(accum, nproc)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                "-m", "wdctl", *without_nproc(argv)]
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the workers; they checkpoint
+    interrupted = []  # Ctrl-C reaches the workers too: they checkpoint and stop, and so does torchrun
+    previous = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
     try:
         code = subprocess.call(command)
     finally:
         signal.signal(signal.SIGINT, previous)
+    if code and interrupted:
+        raise WorkersInterrupted("interrupted; the workers saved a checkpoint where they could. "
+                                 "Run the same command again to resume.")
     if code:
         error = WorkersFailed(f"{nproc} worker processes under torchrun failed (exit status {code}); "
                               "see their messages above")
