@@ -6,11 +6,9 @@ Order of work (everything cheap is checked before anything heavy runs):
    data, beams, batch sizes, threads, backends, the device (with `--device cuda`, that the
    libraries the chosen backends load can reach a GPU), the output directory.
 2. Systems: the teacher and each student (names unique; parameters counted).
-3. Packages: every system exported once to ONNX fp32 and int8 (`wdctl.export.onnx_export`,
-   `wdctl.export.quantize`) and to CTranslate2 int8 when `ctranslate2` is importable, in a
-   cache (`OUT/packages/NAME-fp32|int8|ct2` by default) that later runs reuse. A
-   `NAME.source.json` beside them records which model weights they came from; a package of
-   other weights is rebuilt.
+3. Packages (`wdctl.export.packages`): every system exported once to ONNX fp32 and int8 and
+   to CTranslate2 int8 when `ctranslate2` is importable, in a cache
+   (`OUT/packages/NAME-fp32|int8|ct2` by default) that later runs reuse.
 4. Measurements: one subprocess (`python -m wdctl.export.bench_worker`) per
    threads × beam × batch size × system × backend, one at a time, under a progress bar. The
    worker warms up, times `repeats` passes over the same sentences and writes its hypotheses;
@@ -29,23 +27,22 @@ the weight files the backend loads (tokenizer files, the same for every backend,
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import json
 import os
-import re
 import shlex
 import shutil
 import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from wdctl.atomic import MARKER, atomic_dir, check_output_dir
+from wdctl.atomic import atomic_dir, check_output_dir
 from wdctl.errors import InputError, WdctlError
+from wdctl.export.packages import (PACKAGE_OF, System, ct2_available, loaded_files, make_systems, onnx_files,
+                                   prepare_packages)
 from wdctl.export.session import DEVICES
 
 BACKENDS = ("torch", "ort", "ort-optimum", "ort-int8", "ct2")
@@ -57,14 +54,11 @@ BACKEND_LABELS = {
     "ct2": "CTranslate2 int8",
 }
 PRECISION = {"torch": "fp32", "ort": "fp32", "ort-optimum": "fp32", "ort-int8": "int8", "ct2": "int8"}
-PACKAGE_OF = {"torch": None, "ort": "fp32", "ort-optimum": "fp32", "ort-int8": "int8", "ct2": "ct2"}
 CPU_ONLY = ("ort-int8",)  # dynamic int8 ONNX: its integer kernels exist only in the CPU provider
 ORT_BACKENDS = ("ort", "ort-optimum", "ort-int8")
 TORCH_BACKENDS = ("torch", "ort-optimum")  # optimum's generate runs torch tensors on the model's device
 QUICK = {"max_sentences": 16, "repeats": 1, "beams": (1,), "batch_sizes": (1,)}
 DEFAULTS = {"beams": (1, 4), "batch_sizes": (1, 32), "threads": (1,), "repeats": 3, "max_sentences": None}
-ENCODER_FILES = ("encoder_model.onnx", "encoder_model_quantized.onnx")
-DECODER_FILES = ("decoder_model_merged.onnx", "decoder_model_merged_quantized.onnx")
 REPORT_FORMAT = "wdctl-bench/1"
 
 
@@ -200,204 +194,6 @@ def check_model_dir(path: Path) -> None:
         raise InputError(f"{path}: not a model directory (no config.json)")
     if not (path / "model.safetensors").is_file():
         raise InputError(f"{path}: no model.safetensors")
-
-
-# --- systems and packages ---------------------------------------------------------------------
-
-@dataclass
-class System:
-    name: str
-    role: str  # teacher | student
-    model_dir: Path
-    parameters: int = 0
-    packages: dict[str, Path] = field(default_factory=dict)  # fp32 | int8 | ct2 → directory
-
-    def model_for(self, backend: str) -> Path:
-        kind = PACKAGE_OF[backend]
-        return self.model_dir if kind is None else self.packages[kind]
-
-
-def _safe_name(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or "student"
-
-
-def make_systems(teacher: Path, students: list[Path]) -> list[System]:
-    systems = [System("teacher", "teacher", Path(teacher))]
-    taken = {"teacher"}
-    for path in students:
-        path = Path(path)
-        generic = path.name in ("model", "student", "out", "output", "") and path.parent.name
-        base = _safe_name(f"{path.parent.name}-{path.name}" if generic else path.name)
-        name, n = base, 2
-        while name in taken:
-            name, n = f"{base}-{n}", n + 1
-        taken.add(name)
-        systems.append(System(name, "student", path))
-    for system in systems:
-        system.parameters = _count_parameters(system.model_dir)
-    return systems
-
-
-def _count_parameters(model_dir: Path) -> int:
-    """Parameters of the model (as `model.num_parameters()`), counted on the meta device."""
-    import torch
-    from transformers import AutoConfig, MarianMTModel
-
-    try:
-        config = AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{model_dir / 'config.json'}: unreadable model config ({str(exc).splitlines()[0]})") from None
-    if config.model_type != "marian":
-        raise InputError(f"{model_dir / 'config.json'}: model type '{config.model_type}' is not supported "
-                         "(supported: marian — MarianMTModel)")
-    with torch.device("meta"):
-        return MarianMTModel(config).num_parameters()
-
-
-def ct2_available() -> bool:
-    return importlib.util.find_spec("ctranslate2") is not None
-
-
-def _fingerprint(model_dir: Path) -> dict:
-    digest = hashlib.sha256()
-    with open(model_dir / "model.safetensors", "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    config = (model_dir / "config.json").read_bytes()
-    return {"model_dir": str(model_dir.resolve()), "weights_sha256": digest.hexdigest(),
-            "config_sha256": hashlib.sha256(config).hexdigest()}
-
-
-def _weights(stamp: dict) -> dict:
-    return {k: stamp.get(k) for k in ("weights_sha256", "config_sha256")}
-
-
-def _package_ready(path: Path) -> bool:
-    return path.is_dir() and (path / MARKER).is_file()
-
-
-def convert_ct2(model_dir: Path, out: Path, force: bool = False) -> dict:
-    """CTranslate2 int8 model (+ the tokenizer, so the directory stands alone)."""
-    import ctranslate2
-    from transformers import AutoTokenizer
-
-    with atomic_dir(out, force=force) as tmp:
-        try:
-            ctranslate2.converters.TransformersConverter(str(model_dir)).convert(
-                str(tmp), quantization="int8", force=True)
-        except Exception as exc:  # noqa: BLE001 - the converter raises many types
-            raise WdctlError(f"{model_dir}: CTranslate2 conversion failed ({str(exc).splitlines()[0][:200]})") from None
-        AutoTokenizer.from_pretrained(model_dir).save_pretrained(tmp)
-    return {"ct2": str(out)}
-
-
-def _export_functions():
-    try:
-        from wdctl.export.onnx_export import export_onnx
-        from wdctl.export.quantize import quantize_package
-    except ImportError as exc:
-        raise WdctlError(f"ONNX export is not available in this installation ({exc})") from None
-    return export_onnx, quantize_package
-
-
-def export_fp32(model_dir: Path, out: Path, force: bool) -> str | None:
-    """Export with the exporter's PyTorch-agreement check; if only that check fails (it can on
-    barely trained models, whose beams tie), export again unchecked and return a note: the
-    bench's own rows then show how far ORT and PyTorch differ."""
-    export_onnx, _ = _export_functions()
-    try:
-        export_onnx(model_dir, out, force=force, device="cpu", validate=True)
-        return None
-    except InputError:
-        raise
-    except WdctlError as exc:
-        export_onnx(model_dir, out, force=force or out.exists(), device="cpu", validate=False)
-        return f"the ONNX export failed its check against PyTorch and is measured anyway ({exc})"
-
-
-def prepare_packages(systems: list[System], backends: tuple[str, ...], cache: Path,
-                     log=print) -> list[str]:
-    """Export/quantize/convert what `backends` need into `cache`, reusing finished packages.
-
-    Fills `system.packages`; returns notes (e.g. CTranslate2 skipped)."""
-    notes: list[str] = []
-    kinds = {PACKAGE_OF[b] for b in backends} - {None}
-    if "int8" in kinds:
-        kinds.add("fp32")
-    if "ct2" in kinds and not ct2_available():
-        kinds.discard("ct2")
-        notes.append("ct2: skipped, CTranslate2 is not installed (pip install 'wdctl[ct2]')")
-    if not kinds:
-        return notes
-    cache.mkdir(parents=True, exist_ok=True)
-    done_models: dict[Path, System] = {}
-    for system in systems:
-        same = done_models.get(system.model_dir.resolve())
-        if same is not None:  # the same directory given twice: share its packages
-            system.packages = dict(same.packages)
-            continue
-        done_models[system.model_dir.resolve()] = system
-        stamp_path = cache / f"{system.name}.source.json"
-        stamp = _fingerprint(system.model_dir)
-        try:
-            previous = json.loads(stamp_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            previous = None
-        # compared without the path (a moved directory of the same weights is fine) and notes
-        fresh = previous is not None and _weights(previous) == _weights(stamp)
-        system_notes = list(previous.get("notes", [])) if fresh else []
-        paths = {kind: cache / f"{system.name}-{kind}" for kind in ("fp32", "int8", "ct2")}
-        stale = not fresh and any(paths[k].exists() for k in kinds)
-        if not fresh:  # a half-finished rebuild must not look fresh to the next run
-            stamp_path.unlink(missing_ok=True)
-        for kind in ("fp32", "int8", "ct2"):
-            if kind not in kinds:
-                continue
-            path = paths[kind]
-            if fresh and _package_ready(path):
-                log(f"{system.name}: reusing the {kind} package {path.name}")
-            else:
-                log(f"{system.name}: building the {kind} package {path.name}")
-                force = stale or path.exists()
-                if kind == "fp32":
-                    note = export_fp32(system.model_dir, path, force)
-                    if note:
-                        system_notes.append(note)
-                elif kind == "int8":
-                    _, quantize_package = _export_functions()
-                    quantize_package(paths["fp32"], path, mode="int8", force=force)
-                else:
-                    convert_ct2(system.model_dir, path, force=force)
-            system.packages[kind] = path
-        notes.extend(f"{system.name}: {note}" for note in system_notes)
-        stamp_path.write_text(json.dumps({**stamp, "notes": system_notes}, indent=2) + "\n", encoding="utf-8")
-    return notes
-
-
-def onnx_files(package: Path) -> tuple[Path, Path]:
-    """The encoder and merged decoder a package's ORT sessions load."""
-    def first(names):
-        for name in names:
-            if (package / name).is_file():
-                return package / name
-        candidates = sorted(p.name for p in package.glob("*.onnx"))
-        raise WdctlError(f"{package}: no {' or '.join(names)} (found: {', '.join(candidates) or 'no .onnx files'})")
-
-    return first(ENCODER_FILES), first(DECODER_FILES)
-
-
-def loaded_files(system: System, backend: str) -> list[Path]:
-    """The weight/graph files this backend loads (for the size on disk)."""
-    if backend == "torch":
-        return [system.model_dir / "model.safetensors"]
-    if backend == "ct2":
-        return [system.packages["ct2"] / "model.bin"]
-    files = []
-    for onnx in onnx_files(system.model_for(backend)):
-        files.append(onnx)
-        files.extend(p for p in onnx.parent.iterdir()
-                     if p != onnx and p.name.startswith(onnx.name) and p.suffix != ".onnx")  # external data
-    return files
 
 
 def _tokenizer_dir(model: Path, fallback: Path) -> Path:
@@ -660,7 +456,7 @@ def _measure_all(settings: BenchSettings, systems: list[System], cache: Path, tm
                       {"bleu": None, "chrf": None})
     settings_out = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings).items()
                     if k not in ("teacher", "students", "out", "packages", "progress", "command")}
-    settings_out.update({"warmup": f"one untimed pass over the first max(batch size, 8) sentences",
+    settings_out.update({"warmup": "one untimed pass over the first max(batch size, 8) sentences",
                          "sentences": len(sources)})
     return {
         "format": REPORT_FORMAT,

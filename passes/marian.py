@@ -70,7 +70,6 @@ def describe_presets() -> str:
     return "; ".join(f"{name}: {p.help}" for name, p in TEACHER_PRESETS.items())
 
 
-
 def build_teacher(preset_name: str, vocab_size: int) -> "MarianMTModel":
     from transformers import MarianMTModel
 

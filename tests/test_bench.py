@@ -221,11 +221,11 @@ def test_failed_measurements_are_reported_and_exit_1(cli, tiny_teacher_dir, tiny
 
 
 def test_ct2_missing_is_a_note_not_a_failure(tiny_teacher_dir, tmp_path, monkeypatch):
-    import wdctl.export.bench as bench
+    import wdctl.export.packages as packages
 
-    monkeypatch.setattr(bench, "ct2_available", lambda: False)
-    systems = bench.make_systems(tiny_teacher_dir, [tiny_teacher_dir])
-    notes = bench.prepare_packages(systems, ("torch", "ct2"), tmp_path / "packages", log=lambda _: None)
+    monkeypatch.setattr(packages, "ct2_available", lambda: False)
+    systems = packages.make_systems(tiny_teacher_dir, [tiny_teacher_dir])
+    notes = packages.prepare_packages(systems, ("torch", "ct2"), tmp_path / "packages", log=lambda _: None)
     assert notes == ["ct2: skipped, CTranslate2 is not installed (pip install 'wdctl[ct2]')"]
     assert all(not s.packages for s in systems)
     assert systems[0].name == "teacher" and systems[1].name != "teacher"

@@ -145,7 +145,7 @@ def bench_settings(out: Path, teacher: Path, student: Path, plan: DemoPlan, thre
 
 
 def stage_packages(settings) -> list[str]:
-    from wdctl.export.bench import make_systems, prepare_packages
+    from wdctl.export.packages import make_systems, prepare_packages
 
     systems = make_systems(settings.teacher, settings.students)
     return prepare_packages(systems, settings.backends, Path(settings.packages))

@@ -55,7 +55,7 @@ from torch import nn
 from wdctl.atomic import atomic_dir, check_output_dir
 from wdctl.config import train_config
 from wdctl.corpus import Pair, read_parallel, require_pairs
-from wdctl.errors import InputError, WdctlError
+from wdctl.errors import InputError
 from wdctl.metrics import score_bleu
 from wdctl.passes.distributed import Distributed, check_accum, distributed
 from wdctl.passes.marian import load_marian_config

@@ -1,0 +1,219 @@
+"""Packages for `wdctl bench`: each system (teacher, students) exported once per runtime.
+
+ONNX fp32 (`wdctl.export.onnx_export`), ONNX int8 (`wdctl.export.quantize`) and CTranslate2
+int8 (when `ctranslate2` is importable), built into a cache directory that later runs reuse: a
+`NAME.source.json` beside the packages records the weights they came from, and a package of
+other weights is rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from wdctl.atomic import MARKER, atomic_dir
+from wdctl.errors import InputError, WdctlError
+
+PACKAGE_OF = {"torch": None, "ort": "fp32", "ort-optimum": "fp32", "ort-int8": "int8", "ct2": "ct2"}
+ENCODER_FILES = ("encoder_model.onnx", "encoder_model_quantized.onnx")
+DECODER_FILES = ("decoder_model_merged.onnx", "decoder_model_merged_quantized.onnx")
+
+
+@dataclass
+class System:
+    name: str
+    role: str  # teacher | student
+    model_dir: Path
+    parameters: int = 0
+    packages: dict[str, Path] = field(default_factory=dict)  # fp32 | int8 | ct2 → directory
+
+    def model_for(self, backend: str) -> Path:
+        kind = PACKAGE_OF[backend]
+        return self.model_dir if kind is None else self.packages[kind]
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or "student"
+
+
+def make_systems(teacher: Path, students: list[Path]) -> list[System]:
+    systems = [System("teacher", "teacher", Path(teacher))]
+    taken = {"teacher"}
+    for path in students:
+        path = Path(path)
+        generic = path.name in ("model", "student", "out", "output", "") and path.parent.name
+        base = _safe_name(f"{path.parent.name}-{path.name}" if generic else path.name)
+        name, n = base, 2
+        while name in taken:
+            name, n = f"{base}-{n}", n + 1
+        taken.add(name)
+        systems.append(System(name, "student", path))
+    for system in systems:
+        system.parameters = _count_parameters(system.model_dir)
+    return systems
+
+
+def _count_parameters(model_dir: Path) -> int:
+    """Parameters of the model (as `model.num_parameters()`), counted on the meta device."""
+    import torch
+    from transformers import AutoConfig, MarianMTModel
+
+    try:
+        config = AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{model_dir / 'config.json'}: unreadable model config ({str(exc).splitlines()[0]})") from None
+    if config.model_type != "marian":
+        raise InputError(f"{model_dir / 'config.json'}: model type '{config.model_type}' is not supported "
+                         "(supported: marian — MarianMTModel)")
+    with torch.device("meta"):
+        return MarianMTModel(config).num_parameters()
+
+
+def ct2_available() -> bool:
+    return importlib.util.find_spec("ctranslate2") is not None
+
+
+def _fingerprint(model_dir: Path) -> dict:
+    digest = hashlib.sha256()
+    with open(model_dir / "model.safetensors", "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    config = (model_dir / "config.json").read_bytes()
+    return {"model_dir": str(model_dir.resolve()), "weights_sha256": digest.hexdigest(),
+            "config_sha256": hashlib.sha256(config).hexdigest()}
+
+
+def _weights(stamp: dict) -> dict:
+    return {k: stamp.get(k) for k in ("weights_sha256", "config_sha256")}
+
+
+def _package_ready(path: Path) -> bool:
+    return path.is_dir() and (path / MARKER).is_file()
+
+
+def convert_ct2(model_dir: Path, out: Path, force: bool = False) -> dict:
+    """CTranslate2 int8 model (+ the tokenizer, so the directory stands alone)."""
+    import ctranslate2
+    from transformers import AutoTokenizer
+
+    with atomic_dir(out, force=force) as tmp:
+        try:
+            ctranslate2.converters.TransformersConverter(str(model_dir)).convert(
+                str(tmp), quantization="int8", force=True)
+        except Exception as exc:  # noqa: BLE001 - the converter raises many types
+            raise WdctlError(f"{model_dir}: CTranslate2 conversion failed ({str(exc).splitlines()[0][:200]})") from None
+        AutoTokenizer.from_pretrained(model_dir).save_pretrained(tmp)
+    return {"ct2": str(out)}
+
+
+def _export_functions():
+    try:
+        from wdctl.export.onnx_export import export_onnx
+        from wdctl.export.quantize import quantize_package
+    except ImportError as exc:
+        raise WdctlError(f"ONNX export is not available in this installation ({exc})") from None
+    return export_onnx, quantize_package
+
+
+def export_fp32(model_dir: Path, out: Path, force: bool) -> str | None:
+    """Export with the exporter's PyTorch-agreement check; if only that check fails (it can on
+    barely trained models, whose beams tie), export again unchecked and return a note: the
+    bench's own rows then show how far ORT and PyTorch differ."""
+    export_onnx, _ = _export_functions()
+    try:
+        export_onnx(model_dir, out, force=force, device="cpu", validate=True)
+        return None
+    except InputError:
+        raise
+    except WdctlError as exc:
+        export_onnx(model_dir, out, force=force or out.exists(), device="cpu", validate=False)
+        return f"the ONNX export failed its check against PyTorch and is measured anyway ({exc})"
+
+
+def prepare_packages(systems: list[System], backends: tuple[str, ...], cache: Path,
+                     log=print) -> list[str]:
+    """Export/quantize/convert what `backends` need into `cache`, reusing finished packages.
+
+    Fills `system.packages`; returns notes (e.g. CTranslate2 skipped)."""
+    notes: list[str] = []
+    kinds = {PACKAGE_OF[b] for b in backends} - {None}
+    if "int8" in kinds:
+        kinds.add("fp32")
+    if "ct2" in kinds and not ct2_available():
+        kinds.discard("ct2")
+        notes.append("ct2: skipped, CTranslate2 is not installed (pip install 'wdctl[ct2]')")
+    if not kinds:
+        return notes
+    cache.mkdir(parents=True, exist_ok=True)
+    done_models: dict[Path, System] = {}
+    for system in systems:
+        same = done_models.get(system.model_dir.resolve())
+        if same is not None:  # the same directory given twice: share its packages
+            system.packages = dict(same.packages)
+            continue
+        done_models[system.model_dir.resolve()] = system
+        stamp_path = cache / f"{system.name}.source.json"
+        stamp = _fingerprint(system.model_dir)
+        try:
+            previous = json.loads(stamp_path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            previous = None
+        # compared without the path (a moved directory of the same weights is fine) and notes
+        fresh = previous is not None and _weights(previous) == _weights(stamp)
+        system_notes = list(previous.get("notes", [])) if fresh else []
+        paths = {kind: cache / f"{system.name}-{kind}" for kind in ("fp32", "int8", "ct2")}
+        stale = not fresh and any(paths[k].exists() for k in kinds)
+        if not fresh:  # a half-finished rebuild must not look fresh to the next run
+            stamp_path.unlink(missing_ok=True)
+        for kind in ("fp32", "int8", "ct2"):
+            if kind not in kinds:
+                continue
+            path = paths[kind]
+            if fresh and _package_ready(path):
+                log(f"{system.name}: reusing the {kind} package {path.name}")
+            else:
+                log(f"{system.name}: building the {kind} package {path.name}")
+                force = stale or path.exists()
+                if kind == "fp32":
+                    note = export_fp32(system.model_dir, path, force)
+                    if note:
+                        system_notes.append(note)
+                elif kind == "int8":
+                    _, quantize_package = _export_functions()
+                    quantize_package(paths["fp32"], path, mode="int8", force=force)
+                else:
+                    convert_ct2(system.model_dir, path, force=force)
+            system.packages[kind] = path
+        notes.extend(f"{system.name}: {note}" for note in system_notes)
+        stamp_path.write_text(json.dumps({**stamp, "notes": system_notes}, indent=2) + "\n", encoding="utf-8")
+    return notes
+
+
+def onnx_files(package: Path) -> tuple[Path, Path]:
+    """The encoder and merged decoder a package's ORT sessions load."""
+    def first(names):
+        for name in names:
+            if (package / name).is_file():
+                return package / name
+        candidates = sorted(p.name for p in package.glob("*.onnx"))
+        raise WdctlError(f"{package}: no {' or '.join(names)} (found: {', '.join(candidates) or 'no .onnx files'})")
+
+    return first(ENCODER_FILES), first(DECODER_FILES)
+
+
+def loaded_files(system: System, backend: str) -> list[Path]:
+    """The weight/graph files this backend loads (for the size on disk)."""
+    if backend == "torch":
+        return [system.model_dir / "model.safetensors"]
+    if backend == "ct2":
+        return [system.packages["ct2"] / "model.bin"]
+    files = []
+    for onnx in onnx_files(system.model_for(backend)):
+        files.append(onnx)
+        files.extend(p for p in onnx.parent.iterdir()
+                     if p != onnx and p.name.startswith(onnx.name) and p.suffix != ".onnx")  # external data
+    return files
