@@ -169,7 +169,7 @@ class _Runner:
 
 class _BoundRunner(_Runner):
     """Same interface as `_Runner`, with IO binding: KV cache and encoder states stay on the
-    device (`owner.io_device`, "cuda" on GPUs); only logits come to the host."""
+    device (`owner.device`, "cuda" on GPUs); only logits come to the host."""
 
     def __init__(self, owner: "OrtTranslator", input_ids: np.ndarray, attention_mask: np.ndarray):
         self.o = owner
@@ -177,7 +177,7 @@ class _BoundRunner(_Runner):
         binding = owner.encoder.io_binding()
         binding.bind_cpu_input("input_ids", np.ascontiguousarray(input_ids, dtype=np.int64))
         binding.bind_cpu_input("attention_mask", self.mask)
-        binding.bind_output(owner.encoder_output, owner.io_device)
+        binding.bind_output(owner.encoder_output, owner.device)
         owner.encoder.run_with_iobinding(binding)
         self.hidden = binding.get_outputs()[0]
         self.past = None
@@ -201,7 +201,7 @@ class _BoundRunner(_Runner):
         names = o.all_outputs if first else o.self_outputs
         binding.bind_output(names[0], "cpu")
         for name in names[1:]:
-            binding.bind_output(name, o.io_device)
+            binding.bind_output(name, o.device)
         binding.synchronize_inputs()
         o.decoder.run_with_iobinding(binding)
         binding.synchronize_outputs()
@@ -246,7 +246,7 @@ class OrtTranslator:
         self.device = device
         self.threads = threads
         self.io_binding = device == "cuda"  # IO binding keeps the cache on the GPU
-        self.io_device = "cuda" if device == "cuda" else "cpu"
+        self.device = "cuda" if device == "cuda" else "cpu"
         self.settings = GenerationSettings.from_package(self.package)
         self._single_bad = np.asarray(self.settings.single_bad, dtype=np.int64)
         for name in (encoder_file, decoder_file):
@@ -311,7 +311,7 @@ class OrtTranslator:
         binding.bind_cpu_input("rows", rows.astype(np.int64))
         for i, value in enumerate(values):
             binding.bind_ortvalue_input(f"x{i}", value)
-            binding.bind_output(f"y{i}", self.io_device)
+            binding.bind_output(f"y{i}", self.device)
         binding.synchronize_inputs()
         session.run_with_iobinding(binding)
         binding.synchronize_outputs()

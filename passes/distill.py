@@ -10,9 +10,9 @@ and caches the hypotheses on disk under a key that hashes
 so a rerun — or another student distilled from the same teacher and data — reuses them. The
 translation is done in chunks, each written atomically as soon as it is finished: an
 interrupted run (Ctrl-C) keeps its finished chunks and resumes after them. Under `torchrun`
-the chunks are dealt out to the ranks (rank r takes every world-th one) and rank 0 joins them. When all chunks are
-done they are joined into one `distilled-KEY.tsv` (source<TAB>hypothesis, written atomically)
-next to a `distilled-KEY.json` that records what was hashed.
+the chunks are dealt out to the ranks (rank r takes every world-th one). When all chunks are
+done, rank 0 joins them into one `distilled-KEY.tsv` (source<TAB>hypothesis, written
+atomically) next to a `distilled-KEY.json` that records what was hashed.
 
 Backends: `translate_torch` (PyTorch beam search), or, with `fast=True` when `wdctl.export`
 is installed, the teacher's ONNX export (made once into the cache) run by onnxruntime.

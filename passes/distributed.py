@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from wdctl.errors import InputError
 
 @dataclass(frozen=True)
 class Distributed:
@@ -52,8 +53,6 @@ class Distributed:
 def check_accum(accum: int, world: int, where: str = "training") -> None:
     """The global batch is `accum` micro-batches whatever the world size, dealt out evenly."""
     if accum % world:
-        from wdctl.errors import InputError
-
         raise InputError(f"{where}: --accum {accum} must be a multiple of the number of processes ({world}), "
                          "so that the global batch stays the same")
 

@@ -262,6 +262,6 @@ def test_io_binding_runner_gives_the_same_tokens(packages, tokenizer, sentences,
 
     path = packages["diverse-fp32"]
     bound = OrtTranslator(path)
-    bound.io_binding = True  # what device="cuda" turns on; io_device stays "cpu" here
+    bound.io_binding = True  # what device="cuda" turns on; the cache stays on this device, the CPU
     ref, ours = _compare(_optimum(path), bound, tokenizer, sentences[:8], batch, beams)
     assert ref == ours

@@ -13,8 +13,8 @@ stage resumes from its checkpoints):
             budgets (minutes, not the default 2000 + 2000 steps) and greedy distillation.
 4. export   `OUT/packages/`: ONNX fp32, int8 and (if installed) CTranslate2 packages of both.
 5. bench    `OUT/bench/`: `wdctl bench` over the first 100 test sentences, beams 1 and 4,
-            batch sizes 1 and 32, one timed pass each; its report.md and plot are copied to `OUT/report.md` and
-            `OUT/bleu_vs_speed.png`.
+            batch sizes 1 and 32, one timed pass each; its report.md and plot are copied to
+            `OUT/report.md` and `OUT/bleu_vs_speed.png`.
 
 `OUT/demo.json` records each stage's wall time and whether it was reused.
 

@@ -16,7 +16,11 @@ from wdctl.passes.distributed import check_accum, launched_world
 
 
 class WorkersFailed(WdctlError):
-    """torchrun's workers failed; their own messages are above this one."""
+    """torchrun's workers failed; their own messages are above this one. Exits with torchrun's status."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 class WorkersInterrupted(WdctlError):
@@ -51,10 +55,8 @@ def handed_to_torchrun(nproc: int | None, argv: list[str], accums: tuple[int, ..
         raise WorkersInterrupted("interrupted; the workers saved a checkpoint where they could. "
                                  "Run the same command again to resume.")
     if code:
-        error = WorkersFailed(f"{nproc} worker processes under torchrun failed (exit status {code}); "
-                              "see their messages above")
-        error.exit_code = code
-        raise error
+        raise WorkersFailed(f"{nproc} worker processes under torchrun failed (exit status {code}); "
+                            "see their messages above", code)
     return True
 
 

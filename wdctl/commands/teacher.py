@@ -49,7 +49,6 @@ def teacher_train(
     """
     from wdctl.errors import InputError
     from wdctl.launch import handed_to_torchrun
-    from wdctl.passes.distributed import distributed
     from wdctl.teacher import train_teacher
 
     if preset not in TEACHER_SCHEDULES:
@@ -60,7 +59,7 @@ def teacher_train(
     if handed_to_torchrun(nproc, ctx.obj["argv"], (cfg.accum,)):
         return
     metrics = train_teacher(data, out, preset, cfg, run_dir=run_dir, dev=dev, vocab_size=vocab_size, force=force)
-    if not distributed().is_main:
+    if not metrics:  # a torchrun worker other than rank 0
         return
     typer.echo(f"teacher written to {out}")
     for key, value in metrics.items():
