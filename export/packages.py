@@ -17,6 +17,7 @@ from pathlib import Path
 
 from wdctl.atomic import MARKER, atomic_dir
 from wdctl.errors import InputError, WdctlError
+from wdctl.passes.marian import count_parameters, load_marian_config
 
 PACKAGE_OF = {"torch": None, "ort": "fp32", "ort-optimum": "fp32", "ort-int8": "int8", "ct2": "ct2"}
 ENCODER_FILES = ("encoder_model.onnx", "encoder_model_quantized.onnx")
@@ -53,24 +54,8 @@ def make_systems(teacher: Path, students: list[Path]) -> list[System]:
         taken.add(name)
         systems.append(System(name, "student", path))
     for system in systems:
-        system.parameters = _count_parameters(system.model_dir)
+        system.parameters = count_parameters(load_marian_config(system.model_dir))
     return systems
-
-
-def _count_parameters(model_dir: Path) -> int:
-    """Parameters of the model (as `model.num_parameters()`), counted on the meta device."""
-    import torch
-    from transformers import AutoConfig, MarianMTModel
-
-    try:
-        config = AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{model_dir / 'config.json'}: unreadable model config ({str(exc).splitlines()[0]})") from None
-    if config.model_type != "marian":
-        raise InputError(f"{model_dir / 'config.json'}: model type '{config.model_type}' is not supported "
-                         "(supported: marian — MarianMTModel)")
-    with torch.device("meta"):
-        return MarianMTModel(config).num_parameters()
 
 
 def ct2_available() -> bool:

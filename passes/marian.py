@@ -126,6 +126,15 @@ def load_marian_config(model_dir):
     return config
 
 
+def count_parameters(config) -> int:
+    """Distinct parameters of MarianMTModel(config), counted on the meta device (no memory)."""
+    import torch
+    from transformers import MarianMTModel
+
+    with torch.device("meta"):
+        return MarianMTModel(config).num_parameters()
+
+
 def load_marian(model_dir, *, with_tokenizer: bool = True):
     """Load a MarianMT directory safely (safetensors only, no remote code) with clear errors.
 

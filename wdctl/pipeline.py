@@ -58,7 +58,7 @@ from wdctl.corpus import Pair, read_parallel, require_pairs
 from wdctl.errors import InputError
 from wdctl.metrics import score_bleu
 from wdctl.passes.distributed import Distributed, check_accum, distributed
-from wdctl.passes.marian import load_marian_config
+from wdctl.passes.marian import count_parameters, load_marian_config
 from wdctl.passes.student import StudentSpec, check_teacher, resolve_student, student_config
 from wdctl.passes.training import TrainConfig, collate, sequence_loss
 from wdctl.runinfo import peak_rss_mb, versions, write_json
@@ -468,8 +468,8 @@ def compress(
         "method": method,
         "teacher": StudentSpec.from_config(teacher_config).to_dict(),
         "student": spec.to_dict(),
-        "teacher_parameters": _count_parameters(teacher_config),
-        "student_parameters": _count_parameters(s_config),
+        "teacher_parameters": count_parameters(teacher_config),
+        "student_parameters": count_parameters(s_config),
         "generator_parameters": plan.total_generator_params,
     }
     if dry_run:
@@ -599,15 +599,6 @@ def _export(out, outputs, quantize, force, test_pairs, eval_beams, threads) -> d
 
 def _jsonable(value):
     return json.loads(json.dumps(value, default=str))
-
-
-def _count_parameters(config) -> int:
-    """Distinct parameters of MarianMTModel(config), counted on the meta device (no memory)."""
-    from transformers import MarianMTModel
-
-    with torch.device("meta"):
-        model = MarianMTModel(config)
-    return sum(p.numel() for p in model.parameters())
 
 
 def _claim_run_dir(run_dir: Path, fingerprint: dict, force: bool) -> bool:
