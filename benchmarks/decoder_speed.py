@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.model is None:
         parser.error("the model or package directory is required")
 
-    from wdctl.corpus import read_parallel
+    from wdctl.core.corpus import read_parallel
 
     sentences = [s for s, _ in read_parallel(args.data, args.split)][: args.sentences]
     with tempfile.TemporaryDirectory() as scratch:

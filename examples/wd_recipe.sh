@@ -68,11 +68,11 @@ from pathlib import Path
 
 import torch
 
-from wdctl.corpus import read_parallel
-from wdctl.metrics import bleu
+from wdctl.core.corpus import read_parallel
+from wdctl.core.metrics import bleu
 from wdctl.passes.marian import load_marian
 from wdctl.passes.translate import translate_torch
-from wdctl.runinfo import cpu_info, versions, write_json
+from wdctl.core.runinfo import cpu_info, versions, write_json
 
 teacher_dir, data, root, results, p1, p2, threads, presets, methods, table = sys.argv[1:]
 root, results, threads = Path(root), Path(results), int(threads)

@@ -39,8 +39,8 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from wdctl.atomic import atomic_dir, check_output_dir
-from wdctl.errors import InputError, WdctlError
+from wdctl.core.atomic import atomic_dir, check_output_dir
+from wdctl.core.errors import InputError, WdctlError
 from wdctl.export.packages import (PACKAGE_OF, System, ct2_available, loaded_files, make_systems, onnx_files,
                                    prepare_packages)
 from wdctl.export.session import DEVICES
@@ -295,7 +295,7 @@ def _spread(median: float, low: float, high: float, digits: int = 2) -> dict:
 
 def summarize(m: Measurement, result: dict, settings: BenchSettings, n_sentences: int, hyp_rel: str,
               log_rel: str, references: list[str], out_root: Path) -> dict:
-    from wdctl.metrics import bleu, chrf
+    from wdctl.core.metrics import bleu, chrf
 
     row = {
         "id": m.id, "system": m.system.name, "role": m.system.role, "backend": m.backend,
@@ -363,9 +363,9 @@ def run_bench(settings: BenchSettings, log=None) -> dict:
     """Run the whole benchmark; returns the report dict (also written to settings.out)."""
     from tqdm.auto import tqdm
 
-    from wdctl.corpus import read_parallel
+    from wdctl.core.corpus import read_parallel
     from wdctl.export.report import write_report
-    from wdctl.runinfo import cpu_info, versions
+    from wdctl.core.runinfo import cpu_info, versions
 
     log = log or (lambda text: print(text, file=sys.stderr))
     pairs = read_parallel(settings.data, settings.split)

@@ -40,7 +40,7 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
-from wdctl.runinfo import peak_rss_mb
+from wdctl.core.runinfo import peak_rss_mb
 
 BACKENDS = ("torch", "ort", "ort-optimum", "ort-int8", "ct2")
 WARMUP_SENTENCES = 8

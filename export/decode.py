@@ -36,7 +36,7 @@ from typing import Sequence, Union
 import numpy as np
 
 from wdctl.export.session import hold_torch_threads, make_session, make_session_from_bytes, providers_for
-from wdctl.errors import InputError
+from wdctl.core.errors import InputError
 
 ENCODER_FILE = "encoder_model.onnx"
 DECODER_FILE = "decoder_model_merged.onnx"

@@ -24,9 +24,9 @@ from typing import Sequence
 
 import numpy as np
 
-from wdctl.atomic import atomic_dir, check_output_dir
-from wdctl.errors import InputError, WdctlError
-from wdctl.runinfo import cpu_info, versions, write_json
+from wdctl.core.atomic import atomic_dir, check_output_dir
+from wdctl.core.errors import InputError, WdctlError
+from wdctl.core.runinfo import cpu_info, versions, write_json
 
 TASK = "text2text-generation-with-past"
 KEEP = ("encoder_model.onnx", "decoder_model_merged.onnx")

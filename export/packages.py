@@ -15,8 +15,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from wdctl.atomic import MARKER, atomic_dir
-from wdctl.errors import InputError, WdctlError
+from wdctl.core.atomic import MARKER, atomic_dir
+from wdctl.core.errors import InputError, WdctlError
 from wdctl.passes.marian import count_parameters, load_marian_config
 
 PACKAGE_OF = {"torch": None, "ort": "fp32", "ort-optimum": "fp32", "ort-int8": "int8", "ct2": "ct2"}

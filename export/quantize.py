@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 from typing import Iterable
 
-from wdctl.atomic import MARKER, atomic_dir
-from wdctl.errors import InputError, WdctlError
-from wdctl.runinfo import cpu_info, versions, write_json
+from wdctl.core.atomic import MARKER, atomic_dir
+from wdctl.core.errors import InputError, WdctlError
+from wdctl.core.runinfo import cpu_info, versions, write_json
 
 MODES = ("int8", "fp16")
 ISAS = ("auto", "avx512_vnni", "avx512", "avx2", "arm64")

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from wdctl.atomic import atomic_write_text
-from wdctl.runinfo import write_json
+from wdctl.core.atomic import atomic_write_text
+from wdctl.core.runinfo import write_json
 
 PLOT_NAME = "bleu_vs_speed.png"
 BACKEND_MARKERS = {"torch": "o", "ort": "s", "ort-optimum": "D", "ort-int8": "^", "ct2": "*"}

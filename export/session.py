@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from wdctl.errors import InputError
+from wdctl.core.errors import InputError
 
 GPU_HINT = "onnxruntime-gpu not installed: pip install 'wdctl[gpu]'"
 DEVICES = ("cpu", "cuda")

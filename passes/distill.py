@@ -30,9 +30,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from wdctl.atomic import atomic_write_text
-from wdctl.corpus import Pair
-from wdctl.errors import InputError, WdctlError
+from wdctl.core.atomic import atomic_write_text
+from wdctl.core.corpus import Pair
+from wdctl.core.errors import InputError, WdctlError
 from wdctl.passes.distributed import distributed
 from wdctl.passes.translate import translate_torch
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from wdctl.errors import InputError
+from wdctl.core.errors import InputError
 
 @dataclass(frozen=True)
 class Distributed:

@@ -27,7 +27,7 @@ from torch.func import functional_call
 from torch.utils.checkpoint import checkpoint
 from transformers import MarianConfig, MarianMTModel
 
-from wdctl.errors import InputError, WdctlError
+from wdctl.core.errors import InputError, WdctlError
 from wdctl.passes.grouping import GeneratorEntry, GroupPlan, matrix_out_first
 from wdctl.passes.student import StudentSpec
 

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 import torch
 from transformers import MarianConfig, MarianMTModel
 
-from wdctl.errors import InputError, WdctlError
+from wdctl.core.errors import InputError, WdctlError
 from wdctl.passes.student import StudentSpec, check_teacher, validate
 
 FP32_BYTES = 4

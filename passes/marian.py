@@ -20,6 +20,7 @@ class TeacherPreset:
 
 TEACHER_PRESETS: dict[str, TeacherPreset] = {
     "base": TeacherPreset(6, 512, 2048, 8, 32000, 0.1, "Transformer-base: 6+6 layers, d 512, FFN 2048, 8 heads"),
+    "cpu6": TeacherPreset(6, 256, 1024, 4, 8000, 0.1, "the bundled teacher's shape: 6+6 layers, d 256, FFN 1024, 4 heads, 8k vocab"),
     "cpu": TeacherPreset(3, 256, 1024, 4, 8000, 0.1, "CPU-friendly: 3+3 layers, d 256, FFN 1024, 4 heads, 8k vocab"),
     "tiny": TeacherPreset(2, 64, 128, 2, 1000, 0.0, "for tests: 2+2 layers, d 64, FFN 128, 2 heads"),
 }
@@ -107,7 +108,7 @@ def load_marian_config(model_dir):
 
     from transformers import AutoConfig
 
-    from wdctl.errors import InputError
+    from wdctl.core.errors import InputError
 
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
@@ -144,7 +145,7 @@ def load_marian(model_dir, *, with_tokenizer: bool = True):
 
     from transformers import AutoTokenizer, MarianMTModel
 
-    from wdctl.errors import InputError
+    from wdctl.core.errors import InputError
 
     model_dir = Path(model_dir)
     load_marian_config(model_dir)

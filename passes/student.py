@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, fields, replace
 
 from transformers import MarianConfig
 
-from wdctl.errors import InputError
+from wdctl.core.errors import InputError
 
 SUPPORTED_MODEL_TYPE = "marian"
 

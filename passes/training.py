@@ -30,9 +30,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from wdctl.atomic import atomic_dir
-from wdctl.errors import InputError, WdctlError
-from wdctl.runinfo import peak_rss_mb
+from wdctl.core.atomic import atomic_dir
+from wdctl.core.errors import InputError, WdctlError
+from wdctl.core.runinfo import peak_rss_mb
 from wdctl.passes.distributed import check_accum, distributed
 
 Example = tuple[list[int], list[int]]

@@ -15,7 +15,7 @@ from pathlib import Path
 import sentencepiece as spm
 from transformers import MarianTokenizer
 
-from wdctl.corpus import Pair
+from wdctl.core.corpus import Pair
 
 log = logging.getLogger(__name__)
 

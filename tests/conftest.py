@@ -26,7 +26,7 @@ def write_tsv(path: Path, pairs) -> Path:
 
 @pytest.fixture(scope="session")
 def bible_pairs():
-    from wdctl.corpus import read_parallel
+    from wdctl.core.corpus import read_parallel
 
     return {split: read_parallel(BIBLE, split) for split in ("train", "dev", "test")}
 

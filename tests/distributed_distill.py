@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from wdctl.corpus import read_parallel
+from wdctl.core.corpus import read_parallel
 from wdctl.passes.distill import distill
 from wdctl.passes.distributed import distributed
 

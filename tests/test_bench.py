@@ -12,7 +12,7 @@ import jsonschema
 import pytest
 import sacrebleu
 
-from wdctl.corpus import read_parallel
+from wdctl.core.corpus import read_parallel
 
 SCHEMA = json.loads((Path(__file__).parent / "report_schema.json").read_text(encoding="utf-8"))
 ALL_BACKENDS = ["torch", "ort", "ort-optimum", "ort-int8", "ct2"]
@@ -339,7 +339,7 @@ def test_demo_runs_its_stages_in_order_and_reuses_finished_ones(tmp_path, monkey
     """Stage orchestration with the training and benchmark stages faked (the real ones are
     covered by their own tests; the whole demo is WDCTL_SLOW_TESTS=1)."""
     import wdctl.demo as demo
-    from wdctl.atomic import atomic_dir
+    from wdctl.core.atomic import atomic_dir
 
     calls = []
 

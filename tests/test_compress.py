@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from wdctl.corpus import read_parallel
+from wdctl.core.corpus import read_parallel
 
 from conftest import write_tsv
 

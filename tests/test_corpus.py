@@ -16,7 +16,7 @@ def read_refs(split):
 
 
 def test_bundled_corpus_size_and_splits(bible_pairs):
-    from wdctl.corpus import read_parallel
+    from wdctl.core.corpus import read_parallel
 
     assert len(read_parallel(BIBLE, "all")) >= 30_000
     assert 900 <= len(bible_pairs["dev"]) <= 1100 and 900 <= len(bible_pairs["test"]) <= 1100
@@ -35,7 +35,7 @@ def test_bundled_corpus_size_and_splits(bible_pairs):
     ],
 )
 def test_spot_check_by_reference(ref, english, spanish):
-    from wdctl.corpus import read_parallel
+    from wdctl.core.corpus import read_parallel
 
     pairs = dict(zip(read_refs("all"), read_parallel(BIBLE, "all")))
     if english is None:

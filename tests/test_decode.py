@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from wdctl.errors import InputError
+from wdctl.core.errors import InputError
 
 SENTENCES = 16
 

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, MarianMTModel
 
-from wdctl.corpus import read_parallel
+from wdctl.core.corpus import read_parallel
 from wdctl.passes import distill as distill_module
 from wdctl.passes.distill import distill, distilled_pairs
 from wdctl.passes.training import TrainConfig

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from wdctl.errors import InputError, WdctlError
+from wdctl.core.errors import InputError, WdctlError
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import MarianConfig, MarianMTModel
 
-from wdctl.errors import InputError
+from wdctl.core.errors import InputError
 from wdctl.passes.generator import GeneratedStudent, ParameterGenerator, materialize_student
 from wdctl.passes.grouping import GroupPlan
 from wdctl.passes.student import resolve_student, student_config

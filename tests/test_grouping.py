@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import MarianConfig, MarianMTModel
 
-from wdctl.errors import InputError
+from wdctl.core.errors import InputError
 from wdctl.passes.grouping import FP32_BYTES, GroupPlan, partition_layers
 from wdctl.passes.student import StudentSpec, resolve_student, student_config
 

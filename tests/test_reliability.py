@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from wdctl.errors import InputError, WdctlError
+from wdctl.core.errors import InputError, WdctlError
 from wdctl.passes.marian import load_marian
 from wdctl.passes.training import TrainConfig, train
 
@@ -176,7 +176,7 @@ def test_translate_accepts_long_empty_and_odd_unicode_lines(tmp_path, tiny_teach
 
 
 def test_atomic_dir_keeps_previous_output_when_a_write_fails(tmp_path):
-    from wdctl.atomic import atomic_dir
+    from wdctl.core.atomic import atomic_dir
 
     out = tmp_path / "pkg"
     with atomic_dir(out) as tmp:
@@ -195,10 +195,10 @@ def test_peak_rss_of_a_child_process_is_its_own(tmp_path):
     import subprocess
     import sys
 
-    from wdctl.runinfo import peak_rss_mb
+    from wdctl.core.runinfo import peak_rss_mb
 
     ballast = b"\x01" * (400 << 20)  # touched pages: the parent's peak is at least 400 MiB
-    child = subprocess.run([sys.executable, "-c", "from wdctl.runinfo import peak_rss_mb; print(peak_rss_mb())"],
+    child = subprocess.run([sys.executable, "-c", "from wdctl.core.runinfo import peak_rss_mb; print(peak_rss_mb())"],
                            capture_output=True, text=True, check=True)
     assert peak_rss_mb() >= 400
     assert 0 < float(child.stdout) < 200

@@ -3,7 +3,7 @@
 import pytest
 from transformers import BartConfig, MarianConfig, MarianMTModel
 
-from wdctl.errors import InputError
+from wdctl.core.errors import InputError
 from wdctl.passes.student import STUDENT_PRESETS, StudentSpec, resolve_student, student_config, validate
 
 

@@ -22,8 +22,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from wdctl.atomic import atomic_dir
-from wdctl.errors import WdctlError
+from wdctl.core.atomic import atomic_dir
+from wdctl.core.errors import WdctlError
 
 MODULES = {"en": "engKJV2006eb", "es": "spaRV1909eb"}
 DEBIAN_PACKAGES = ["libsword-utils", "sword-text-kjv", "sword-text-sparv"]

@@ -7,7 +7,7 @@ import sys
 
 from wdctl.app import app
 from wdctl.commands import register_all
-from wdctl.errors import WdctlError
+from wdctl.core.errors import WdctlError
 
 register_all()
 

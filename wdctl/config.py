@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from wdctl.errors import InputError
+from wdctl.core.errors import InputError
 from wdctl.passes.training import TrainConfig
 
 # Training schedules that go with each teacher preset (flags and --config override them).
@@ -16,6 +16,8 @@ TEACHER_SCHEDULES: dict[str, TrainConfig] = {
                         save_every=100, log_every=10),
     "cpu": TrainConfig(max_steps=100_000, max_minutes=55, max_tokens=2500, lr=1.5e-3, warmup=800,
                        eval_every=1000, save_every=150, average_last=5, clip_norm=1.0),
+    "cpu6": TrainConfig(max_steps=100_000, max_minutes=150, max_tokens=2500, lr=1.2e-3, warmup=1000,
+                        eval_every=500, save_every=150, average_last=5, clip_norm=1.0),
     "base": TrainConfig(max_steps=100_000, max_tokens=8192, accum=4, lr=7e-4, warmup=4000,
                         eval_every=2000, save_every=1000, average_last=5),
 }

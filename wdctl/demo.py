@@ -33,8 +33,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from wdctl.atomic import MARKER, atomic_dir, atomic_write_text
-from wdctl.errors import InputError
+from wdctl.core.atomic import MARKER, atomic_dir, atomic_write_text
+from wdctl.core.errors import InputError
 
 BUNDLED = Path(__file__).resolve().parents[1] / "examples" / "data" / "bible"
 
@@ -87,7 +87,7 @@ def _write_tsv(path: Path, pairs) -> None:
 
 
 def stage_data(out: Path, plan: DemoPlan, source: Path = BUNDLED) -> tuple[Path, Path]:
-    from wdctl.corpus import read_parallel
+    from wdctl.core.corpus import read_parallel
 
     teacher_data, student_data = out / "data", out / "data-student"
     if _finished(teacher_data) and _finished(student_data):

@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 
-from wdctl.errors import InputError, WdctlError
+from wdctl.core.errors import InputError, WdctlError
 from wdctl.passes.distributed import check_accum, launched_world
 
 

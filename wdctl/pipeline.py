@@ -52,16 +52,16 @@ from typing import Callable
 import torch
 from torch import nn
 
-from wdctl.atomic import atomic_dir, check_output_dir
+from wdctl.core.atomic import atomic_dir, check_output_dir
 from wdctl.config import train_config
-from wdctl.corpus import Pair, read_parallel, require_pairs
-from wdctl.errors import InputError
-from wdctl.metrics import score_bleu
+from wdctl.core.corpus import Pair, read_parallel, require_pairs
+from wdctl.core.errors import InputError
+from wdctl.core.metrics import score_bleu
 from wdctl.passes.distributed import Distributed, check_accum, distributed
 from wdctl.passes.marian import count_parameters, load_marian_config
 from wdctl.passes.student import StudentSpec, check_teacher, resolve_student, student_config
 from wdctl.passes.training import TrainConfig, collate, sequence_loss
-from wdctl.runinfo import peak_rss_mb, versions, write_json
+from wdctl.core.runinfo import peak_rss_mb, versions, write_json
 
 # CPU-sized defaults. The release uses peak lr 7e-4 with warm-up 4000 (phase 1) and 1000
 # (phase 2) on GPU-sized batches; on a 2-core CPU wdctl keeps the lr and the 4:1 warm-up ratio

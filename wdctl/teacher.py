@@ -12,16 +12,16 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
-from wdctl.atomic import atomic_dir, check_output_dir
-from wdctl.corpus import read_parallel, require_pairs
-from wdctl.metrics import bleu, score_bleu
+from wdctl.core.atomic import atomic_dir, check_output_dir
+from wdctl.core.corpus import read_parallel, require_pairs
+from wdctl.core.metrics import bleu, score_bleu
 from wdctl.passes.distributed import Distributed, check_accum, distributed
 from wdctl.passes.marian import TEACHER_PRESETS, build_teacher, save_marian
 from wdctl.passes.training import TrainConfig, train
 from wdctl.passes.translate import translate_torch
 from wdctl.passes.vocab import encode_pairs, train_vocabulary
-from wdctl.runinfo import versions, write_json
-from wdctl.errors import InputError
+from wdctl.core.runinfo import versions, write_json
+from wdctl.core.errors import InputError
 
 
 def load_or_train_vocab(pairs, vocab_dir: Path, vocab_size: int, seed: int, dist: Distributed = Distributed()):

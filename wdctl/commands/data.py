@@ -32,7 +32,7 @@ def data_check(
     split: str = typer.Option("train", "--split", help="Split to read from a corpus directory."),
 ) -> None:
     """Validate parallel data and print its size; exits 2 with the file and line of the first problem."""
-    from wdctl.corpus import read_parallel
+    from wdctl.core.corpus import read_parallel
 
     pairs = read_parallel(data, split)
     words = sum(len(s.split()) + len(t.split()) for s, t in pairs)

@@ -22,7 +22,7 @@ def _sources_and_refs(data: Optional[str], max_sentences: int):
 
     if not data:
         return list(SAMPLE_SENTENCES), None
-    from wdctl.corpus import read_parallel
+    from wdctl.core.corpus import read_parallel
 
     pairs = read_parallel(data, "dev")[:max_sentences]
     return [s for s, _ in pairs], [t for _, t in pairs]
@@ -33,7 +33,7 @@ def rescore(fp32_dir: Path, quant_dir: Path, mode: str, sources: list[str], refs
     """BLEU / chrF of the fp32 and quantized packages (against references when given), and of
     the quantized output against the fp32 output."""
     from wdctl.export.decode import OrtTranslator
-    from wdctl.metrics import bleu, chrf
+    from wdctl.core.metrics import bleu, chrf
 
     hyps = {}
     for name, path in (("fp32", fp32_dir), (mode, quant_dir)):
@@ -72,12 +72,12 @@ def export_command(
 
     The fp32 export is checked against PyTorch (max logit difference, greedy and beam-4 token agreement); a disagreement fails with nothing written. With --quantize, every ONNX file of the verified fp32 export is quantized and BLEU is re-scored for fp32 and the quantized package. The figures go to OUT/export_report.json.
     """
-    from wdctl.atomic import atomic_dir, check_output_dir
-    from wdctl.errors import InputError
+    from wdctl.core.atomic import atomic_dir, check_output_dir
+    from wdctl.core.errors import InputError
     from wdctl.export.onnx_export import REPORT, export_onnx
     from wdctl.export.quantize import quantize_into
     from wdctl.export.session import providers_for
-    from wdctl.runinfo import write_json
+    from wdctl.core.runinfo import write_json
 
     if device not in ("cpu", "cuda"):
         raise InputError(f"--device must be cpu or cuda (got '{device}')")

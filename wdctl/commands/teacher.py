@@ -47,7 +47,7 @@ def teacher_train(
     checkpoints that resume after Ctrl-C (rerun the same command), and averaging of the
     last checkpoints. `--nproc N` (or torchrun) trains with N data-parallel processes.
     """
-    from wdctl.errors import InputError
+    from wdctl.core.errors import InputError
     from wdctl.launch import handed_to_torchrun
     from wdctl.teacher import train_teacher
 

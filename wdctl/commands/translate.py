@@ -12,8 +12,8 @@ from wdctl.app import app
 
 
 def _read_input(path: Optional[Path]) -> list[str]:
-    from wdctl.corpus import read_lines
-    from wdctl.errors import InputError
+    from wdctl.core.corpus import read_lines
+    from wdctl.core.errors import InputError
 
     if path is not None:
         return read_lines(path, allow_empty=True)
@@ -60,8 +60,8 @@ def translate_command(
 
     ONNX packages (from `wdctl export`) are decoded with wdctl's own greedy/beam search over onnxruntime: the same tokens as transformers' generate, without its per-step overhead. MarianMT directories are decoded with PyTorch.
     """
-    from wdctl.atomic import atomic_write_text
-    from wdctl.errors import InputError
+    from wdctl.core.atomic import atomic_write_text
+    from wdctl.core.errors import InputError
 
     if beams < 1 or batch_size < 1 or threads < 1 or max_length < 2:
         raise InputError("--beams, --batch-size and --threads must be at least 1, --max-length at least 2")

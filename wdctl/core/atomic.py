@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from wdctl.errors import InputError
+from wdctl.core.errors import InputError
 
 MARKER = ".wdctl"
 

@@ -11,7 +11,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from wdctl.atomic import atomic_write_text
+from wdctl.core.atomic import atomic_write_text
 
 PACKAGES = ("wdctl", "torch", "transformers", "tokenizers", "sentencepiece", "optimum", "optimum-onnx",
             "onnx", "onnxruntime", "onnxruntime-gpu", "ctranslate2", "sacrebleu", "safetensors")

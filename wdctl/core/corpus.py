@@ -12,7 +12,7 @@ from __future__ import annotations
 import gzip
 from pathlib import Path
 
-from wdctl.errors import InputError
+from wdctl.core.errors import InputError
 
 Pair = tuple[str, str]
 
