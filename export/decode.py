@@ -27,89 +27,21 @@ small ONNX Gather graph on the GPU); only the logits come back to the host each 
 
 from __future__ import annotations
 
-import json
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence, Union
 
 import numpy as np
 
-from wdctl.export.session import hold_torch_threads, make_session, make_session_from_bytes, providers_for
 from wdctl.core.errors import InputError
+from wdctl.export.generation import GenerationSettings
+from wdctl.export.package import OnnxPackage
+from wdctl.export.session import hold_torch_threads, make_session, make_session_from_bytes, providers_for
+from wdctl.passes.batching import length_sorted_batches, output_limit
 
-ENCODER_FILE = "encoder_model.onnx"
-DECODER_FILE = "decoder_model_merged.onnx"
 NEG_INF = np.float32(-np.inf)
 BIG_NEG = np.float32(-1.0e9)  # the constant HF's beam search uses to mask candidates
 _PAST = re.compile(r"past_key_values\.(\d+)\.(decoder|encoder)\.(key|value)$")
-
-
-def output_limit(source_tokens: int) -> int:
-    """Same rule as `wdctl.passes.translate.output_limit` (1.5 * source + 10), kept here so the
-    decoding process need not import torch; a test checks the two agree."""
-    return int(1.5 * source_tokens) + 10
-
-
-def _as_tuple(value) -> tuple[int, ...]:
-    if value is None:
-        return ()
-    if isinstance(value, (list, tuple)):
-        return tuple(int(v) for v in value)
-    return (int(value),)
-
-
-@dataclass(frozen=True)
-class GenerationSettings:
-    """The parts of a generation config that decoding needs (from generation_config.json)."""
-
-    decoder_start_token_id: int
-    eos_token_ids: tuple[int, ...]
-    pad_token_id: int
-    bad_words_ids: tuple[tuple[int, ...], ...] = ()
-    forced_eos_token_ids: tuple[int, ...] = ()
-    min_length: int = 0
-    vocab_size: int = 0
-    single_bad: tuple[int, ...] = field(init=False, default=())
-    multi_bad: tuple[tuple[int, ...], ...] = field(init=False, default=())
-
-    def __post_init__(self):
-        object.__setattr__(self, "single_bad", tuple(s[0] for s in self.bad_words_ids if len(s) == 1))
-        object.__setattr__(self, "multi_bad", tuple(s for s in self.bad_words_ids if len(s) > 1))
-
-    @classmethod
-    def from_package(cls, package: Path) -> "GenerationSettings":
-        config = _read_json(package / "config.json")
-        gen_path = package / "generation_config.json"
-        gen = _read_json(gen_path) if gen_path.is_file() else {}
-
-        def pick(key, default=None):
-            value = gen.get(key)
-            return config.get(key, default) if value is None else value
-
-        start, eos, pad = pick("decoder_start_token_id"), pick("eos_token_id"), pick("pad_token_id")
-        if start is None or eos is None:
-            raise InputError(f"{package / 'config.json'}: no decoder_start_token_id / eos_token_id")
-        bad = tuple(tuple(int(t) for t in seq) for seq in (pick("bad_words_ids") or ()))
-        eos_ids = _as_tuple(eos)
-        return cls(
-            decoder_start_token_id=int(start),
-            eos_token_ids=eos_ids,
-            pad_token_id=int(pad) if pad is not None else eos_ids[0],
-            bad_words_ids=bad,
-            forced_eos_token_ids=_as_tuple(pick("forced_eos_token_id")),
-            min_length=int(pick("min_length", 0) or 0),
-            vocab_size=int(config.get("vocab_size", 0)),
-        )
-
-
-def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        raise InputError(f"{path}: not found (is this a package written by `wdctl export`?)")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: unreadable JSON ({str(exc).splitlines()[0]})") from None
 
 
 # ----------------------------------------------------------------------------- numeric helpers
@@ -237,7 +169,7 @@ class OrtTranslator:
     """
 
     def __init__(self, package_dir: Path | str, *, threads: int = 1, device: str = "cpu",
-                 encoder_file: str = ENCODER_FILE, decoder_file: str = DECODER_FILE):
+                 encoder_file: str = OnnxPackage.ENCODER, decoder_file: str = OnnxPackage.DECODER):
         self.package = Path(package_dir)
         if not self.package.is_dir():
             raise InputError(f"{self.package}: package directory not found")
@@ -507,15 +439,13 @@ class OrtTranslator:
         if batch_size < 1:
             raise InputError(f"batch size must be at least 1 (got {batch_size})")
         tok = self.tokenizer
-        order = sorted((i for i, text in enumerate(sentences) if text.strip()), key=lambda i: len(sentences[i]))
         out = [""] * len(sentences)
-        starts = range(0, len(order), batch_size)
+        batches = length_sorted_batches(sentences, batch_size)
         if progress:
             from tqdm.auto import tqdm
 
-            starts = tqdm(starts, desc="translate", unit="batch")
-        for start in starts:
-            idx = order[start:start + batch_size]
+            batches = tqdm(batches, desc="translate", unit="batch")
+        for idx in batches:
             enc = tok([sentences[i] for i in idx], return_tensors="np", padding=True, truncation=True,
                       max_length=min(max_length, tok.model_max_length))
             limit = min(max_length, output_limit(enc["input_ids"].shape[1]))

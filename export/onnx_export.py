@@ -1,11 +1,11 @@
 """Export a MarianMT directory to an onnxruntime package and verify it against PyTorch.
 
-The package holds `encoder_model.onnx`, `decoder_model_merged.onnx` (one decoder with and
-without KV cache, weights stored once), config, generation config and tokenizer files, so
+The package (`wdctl.export.package.OnnxPackage`) holds the encoder and one merged decoder (with
+and without KV cache, weights stored once), config, generation config and tokenizer files, so
 `ORTModelForSeq2SeqLM.from_pretrained(package)` loads it with its defaults and `OrtTranslator`
-decodes it. optimum also writes `decoder_model.onnx` and `decoder_with_past_model.onnx`: each
-stores the decoder weights (and the shared embeddings) again, and the merged file serves both
-uses, so they are deleted; the report records how many bytes that saved.
+decodes it. optimum also writes two more decoder files: each stores the decoder weights (and
+the shared embeddings) again, and the merged file serves both uses, so they are deleted; the
+report records how many bytes that saved.
 
 Validation is part of the export: on sample sentences, PyTorch and onnxruntime logits
 (teacher-forced on PyTorch's greedy output) are compared within `LOGIT_ATOL`, and greedy and
@@ -27,11 +27,10 @@ import numpy as np
 from wdctl.core.atomic import atomic_dir, check_output_dir
 from wdctl.core.errors import InputError, WdctlError
 from wdctl.core.runinfo import cpu_info, versions, write_json
+from wdctl.export.package import OnnxPackage
 
 TASK = "text2text-generation-with-past"
-KEEP = ("encoder_model.onnx", "decoder_model_merged.onnx")
-DROP = ("decoder_model.onnx", "decoder_with_past_model.onnx")
-REPORT = "export_report.json"
+REPORT = OnnxPackage.EXPORT_REPORT
 LOGIT_ATOL = 1e-3
 # Logits are the strict check. Token agreement tolerates a flip or two: in a barely-trained
 # model, beam candidates tie to within float noise, and a 1e-6 difference can pick the other one.
@@ -75,11 +74,6 @@ def _quiet():
                 hf_logging.set_verbosity(hf_level)
 
 
-def _sizes(directory: Path) -> dict[str, int]:
-    return {p.name: p.stat().st_size for p in sorted(directory.iterdir())
-            if p.is_file() and (p.suffix == ".onnx" or p.name.endswith(".onnx_data"))}
-
-
 def export_into(model_dir: Path, dest: Path) -> dict:
     """Run optimum's exporter into the existing directory `dest` and keep encoder + merged
     decoder only. Returns the size record. The model directory must already be checked."""
@@ -92,16 +86,14 @@ def export_into(model_dir: Path, dest: Path) -> dict:
                         local_files_only=True, trust_remote_code=False, library_name="transformers")
     except Exception as exc:  # noqa: BLE001 - the exporter raises many types
         raise WdctlError(f"{model_dir}: ONNX export failed ({str(exc).splitlines()[0][:300]})") from None
-    missing = [name for name in KEEP if not (dest / name).is_file()]
+    package = OnnxPackage(dest)
+    missing = package.missing()
     if missing:
         raise WdctlError(f"{model_dir}: the exporter wrote no {', '.join(missing)} "
                          "(optimum could not build a merged decoder with KV cache)")
-    all_files = _sizes(dest)
-    for name in DROP:
-        for path in (dest / name, dest / f"{name}_data"):
-            if path.exists():
-                path.unlink()
-    kept = _sizes(dest)
+    all_files = package.file_sizes()
+    package.drop_optimum_only()
+    kept = package.file_sizes()
     return {
         "files": kept,
         "onnx_total": sum(kept.values()),
@@ -136,7 +128,8 @@ def validate_package(model, tokenizer, package: Path, sentences: Sequence[str], 
     """Compare PyTorch and onnxruntime on `sentences`: logits and greedy / beam token agreement."""
     import torch
 
-    from wdctl.export.decode import OrtTranslator, output_limit
+    from wdctl.export.decode import OrtTranslator
+    from wdctl.passes.batching import output_limit
 
     sentences = [s for s in sentences if s.strip()]
     if not sentences:

@@ -9,7 +9,7 @@
   fp32 inputs and outputs kept, so the package is a drop-in replacement; its renaming of graph
   outputs breaks the merged decoder's `If` subgraphs, which `_repair_subgraph_outputs` fixes.
 
-Quantized files keep the standard names (`encoder_model.onnx`, `decoder_model_merged.onnx`), so
+Quantized files keep the package's standard names (`OnnxPackage`), so
 `ORTModelForSeq2SeqLM.from_pretrained(out)` loads the result with its defaults.
 """
 
@@ -25,11 +25,12 @@ from typing import Iterable
 from wdctl.core.atomic import MARKER, atomic_dir
 from wdctl.core.errors import InputError, WdctlError
 from wdctl.core.runinfo import cpu_info, versions, write_json
+from wdctl.export.package import OnnxPackage
 
 MODES = ("int8", "fp16")
 ISAS = ("auto", "avx512_vnni", "avx512", "avx2", "arm64")
-REPORT = "quantize_report.json"
-SKIP_COPY = {MARKER, "export_report.json", REPORT, "ort_config.json"}
+REPORT = OnnxPackage.QUANTIZE_REPORT
+SKIP_COPY = {MARKER, *OnnxPackage.REPORTS, "ort_config.json"}
 
 # Friendly names for `keep_fp32`; anything else is a glob (or substring) over ONNX node names.
 NODE_ALIASES = {
@@ -96,23 +97,10 @@ def match_nodes(names: set[str], patterns: Iterable[str]) -> dict[str, list[str]
     return found
 
 
-def onnx_files(package_dir: Path) -> list[Path]:
-    files = sorted(package_dir.glob("*.onnx"))
-    if not files:
-        raise InputError(f"{package_dir}: no .onnx files (export the model first with `wdctl export`)")
-    return files
-
-
-def file_sizes(directory: Path) -> dict[str, int]:
-    return {p.name: p.stat().st_size for p in sorted(directory.iterdir())
-            if p.is_file() and (p.suffix == ".onnx" or p.name.endswith(".onnx_data"))}
-
-
 def copy_package_files(src: Path, dest: Path) -> None:
     """Config, generation config and tokenizer files: everything but ONNX files and reports."""
     for path in src.iterdir():
-        if path.is_file() and path.suffix != ".onnx" and not path.name.endswith(".onnx_data") \
-                and path.name not in SKIP_COPY:
+        if path.is_file() and not OnnxPackage.is_graph_file(path) and path.name not in SKIP_COPY:
             shutil.copy2(path, dest / path.name)
 
 
@@ -121,7 +109,7 @@ def _quantize_int8(src: Path, dest: Path, isa: str, keep_fp32: tuple[str, ...]) 
 
     matched_any: dict[str, int] = {p: 0 for p in keep_fp32}
     per_file = {}
-    for path in onnx_files(src):
+    for path in OnnxPackage(src).graphs():
         excluded: list[str] = []
         if keep_fp32:
             for pattern, names in match_nodes(node_names(path), keep_fp32).items():
@@ -171,7 +159,7 @@ def _quantize_fp16(src: Path, dest: Path) -> dict:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     per_file = {}
-    for path in onnx_files(src):
+    for path in OnnxPackage(src).graphs():
         try:
             model = convert_float_to_float16(onnx.load(str(path)), keep_io_types=True, disable_shape_infer=True)
             _repair_subgraph_outputs(model)
@@ -195,7 +183,7 @@ def quantize_into(package_dir: Path, dest: Path, *, mode: str = "int8", isa: str
         raise InputError(f"{package_dir}: package directory not found")
     if not (package_dir / "config.json").is_file():
         raise InputError(f"{package_dir}: no config.json (export the model first with `wdctl export`)")
-    onnx_files(package_dir)
+    OnnxPackage(package_dir).graphs()
     keep_fp32 = tuple(keep_fp32)
     started = time.perf_counter()
     resolved_isa = None
@@ -207,7 +195,7 @@ def quantize_into(package_dir: Path, dest: Path, *, mode: str = "int8", isa: str
             raise InputError("--keep-fp32 applies to int8 quantization only")
         files = _quantize_fp16(package_dir, dest)
     copy_package_files(package_dir, dest)
-    before, after = file_sizes(package_dir), file_sizes(dest)
+    before, after = OnnxPackage(package_dir).file_sizes(), OnnxPackage(dest).file_sizes()
     report = {
         "source": str(package_dir),
         "mode": mode,

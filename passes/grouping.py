@@ -13,6 +13,24 @@ an opus-mt-sized plan costs no weight memory). It fixes, for every student tenso
 Student tensors that are not generated are *constants*: the sinusoidal position tables (no
 parameters in Marian; HF's MarianConfig has no learned-position option) come from the student
 skeleton, and `final_logits_bias` (a zero buffer) is copied from the teacher.
+
+Two generator families (`GENERATOR_FORMS`, chosen with `generator=`):
+
+- `coherent` (the default; method spec section 2b): projections belong to *spaces*, shared by
+  every tensor that reads or writes that space: the residual stream (one for both sides when
+  the student shares its embeddings, else one per side), each FFN hidden space
+  (`{side}.{layer}.ffn`) and each attention block's query-key and value-output spaces
+  (`{side}.{layer}.{block}.qk` / `.vo`). A space whose student width equals the teacher's
+  needs no projection (identity, no parameters); a narrower one gets a `teacher × student`
+  matrix that starts as a selection (`selection`, leading coordinates = the cut-off student).
+  Layer tensors use `shared-matrix` / `shared-vector` (W_L = I, one-hot w on the teacher layer
+  `select` of the group; B such that the step-0 student equals the selected slice) or
+  `elementwise` when nothing changes shape; embeddings `shared-embedding` (with √(d_t/d_s)
+  folded in when `scale_embedding`), an untied output layer `shared-projection`, and a
+  narrower decoder of a `NarrowMarianMTModel` gets the teacher's position table through its
+  residual projection (`positions`; plain Marian students keep their own table, because
+  MarianMTModel does not save it).
+- `release` (the authors' release, section 2): unshared Xavier projections per tensor.
 """
 
 from __future__ import annotations
@@ -23,14 +41,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 
 import torch
-from transformers import MarianConfig, MarianMTModel
+from transformers import MarianConfig
 
 from wdctl.core.errors import InputError, WdctlError
-from wdctl.passes.student import StudentSpec, check_teacher, validate
+from wdctl.passes.narrow_marian import build_model, is_narrow
+from wdctl.passes.student import StudentSpec, check_student_config, check_teacher, validate
 
 FP32_BYTES = 4
 DEFAULT_SUBSET_BYTES = 256 * 2**20
 SIDES = ("encoder", "decoder")
+GENERATOR_FORMS = ("coherent", "release")
+DEFAULT_GENERATOR = "coherent"
+SELECTIONS = ("leading",)
 
 # Settings a student must share with its teacher for tensors to correspond one to one.
 KEPT_SETTINGS = (
@@ -113,7 +135,60 @@ FORM_COSTS: dict[str, _FormCost] = {
         params=lambda r, t, s: t[1] * s[1],
         work=lambda r, t, s: math.prod(s),
     ),
+    # coherent forms: the projections are the plan's shared spaces (counted there)
+    # S = W ⊙ tanh(Σ alpha_l P_out^T T_l P_in) + B
+    "shared-matrix": _FormCost(
+        params=lambda r, t, s: r * r + r + 2 * math.prod(s),
+        work=_matrix_work,
+    ),
+    # s = W ⊙ tanh(Σ alpha_l P_out^T b_l) + B
+    "shared-vector": _FormCost(
+        params=lambda r, t, s: r * r + r + 2 * s[0],
+        work=lambda r, t, s: t[0] + 2 * s[0],
+    ),
+    # S = W ⊙ tanh(c·E_t·P) + B (per-token W, B)
+    "shared-embedding": _FormCost(
+        params=lambda r, t, s: 2 * math.prod(s),
+        work=lambda r, t, s: 3 * math.prod(s),
+    ),
+    # S = W ⊙ tanh(O_t·P) + B (untied output layer)
+    "shared-projection": _FormCost(
+        params=lambda r, t, s: 2 * math.prod(s),
+        work=lambda r, t, s: 3 * math.prod(s),
+    ),
+    # S = pos_t·P (no parameters of its own)
+    "positions": _FormCost(
+        params=lambda r, t, s: 0,
+        work=lambda r, t, s: math.prod(s),
+    ),
 }
+
+
+@dataclass(frozen=True)
+class Space:
+    """A coordinate space of the coherent generator: the teacher's and the student's width.
+
+    `heads` is (teacher heads, student heads) for attention spaces. A space whose widths are
+    equal is the identity (no parameters); otherwise one `teacher_dim × student_dim` projection
+    serves every tensor that reads or writes the space.
+    """
+
+    name: str
+    teacher_dim: int
+    student_dim: int
+    heads: tuple[int, int] | None = None
+
+    @property
+    def identity(self) -> bool:
+        return self.teacher_dim == self.student_dim
+
+    @property
+    def params(self) -> int:
+        return 0 if self.identity else self.teacher_dim * self.student_dim
+
+    def to_dict(self) -> dict[str, object]:
+        return {"name": self.name, "teacher_dim": self.teacher_dim, "student_dim": self.student_dim,
+                "heads": list(self.heads) if self.heads else None, "params": self.params}
 
 
 @dataclass(frozen=True)
@@ -134,6 +209,13 @@ class GeneratorEntry:
     student_shape: tuple[int, ...]
     form: str
     pad_row: int | None = None
+    # coherent forms only: the spaces of the output (rows) and input (columns) axes (None: the
+    # axis is not projected), which teacher layer of the group the start selects, and the
+    # factor folded into a generated embedding.
+    out_space: str | None = None
+    in_space: str | None = None
+    select: int = 0
+    scale: float = 1.0
 
     @property
     def ratio(self) -> int:
@@ -197,9 +279,9 @@ class _Tensor:
 
 
 def _layout(config: MarianConfig) -> list[_Tensor]:
-    """State-dict tensors of `MarianMTModel(config)` in order, tied keys folded together."""
+    """State-dict tensors of the config's model in order, tied keys folded together."""
     with torch.device("meta"):
-        model = MarianMTModel(config)
+        model = build_model(config)
     owner: dict[int, str] = {}
     aliases: dict[str, list[str]] = {}
     for name, param in model.named_parameters(remove_duplicate=False):
@@ -220,16 +302,31 @@ _POSITIONS = re.compile(r"model\.(encoder|decoder)\.embed_positions\.weight")
 _EMBEDDING = re.compile(r"model\.(?:shared|(encoder|decoder)\.embed_tokens)\.weight")
 
 
+_ATTENTION = re.compile(r"(self_attn|encoder_attn)\.(q|k|v|out)_proj\.(weight|bias)")
+
+
 class _Builder:
     """Turns each student tensor into a generator entry or a constant (see `_RULES`)."""
 
-    def __init__(self, teacher_config: MarianConfig, student_config: MarianConfig):
-        self.teacher = {t.name: t.shape for t in _layout(teacher_config)}
+    def __init__(self, teacher_config: MarianConfig, student_config: MarianConfig, generator: str):
+        layout = _layout(teacher_config)
+        self.teacher = {t.name: t.shape for t in layout}
+        # every teacher state-dict key → the key its tensor is stored under in the layout
+        self.canonical = {a: t.name for t in layout for a in (t.name, *t.aliases)}
         self.groups = {
             side: partition_layers(getattr(teacher_config, f"{side}_layers"), getattr(student_config, f"{side}_layers"))
             for side in SIDES
         }
         self.pad = student_config.pad_token_id
+        self.coherent = generator == "coherent"
+        self.narrow = is_narrow(student_config)
+        self.shared_stream = bool(getattr(student_config, "share_encoder_decoder_embeddings", False)) and not self.narrow
+        self.scale_embedding = bool(getattr(teacher_config, "scale_embedding", False))
+        self.heads = {
+            side: (getattr(teacher_config, f"{side}_attention_heads"), getattr(student_config, f"{side}_attention_heads"))
+            for side in SIDES
+        }
+        self.spaces: dict[str, Space] = {}
 
     def teacher_shape(self, names: tuple[str, ...]) -> tuple[int, ...]:
         missing = [n for n in names if n not in self.teacher]
@@ -237,10 +334,66 @@ class _Builder:
             raise WdctlError(f"teacher layout has no tensor {missing[0]} (unexpected Marian layout)")
         return self.teacher[names[0]]
 
+    def teacher_name(self, name: str) -> str:
+        if name not in self.canonical:
+            raise WdctlError(f"teacher layout has no tensor {name} (unexpected Marian layout)")
+        return self.canonical[name]
+
+    # --- coherent spaces ---
+
+    def residual(self, side: str) -> str:
+        return "residual" if self.shared_stream else f"{side}.residual"
+
+    def space(self, name: str | None, teacher_dim: int, student_dim: int, heads=None) -> str | None:
+        if name is None:
+            return None
+        known = self.spaces.setdefault(name, Space(name, teacher_dim, student_dim, heads))
+        if (known.teacher_dim, known.student_dim) != (teacher_dim, student_dim):
+            raise WdctlError(f"space {name} is {known.teacher_dim}->{known.student_dim} and "
+                             f"{teacher_dim}->{student_dim} (unexpected Marian layout)")
+        return name
+
+    def layer_spaces(self, side: str, index: int, suffix: str) -> tuple[str | None, str | None]:
+        """(output space, input space) of a layer tensor, by its role."""
+        res = self.residual(side)
+        m = _ATTENTION.fullmatch(suffix)
+        if m:
+            block, proj = m.group(1), m.group(2)
+            source = self.residual("encoder") if block == "encoder_attn" else res
+            qk, vo = f"{side}.{index}.{block}.qk", f"{side}.{index}.{block}.vo"
+            return {"q": (qk, res), "k": (qk, source), "v": (vo, source), "out": (res, vo)}[proj]
+        if suffix.startswith("fc1."):
+            return f"{side}.{index}.ffn", res
+        if suffix.startswith("fc2."):
+            return res, f"{side}.{index}.ffn"
+        if "layer_norm" in suffix:
+            return res, None
+        raise WdctlError(f"no space rule for {side} layer tensor {suffix} (unexpected Marian layout)")
+
+    def coherent_layer(self, t: _Tensor, side: str, index: int, suffix: str, names, shape) -> GeneratorEntry:
+        out_space, in_space = self.layer_spaces(side, index, suffix)
+        heads = self.heads[side] if out_space and out_space.endswith((".qk", ".vo")) else None
+        out_space = self.space(out_space, shape[0], t.shape[0], heads)
+        if len(shape) == 2:
+            in_heads = self.heads[side] if in_space and in_space.endswith(".vo") else None
+            in_space = self.space(in_space, shape[1], t.shape[1], in_heads)
+        else:
+            in_space = None
+        if len(names) == 1 and shape == t.shape:
+            form = "elementwise"
+        else:
+            form = {2: "shared-matrix", 1: "shared-vector"}[len(shape)]
+        return GeneratorEntry(t.name, t.aliases, f"{side}.{suffix}", index, names, shape, t.shape, form,
+                              out_space=out_space, in_space=in_space)
+
+    # --- rules ---
+
     def layer(self, t: _Tensor, m: re.Match) -> GeneratorEntry:
         side, index, suffix = m.group(1), int(m.group(2)), m.group(3)
         names = tuple(f"model.{side}.layers.{l}.{suffix}" for l in self.groups[side][index])
         shape = self.teacher_shape(names)
+        if self.coherent:
+            return self.coherent_layer(t, side, index, suffix, names, shape)
         if len(names) == 1 and shape == t.shape:
             form = "elementwise"
         else:
@@ -249,14 +402,35 @@ class _Builder:
 
     def embedding(self, t: _Tensor, m: re.Match) -> GeneratorEntry:
         role = "shared" if m.group(1) is None else f"{m.group(1)}.embed_tokens"
-        shape = self.teacher_shape((t.name,))
-        return GeneratorEntry(t.name, t.aliases, role, None, (t.name,), shape, t.shape, "embedding", self.pad)
+        source = self.teacher_name(t.name)
+        shape = self.teacher_shape((source,))
+        if not self.coherent:
+            return GeneratorEntry(t.name, t.aliases, role, None, (source,), shape, t.shape, "embedding", self.pad)
+        side = m.group(1) or "encoder"
+        space = self.space(self.residual(side), shape[1], t.shape[1])
+        scale = math.sqrt(shape[1] / t.shape[1]) if self.scale_embedding else 1.0
+        return GeneratorEntry(t.name, t.aliases, role, None, (source,), shape, t.shape, "shared-embedding",
+                              self.pad, in_space=space, scale=scale)
 
     def projection(self, t: _Tensor, m: re.Match) -> GeneratorEntry:
-        shape = self.teacher_shape((t.name,))
-        return GeneratorEntry(t.name, t.aliases, "lm_head", None, (t.name,), shape, t.shape, "projection")
+        source = self.teacher_name(t.name)
+        shape = self.teacher_shape((source,))
+        if not self.coherent:
+            return GeneratorEntry(t.name, t.aliases, "lm_head", None, (source,), shape, t.shape, "projection")
+        space = self.space(self.residual("decoder"), shape[1], t.shape[1])
+        return GeneratorEntry(t.name, t.aliases, "lm_head", None, (source,), shape, t.shape, "shared-projection",
+                              in_space=space)
 
-    def from_skeleton(self, t: _Tensor, m: re.Match) -> ConstantEntry:
+    def from_skeleton(self, t: _Tensor, m: re.Match) -> GeneratorEntry | ConstantEntry:
+        """Position tables: the skeleton's, except that a narrower stream of a NarrowMarianMTModel
+        (which saves its tables) gets the teacher's through the coherent residual projection."""
+        side = m.group(1)
+        source = self.teacher_name(t.name)
+        shape = self.teacher_shape((source,))
+        if self.coherent and self.narrow and shape != t.shape:
+            space = self.space(self.residual(side), shape[1], t.shape[1])
+            return GeneratorEntry(t.name, t.aliases, f"{side}.embed_positions", None, (source,), shape, t.shape,
+                                  "positions", in_space=space)
         return ConstantEntry(t.name, "skeleton", t.shape)
 
     def from_teacher(self, t: _Tensor, m: re.Match) -> ConstantEntry:
@@ -324,15 +498,34 @@ class GroupPlan:
     constants: tuple[ConstantEntry, ...]
     subsets: tuple[tuple[int, ...], ...]
     subset_bytes: int
+    generator: str = DEFAULT_GENERATOR
+    spaces: tuple[Space, ...] = ()
+    selection: str = "leading"
 
     @classmethod
     def build(
-        cls, teacher_config: MarianConfig, student_config: MarianConfig, subset_bytes: int = DEFAULT_SUBSET_BYTES
+        cls,
+        teacher_config: MarianConfig,
+        student_config: MarianConfig,
+        subset_bytes: int = DEFAULT_SUBSET_BYTES,
+        generator: str = DEFAULT_GENERATOR,
+        selection: str = "leading",
     ) -> GroupPlan:
+        """Plan the generators of `generator` form (`coherent`, the default, or `release`).
+
+        `selection` is how the coherent projections start (`leading`: the leading coordinates
+        of every space, i.e. the cut-off student); it is recorded for `start_indices`."""
+        if generator not in GENERATOR_FORMS:
+            raise InputError(f"unknown generator '{generator}'; choose one of {', '.join(GENERATOR_FORMS)}")
+        if selection not in SELECTIONS:
+            raise InputError(f"unknown selection '{selection}'; choose one of {', '.join(SELECTIONS)}")
         check_teacher(teacher_config)
-        check_teacher(student_config)
+        check_student_config(student_config)
         validate(StudentSpec.from_config(student_config), teacher_config)
+        narrow = is_narrow(student_config)
         for name in KEPT_SETTINGS:
+            if narrow and name == "share_encoder_decoder_embeddings":
+                continue  # a narrower decoder has its own embedding by construction
             if getattr(teacher_config, name, None) != getattr(student_config, name, None):
                 raise InputError(
                     f"student {name}={getattr(student_config, name, None)!r} differs from the teacher's "
@@ -340,7 +533,7 @@ class GroupPlan:
                 )
         if subset_bytes <= 0:
             raise InputError(f"subset_bytes must be positive, got {subset_bytes}")
-        builder = _Builder(teacher_config, student_config)
+        builder = _Builder(teacher_config, student_config, generator)
         entries, constants = [], []
         for t in _layout(student_config):
             item = _classify(builder, t)
@@ -353,11 +546,26 @@ class GroupPlan:
             constants=tuple(constants),
             subsets=_pack(entries, subset_bytes),
             subset_bytes=subset_bytes,
+            generator=generator,
+            spaces=tuple(builder.spaces.values()),
+            selection=selection,
         )
 
     @property
+    def projected_spaces(self) -> tuple[Space, ...]:
+        """The spaces that carry a projection (student narrower than the teacher)."""
+        return tuple(s for s in self.spaces if not s.identity)
+
+    def start_indices(self) -> dict[str, torch.Tensor]:
+        """Per projected space, the teacher coordinates the start selects, in student order.
+
+        `leading`: the first `student_dim` coordinates (the cut-off student; for an attention
+        space whose head size is kept this is the first student-heads teacher heads)."""
+        return {s.name: torch.arange(s.student_dim) for s in self.projected_spaces}
+
+    @property
     def total_generator_params(self) -> int:
-        return sum(e.params for e in self.entries)
+        return sum(e.params for e in self.entries) + sum(s.params for s in self.spaces)
 
     @property
     def total_generator_bytes(self) -> int:
@@ -394,7 +602,7 @@ class GroupPlan:
             "student": student,
             "student_grads": sum(e.student_bytes for e in self.entries),
             # one subset recomputed under checkpoint in backward, with the gradients of its intermediates
-            "subset_work": 2 * max(sum(self.entries[i].work_bytes for i in s) for s in self.subsets),
+            "subset_work": 2 * max((sum(self.entries[i].work_bytes for i in s) for s in self.subsets), default=0),
         }
 
     def estimate_phase1_bytes(self) -> int:
@@ -440,8 +648,13 @@ class GroupPlan:
                 c.rjust(w) if i in (1, 6) else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))
             ).rstrip())
         memory = self.phase1_memory()
+        spaces = self.projected_spaces
         lines += [
             "",
+            f"generator form: {self.generator}"
+            + (f" ({len(spaces)} shared projection(s), {sum(s.params for s in spaces):,} parameters; "
+               f"{len(self.spaces) - len(spaces)} space(s) kept at full width; start: {self.selection} selection)"
+               if self.generator == "coherent" else " (unshared projections per tensor)"),
             f"generators: {len(self.entries)} in {len(self.subsets)} subset(s) of <= "
             f"{_fmt_bytes(self.subset_bytes)}",
             f"generator parameters: {self.total_generator_params:,} ({_fmt_bytes(self.total_generator_bytes)})",
@@ -457,6 +670,9 @@ class GroupPlan:
             "teacher": StudentSpec.from_config(self.teacher_config).to_dict(),
             "student": StudentSpec.from_config(self.student_config).to_dict(),
             "groups": {side: [list(block) for block in blocks] for side, blocks in self.groups.items()},
+            "generator": self.generator,
+            "selection": self.selection,
+            "spaces": [s.to_dict() for s in self.spaces],
             "generators": [e.to_dict() for e in self.entries],
             "constants": [c.to_dict() for c in self.constants],
             "subset_bytes": self.subset_bytes,
@@ -466,3 +682,14 @@ class GroupPlan:
             "phase1_memory": self.phase1_memory(),
             "phase1_bytes": self.estimate_phase1_bytes(),
         }
+
+
+def generator_sizes(
+    teacher_config: MarianConfig, student_config: MarianConfig, subset_bytes: int = DEFAULT_SUBSET_BYTES
+) -> dict[str, int]:
+    """Trainable generator parameters of every generator form, e.g. for `wdctl inspect`:
+    `{"coherent": ..., "release": ...}` (plans are built on the meta device: no weight memory)."""
+    return {
+        form: GroupPlan.build(teacher_config, student_config, subset_bytes, generator=form).total_generator_params
+        for form in GENERATOR_FORMS
+    }

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from transformers import GenerationConfig, MarianConfig
 
+from wdctl.core.errors import InputError
+
 
 @dataclass(frozen=True)
 class TeacherPreset:
@@ -108,13 +110,8 @@ def load_marian_config(model_dir):
 
     from transformers import AutoConfig
 
-    from wdctl.core.errors import InputError
-
     model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise InputError(f"{model_dir}: model directory not found")
-    if not (model_dir / "config.json").is_file():
-        raise InputError(f"{model_dir}: not a model directory (no config.json)")
+    _require_config(model_dir)
     try:
         config = AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
     except (OSError, ValueError) as exc:
@@ -125,6 +122,31 @@ def load_marian_config(model_dir):
             f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)} — MarianMTModel)"
         )
     return config
+
+
+def check_model_dir(model_dir) -> None:
+    """A MarianMT directory as `load_marian` wants it (config.json, model.safetensors), checked
+    without reading either."""
+    from pathlib import Path
+
+    model_dir = Path(model_dir)
+    _require_config(model_dir)
+    check_weights(model_dir)
+
+
+def _require_config(model_dir: Path) -> None:
+    if not model_dir.is_dir():
+        raise InputError(f"{model_dir}: model directory not found")
+    if not (model_dir / "config.json").is_file():
+        raise InputError(f"{model_dir}: not a model directory (no config.json)")
+
+
+def check_weights(model_dir) -> None:
+    """safetensors weights only: a pickle file (.bin, .pt) is named and refused."""
+    if not (model_dir / "model.safetensors").is_file():
+        pickles = [p.name for p in model_dir.glob("*.bin")] + [p.name for p in model_dir.glob("*.pt")]
+        hint = f" ({', '.join(pickles)} is a pickle file, which wdctl refuses to load)" if pickles else ""
+        raise InputError(f"{model_dir}: no model.safetensors{hint}")
 
 
 def count_parameters(config) -> int:
@@ -145,14 +167,9 @@ def load_marian(model_dir, *, with_tokenizer: bool = True):
 
     from transformers import AutoTokenizer, MarianMTModel
 
-    from wdctl.core.errors import InputError
-
     model_dir = Path(model_dir)
     load_marian_config(model_dir)
-    if not (model_dir / "model.safetensors").is_file():
-        pickles = [p.name for p in model_dir.glob("*.bin")] + [p.name for p in model_dir.glob("*.pt")]
-        hint = f" ({', '.join(pickles)} is a pickle file, which wdctl refuses to load)" if pickles else ""
-        raise InputError(f"{model_dir}: no model.safetensors{hint}")
+    check_weights(model_dir)
     try:
         model = MarianMTModel.from_pretrained(model_dir, use_safetensors=True, trust_remote_code=False)
     except Exception as exc:  # noqa: BLE001 - any failure here means a broken directory

@@ -3,7 +3,15 @@
 A `StudentSpec` is the handful of numbers that fix a Marian student's shape. It comes from a
 named preset (`STUDENT_PRESETS`), from a dict (YAML config / CLI flags; unset fields keep the
 teacher's value) or is given directly; `resolve_student` turns any of these into a spec that
-has been checked against the teacher, and `student_config` turns it into a `MarianConfig`.
+has been checked against the teacher, and `student_config` turns it into a `MarianConfig`
+(a `NarrowMarianConfig` when the decoder is narrower than the encoder, as in the paper's TINY).
+
+Presets (the method spec, section 2c):
+- `small`: the paper's SMALL, the teacher's encoder and width with a 2-layer decoder;
+- `tiny`: the paper's TINY, the teacher's encoder unchanged, a 1-layer decoder of half width,
+  half FFN and half the heads (a `NarrowMarianMTModel`, see `wdctl.passes.narrow_marian`);
+- `halved`: every width halved (embeddings, encoder, decoder) with a 1-layer decoder: about a
+  quarter of the teacher, far smaller than the paper's TINY (wdctl's former `tiny`).
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from transformers import MarianConfig
 
 from wdctl.core.errors import InputError
+from wdctl.passes.narrow_marian import NarrowMarianConfig, is_narrow
 
 SUPPORTED_MODEL_TYPE = "marian"
 
@@ -30,28 +39,47 @@ class StudentSpec:
     decoder_ffn_dim: int
     encoder_attention_heads: int
     decoder_attention_heads: int
+    # The decoder's width when it differs from `d_model` (which is then the encoder's width);
+    # None (and a value equal to d_model, which is normalised to None) means one width.
+    decoder_d_model: int | None = None
 
     def __post_init__(self) -> None:
+        if self.decoder_d_model is not None and self.decoder_d_model == self.d_model:
+            object.__setattr__(self, "decoder_d_model", None)
         for f in fields(self):
             value = getattr(self, f.name)
+            if value is None and f.name == "decoder_d_model":
+                continue
             if isinstance(value, bool) or not isinstance(value, int):
                 raise InputError(f"student {f.name} must be an integer, got {value!r}")
             if value <= 0:
                 raise InputError(f"student {f.name} must be positive, got {value}")
-        for side in ("encoder", "decoder"):
+        for side, width, name in (("encoder", self.d_model, "d_model"),
+                                  ("decoder", self.decoder_width, "decoder_d_model" if self.narrow else "d_model")):
             heads = getattr(self, f"{side}_attention_heads")
-            if self.d_model % heads:
-                raise InputError(
-                    f"student {side}_attention_heads={heads} does not divide d_model={self.d_model}"
-                )
+            if width % heads:
+                raise InputError(f"student {side}_attention_heads={heads} does not divide {name}={width}")
+
+    @property
+    def narrow(self) -> bool:
+        """Whether the decoder is narrower (or wider) than the encoder: a NarrowMarianMTModel."""
+        return self.decoder_d_model is not None
+
+    @property
+    def decoder_width(self) -> int:
+        return self.decoder_d_model if self.decoder_d_model is not None else self.d_model
 
     @classmethod
     def from_config(cls, config: MarianConfig) -> StudentSpec:
         """The shape of an existing model (teacher or student)."""
-        return cls(**{f.name: getattr(config, f.name) for f in fields(cls)})
+        return cls(**{f.name: getattr(config, f.name, None) for f in fields(cls)})
 
     def to_dict(self) -> dict[str, int]:
-        return asdict(self)
+        """The shape as a dict; `decoder_d_model` only when the decoder has its own width."""
+        values = asdict(self)
+        if values["decoder_d_model"] is None:
+            del values["decoder_d_model"]
+        return values
 
 
 def _small(teacher: StudentSpec) -> StudentSpec:
@@ -69,12 +97,24 @@ def _halve_heads(heads: int, d_model: int) -> int:
 
 
 def _tiny(teacher: StudentSpec) -> StudentSpec:
-    """Closest to the paper's TINY that one Marian `d_model` can hold.
+    """The paper's TINY: the teacher's encoder unchanged, a 1-layer decoder of half width, half
+    FFN and half the heads (narrower than the encoder: a NarrowMarianMTModel)."""
+    width = max(1, teacher.decoder_width // 2)
+    if width == teacher.d_model:  # a width-1 teacher cannot be halved
+        return replace(teacher, decoder_layers=1)
+    return replace(
+        teacher,
+        decoder_layers=1,
+        decoder_d_model=width,
+        decoder_ffn_dim=max(1, teacher.decoder_ffn_dim // 2),
+        decoder_attention_heads=_halve_heads(teacher.decoder_attention_heads, width),
+    )
 
-    The paper halves only the decoder's width; a MarianConfig has a single d_model, so wdctl
-    halves everything (width, FFNs, heads) and keeps the encoder depth with a 1-layer decoder.
-    This is about a quarter of the teacher, much smaller than the paper's TINY.
-    """
+
+def _halved(teacher: StudentSpec) -> StudentSpec:
+    """Every width halved (one Marian `d_model`): width, FFNs and heads of both sides, with the
+    encoder's depth and a 1-layer decoder. About a quarter of the teacher, much smaller than
+    the paper's TINY (which halves only the decoder)."""
     d_model = max(1, teacher.d_model // 2)
     return StudentSpec(
         encoder_layers=teacher.encoder_layers,
@@ -90,7 +130,15 @@ def _tiny(teacher: StudentSpec) -> StudentSpec:
 STUDENT_PRESETS: dict[str, Callable[[StudentSpec], StudentSpec]] = {
     "small": _small,
     "tiny": _tiny,
+    "halved": _halved,
 }
+
+
+def check_student_config(config: object) -> None:
+    """A student config is a MarianConfig, or wdctl's NarrowMarianConfig."""
+    if is_narrow(config) and isinstance(config, NarrowMarianConfig):
+        return
+    check_teacher(config)
 
 
 def check_teacher(teacher_config: object) -> None:
@@ -113,6 +161,11 @@ def validate(spec: StudentSpec, teacher_config: MarianConfig) -> None:
                 f"student {name}={getattr(spec, name)} exceeds the teacher's "
                 f"{getattr(teacher, name)}: a student may not have more layers than its teacher"
             )
+    if spec.decoder_width > teacher.d_model:
+        raise InputError(
+            f"student decoder_d_model={spec.decoder_width} exceeds the teacher's "
+            f"{teacher.d_model}: a student may not be wider than its teacher"
+        )
     for name in ("d_model", "encoder_ffn_dim", "decoder_ffn_dim"):
         if getattr(spec, name) > getattr(teacher, name):
             raise InputError(
@@ -165,9 +218,15 @@ def resolve_student(
 
 def student_config(teacher_config: MarianConfig, spec: StudentSpec) -> MarianConfig:
     """The teacher's config with the student's shape; everything else (vocabulary, special
-    ids, activation, embedding scale, positions, tie settings) is kept as is."""
+    ids, activation, embedding scale, positions, tie settings) is kept as is.
+
+    A student whose decoder has its own width gets a `NarrowMarianConfig` (separate encoder and
+    decoder embeddings; the decoder's is tied to the output layer when the teacher ties)."""
     validate(spec, teacher_config)
-    config = copy.deepcopy(teacher_config)
+    if spec.narrow:
+        config = NarrowMarianConfig.from_marian(teacher_config, spec.decoder_d_model)
+    else:
+        config = copy.deepcopy(teacher_config)
     for name, value in spec.to_dict().items():
         setattr(config, name, value)
     config.num_hidden_layers = spec.encoder_layers

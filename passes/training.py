@@ -342,7 +342,7 @@ def train(
     # a time budget usually ends the run long before max_steps: no ETA computed from max_steps then
     bar = tqdm(total=None if cfg.max_minutes else cfg.max_steps, initial=step, unit="step", dynamic_ncols=True,
                desc=f"{desc} (up to {cfg.max_minutes:g} min)" if cfg.max_minutes else desc, disable=not dist.is_main)
-    window_loss, window_tokens, window_time = 0.0, 0, 0.0
+    window_loss, window_steps, window_tokens, window_time = 0.0, 0, 0, 0.0  # since the last log line
     with _StopFlag(patient=dist.world > 1) as stop:
         while step < cfg.max_steps and not out_of_time():
             started = time.perf_counter()
@@ -383,20 +383,21 @@ def train(
             step += 1
             elapsed /= dist.world
             seconds += elapsed
-            window_loss, window_tokens, window_time = window_loss + step_loss, window_tokens + n_tokens, window_time + elapsed
+            window_loss, window_steps = window_loss + step_loss, window_steps + 1
+            window_tokens, window_time = window_tokens + n_tokens, window_time + elapsed
             bar.update(1)
 
             if step % cfg.log_every == 0 or step == cfg.max_steps:
                 record = {
                     "step": step,
-                    "loss": window_loss / cfg.log_every if step % cfg.log_every == 0 else step_loss,
+                    "loss": window_loss / window_steps,  # a resumed run's first window is shorter
                     "lr": scheduler.get_last_lr()[0],
                     "tokens_per_s": window_tokens / max(window_time, 1e-9),
                     "seconds": round(seconds, 1),
                 }
                 bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
                 log(record)
-                window_loss, window_tokens, window_time = 0.0, 0, 0.0
+                window_loss, window_steps, window_tokens, window_time = 0.0, 0, 0, 0.0
             finished = step >= cfg.max_steps or out_of_time()
             if step % cfg.save_every == 0 or finished or stop_votes:
                 if dist.is_main:

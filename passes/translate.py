@@ -5,17 +5,13 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
+from wdctl.passes.batching import length_sorted_batches, output_limit
+
 
 def count_too_long(tokenizer, sentences: list[str], limit: int) -> int:
     """How many (non-empty) inputs exceed `limit` source tokens and will be cut to it."""
     texts = [s for s in sentences if s.strip()]
     return sum(len(ids) > limit for ids in tokenizer(texts)["input_ids"]) if texts else 0
-
-
-def output_limit(source_tokens: int) -> int:
-    """Longest output worth decoding for a source of this length (fairseq's max_len_a/b idea):
-    keeps an untrained or looping model from always running to the model's maximum."""
-    return int(1.5 * source_tokens) + 10
 
 
 @torch.inference_mode()
@@ -34,11 +30,9 @@ def translate_torch(
     Empty input lines give empty output lines, so alignment with the input is kept.
     """
     model.eval()
-    order = sorted((i for i, s in enumerate(sentences) if s.strip()), key=lambda i: len(sentences[i]))
     out = [""] * len(sentences)
-    starts = range(0, len(order), batch_size)
-    for start in tqdm(starts, desc="translate", unit="batch", disable=not progress):
-        idx = order[start : start + batch_size]
+    for idx in tqdm(length_sorted_batches(sentences, batch_size), desc="translate", unit="batch",
+                    disable=not progress):
         enc = tokenizer([sentences[i] for i in idx], return_tensors="pt", padding=True, truncation=True,
                         max_length=min(max_length, tokenizer.model_max_length)).to(model.device)
         limit = min(max_length, output_limit(enc["input_ids"].shape[1]))
@@ -47,3 +41,16 @@ def translate_torch(
         for i, text in zip(idx, tokenizer.batch_decode(generated, skip_special_tokens=True)):
             out[i] = text
     return out
+
+
+def dev_bleu_evaluator(tokenizer, dev_pairs, beams: int = 1, batch_size: int = 64):
+    """`evaluate(model) -> {"dev_bleu": ...}` over `dev_pairs`: the training loop's dev check."""
+    from wdctl.core.metrics import bleu
+
+    sources, references = [s for s, _ in dev_pairs], [t for _, t in dev_pairs]
+
+    def evaluate(model) -> dict:
+        hyps = translate_torch(model, tokenizer, sources, beams=beams, batch_size=batch_size)
+        return {"dev_bleu": bleu(hyps, references).score}
+
+    return evaluate

@@ -6,6 +6,7 @@ report and plot on their own."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import jsonschema
@@ -328,11 +329,11 @@ def test_bench_help_explains_device(cli):
     assert "--device" in flat and "pip install 'wdctl[gpu]'" in flat and "ort-int8 (a CPU format)" in flat
 
 
-def test_demo_help_says_it_is_a_shorter_schedule(cli):
+def test_demo_help_says_where_its_teacher_comes_from(cli):
     code, out, _ = cli("demo", "--help")
-    flat = " ".join(out.split())
+    flat = " ".join(out.replace("│", " ").split())
     assert code == 0
-    assert "shorter schedule than the full recipe" in flat and "report.md" in flat and "reused" in flat
+    assert "bundled teacher" in flat and "--train-teacher" in flat and "report.md" in flat and "reused" in flat
 
 
 def test_demo_runs_its_stages_in_order_and_reuses_finished_ones(tmp_path, monkeypatch):
@@ -345,7 +346,7 @@ def test_demo_runs_its_stages_in_order_and_reuses_finished_ones(tmp_path, monkey
 
     def fake_model(name):
         def make(out, *args, **kwargs):
-            path = out / ("teacher" if name == "teacher" else "wd-tiny")
+            path = out / ("teacher" if name == "teacher" else "wd-small")
             if demo._finished(path):  # as the real stages do
                 return path
             calls.append(name)
@@ -385,6 +386,36 @@ def test_demo_runs_its_stages_in_order_and_reuses_finished_ones(tmp_path, monkey
     assert stages["teacher"] == {**first["teacher"], "reused": True}
 
 
+def test_demo_starts_from_the_bundled_teacher_by_default(tmp_path, monkeypatch):
+    """Without --train-teacher no teacher is trained: the student stage gets examples/teacher,
+    and the bench compares it with the student on the student's held-out split."""
+    import wdctl.demo as demo
+
+    seen = {}
+
+    def fake_student(out, teacher, data, plan, threads=0):
+        seen["teacher"], seen["data"] = teacher, data
+        return out / "wd-small"
+
+    def fake_bench(out, settings):
+        seen["bench"] = settings
+        return out / "report.md"
+
+    monkeypatch.setattr(demo, "stage_teacher", lambda *a, **k: pytest.fail("the default demo trains no teacher"))
+    monkeypatch.setattr(demo, "stage_student", fake_student)
+    monkeypatch.setattr(demo, "bench_settings", lambda out, teacher, student, plan, threads: {"teacher": teacher})
+    monkeypatch.setattr(demo, "stage_packages", lambda settings: [])
+    monkeypatch.setattr(demo, "bench_finished", lambda out, settings: False)
+    monkeypatch.setattr(demo, "stage_bench", fake_bench)
+    messages = []
+    plan = replace(demo.DEMO, student_pairs=50, held_out=20)
+    demo.run_demo(tmp_path / "demo", plan=plan, log=messages.append)
+    assert seen["teacher"] == demo.BUNDLED_TEACHER and seen["bench"] == {"teacher": demo.BUNDLED_TEACHER}
+    assert len(read_parallel(seen["data"], "train")) == 50 and len(read_parallel(seen["data"], "test")) == 20
+    assert not (tmp_path / "demo" / "data").exists()  # no teacher training data written
+    assert any("the bundled teacher" in m for m in messages)
+
+
 @pytest.mark.skipif(not __import__("os").environ.get("WDCTL_SLOW_TESTS"), reason="set WDCTL_SLOW_TESTS=1 (a few minutes)")
 def test_demo_smoke_runs_every_stage_for_real(cli, tmp_path):
     out = tmp_path / "demo"
@@ -393,7 +424,7 @@ def test_demo_smoke_runs_every_stage_for_real(cli, tmp_path):
     assert (out / "report.md").is_file() and (out / "bleu_vs_speed.png").is_file()
     report = json.loads((out / "bench" / "report.json").read_text())
     validate(report)
-    assert [s["name"] for s in report["systems"]] == ["teacher", "wd-tiny"]
+    assert [s["name"] for s in report["systems"]] == ["teacher", "wd-small"]
     code, _, err = cli("demo", "--smoke", "--out", out)
     assert code == 0 and "demo: bench: reusing the finished output" in err
 

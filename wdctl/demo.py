@@ -1,28 +1,24 @@
-"""`wdctl demo`: the whole story on the bundled corpus, sized for a 2-core CPU (~20 minutes).
+"""`wdctl demo`: the main job on the bundled example — compress the bundled teacher and benchmark.
 
 Stages, each reused on a rerun when its finished output is there (an interrupted training
 stage resumes from its checkpoints):
 
-1. data     `OUT/data/` (teacher: the full bundled training split; dev and test cut to a few
-            hundred sentences so evaluation stays short) and `OUT/data-student/` (the first
-            few thousand training pairs, which the teacher translates for distillation).
-2. teacher  `OUT/teacher/`: the CPU-friendly preset (3+3 layers, d 256, 8k vocabulary) trained
-            for a few minutes, a much shorter schedule than the full recipe's 55 minutes, so
-            its BLEU is far below what `wdctl teacher train` reaches.
-3. student  `OUT/wd-tiny/`: `wdctl compress --student tiny --method wd` with short phase
-            budgets (minutes, not the default 2000 + 2000 steps) and greedy distillation.
-4. export   `OUT/packages/`: ONNX fp32, int8 and (if installed) CTranslate2 packages of both.
-5. bench    `OUT/bench/`: `wdctl bench` over the first 100 test sentences, beams 1 and 4,
+1. data     `OUT/data-student/`: the first few thousand training pairs (the teacher translates
+            their sources for distillation) and a few hundred dev and test pairs.
+2. teacher  the bundled teacher, `examples/teacher/` (6+6 layers, d 256, trained with
+            `wdctl teacher train --preset cpu6`; see its `training/`). With `--train-teacher`
+            the demo instead trains a small 3+3 teacher for a few hundred steps at `OUT/teacher/`
+            (the old path: far from a usable translator, but no bundled model needed).
+3. student  `OUT/wd-small/`: `wdctl compress --student small --method wd` (the paper's SMALL:
+            the teacher's encoder, a 2-layer decoder), budgets in steps, so a busy machine only
+            takes longer and ends at the same student.
+4. export   `OUT/packages/`: ONNX fp32 and int8 and CTranslate2 packages of both.
+5. bench    `OUT/bench/`: `wdctl bench` over the first test sentences, greedy and beam 4,
             batch sizes 1 and 32, one timed pass each; its report.md and plot are copied to
             `OUT/report.md` and `OUT/bleu_vs_speed.png`.
 
-`OUT/demo.json` records each stage's wall time and whether it was reused.
-
-Timed on an idle 2-core machine from a fresh clone (2026-11-25): data 0.1 s, teacher 7.2 min
-(453 steps in its 6 minutes, then evaluation), student 5.6 min (distillation 69 s, 2 + 2 min of
-training, evaluation), export 9 s, bench 4.7 min (32 measurements, one process each, one pass
-over 100 sentences): 17.7 min. `--threads` is the benchmark's; training uses all cores unless
-`--train-threads` says otherwise.
+`OUT/demo.json` records each stage's wall time and whether it was reused. `--threads` is the
+benchmark's; training uses all cores unless `--train-threads` says otherwise.
 """
 
 from __future__ import annotations
@@ -36,46 +32,45 @@ from pathlib import Path
 from wdctl.core.atomic import MARKER, atomic_dir, atomic_write_text
 from wdctl.core.errors import InputError
 
-BUNDLED = Path(__file__).resolve().parents[1] / "examples" / "data" / "bible"
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+BUNDLED = EXAMPLES / "data" / "bible"
+BUNDLED_TEACHER = EXAMPLES / "teacher"
 
 
 @dataclass(frozen=True)
 class DemoPlan:
-    """Sizes and budgets of one demo run."""
+    """Sizes and budgets of one demo run. Budgets are steps, never minutes."""
 
-    teacher_preset: str = "cpu"
-    teacher_minutes: float = 6.0  # the full recipe ("cpu" preset) trains for 55 minutes
-    teacher_steps: int | None = None  # None: the preset's schedule (bounded by the minutes)
-    # The "cpu" schedule warms up over 800 steps, more than 6 minutes reach (~450 steps): the
-    # demo reaches the peak learning rate sooner. None: the preset's warm-up.
-    teacher_warmup: int | None = 400
+    train_teacher: bool = False  # False: start from the bundled teacher
+    teacher_preset: str = "cpu"  # the --train-teacher path: a 3+3 teacher ...
+    teacher_steps: int = 450  # ... for a few hundred steps (the full recipe trains ~3,000)
+    teacher_warmup: int | None = 400  # reach the peak learning rate within those steps
     vocab_size: int | None = None  # None: the preset's
-    held_out: int = 200  # dev and test sentences (teacher eval, student eval, bench)
     train_pairs: int | None = None  # teacher training pairs; None = the whole training split
+    held_out: int = 300  # dev and test sentences (student eval, bench)
     student_pairs: int = 4000  # training pairs the teacher translates for the student
-    student: str = "tiny"
-    phase_minutes: tuple[float, float] = (2.0, 2.0)
-    phase_steps: tuple[int, int] = (2000, 2000)
-    distill_beams: int = 1
-    eval_sentences: int = 100
+    student: str = "small"
+    phase_steps: tuple[int, int] = (200, 400)
+    distill_beams: int = 4
+    eval_sentences: int = 0
     beams: str = "1,4"
     batch_sizes: str = "1,32"
-    bench_sentences: int = 100
+    bench_sentences: int = 300
     repeats: int = 1
-    # optimum's generate() is left out of the demo to fit its time budget (`wdctl bench` runs it)
-    backends: str | None = "torch,ort,ort-int8,ct2"
+    # PyTorch and optimum's generate() are left out to fit the time budget (`wdctl bench` runs them)
+    backends: str | None = "ort-int8,ct2"
 
     def estimate(self) -> str:
-        return (f"teacher {self.teacher_minutes:g} min, student {sum(self.phase_minutes):g} min of training "
-                f"+ distillation, bench {self.bench_sentences} sentences")
+        teacher = f"train a teacher for {self.teacher_steps} steps" if self.train_teacher else "the bundled teacher"
+        return (f"{teacher}, distil {self.student_pairs} sentences, {self.phase_steps[0]} + {self.phase_steps[1]} "
+                f"student steps, bench {self.bench_sentences} sentences")
 
 
 DEMO = DemoPlan()
-# A seconds-long run of every stage, for tests (`wdctl demo --smoke`).
-SMOKE = DemoPlan(teacher_preset="tiny", teacher_minutes=0.0, teacher_steps=40, teacher_warmup=None,
-                 vocab_size=400, held_out=8, train_pairs=600, student_pairs=200, phase_minutes=(0.0, 0.0),
-                 phase_steps=(10, 10), eval_sentences=0, beams="1", batch_sizes="1", bench_sentences=4, repeats=1,
-                 backends="ort-int8,ct2")
+# A seconds-long run of every stage, for tests (`wdctl demo --smoke`): it trains a tiny teacher.
+SMOKE = DemoPlan(train_teacher=True, teacher_preset="tiny", teacher_steps=40, teacher_warmup=None, vocab_size=400,
+                 held_out=8, train_pairs=600, student_pairs=200, phase_steps=(10, 10), distill_beams=1,
+                 beams="1", batch_sizes="1", bench_sentences=4, backends="ort-int8,ct2")
 
 
 def _finished(path: Path) -> bool:
@@ -87,15 +82,16 @@ def _write_tsv(path: Path, pairs) -> None:
 
 
 def stage_data(out: Path, plan: DemoPlan, source: Path = BUNDLED) -> tuple[Path, Path]:
+    """`OUT/data-student` (and, to train a teacher, `OUT/data`): TSV splits cut from the corpus."""
     from wdctl.core.corpus import read_parallel
 
     teacher_data, student_data = out / "data", out / "data-student"
-    if _finished(teacher_data) and _finished(student_data):
-        return teacher_data, student_data
     splits = {split: read_parallel(source, split) for split in ("train", "dev", "test")}
-    train = splits["train"][: plan.train_pairs] if plan.train_pairs else splits["train"]
     dev, test = splits["dev"][: plan.held_out], splits["test"][: plan.held_out]
-    for path, train_pairs in ((teacher_data, train), (student_data, splits["train"][: plan.student_pairs])):
+    wanted = [(student_data, splits["train"][: plan.student_pairs])]
+    if plan.train_teacher:
+        wanted.append((teacher_data, splits["train"][: plan.train_pairs] if plan.train_pairs else splits["train"]))
+    for path, train_pairs in wanted:
         if _finished(path):
             continue
         with atomic_dir(path, force=False) as tmp:
@@ -106,13 +102,16 @@ def stage_data(out: Path, plan: DemoPlan, source: Path = BUNDLED) -> tuple[Path,
 
 
 def stage_teacher(out: Path, data: Path, plan: DemoPlan, threads: int = 0) -> Path:
+    """The bundled teacher, or (`train_teacher`) a small one trained for a few hundred steps."""
     from wdctl.config import TEACHER_SCHEDULES, train_config
     from wdctl.teacher import train_teacher
 
+    if not plan.train_teacher:
+        return BUNDLED_TEACHER
     teacher = out / "teacher"
     if _finished(teacher):
         return teacher
-    overrides = {"max_minutes": plan.teacher_minutes, "max_steps": plan.teacher_steps,
+    overrides = {"max_minutes": 0.0, "max_steps": plan.teacher_steps,
                  "warmup": plan.teacher_warmup, "threads": threads}
     cfg = train_config(TEACHER_SCHEDULES[plan.teacher_preset], overrides, "demo teacher schedule")
     train_teacher(str(data), teacher, plan.teacher_preset, cfg, vocab_size=plan.vocab_size,
@@ -126,8 +125,7 @@ def stage_student(out: Path, teacher: Path, data: Path, plan: DemoPlan, threads:
     student = out / f"wd-{plan.student}"
     if _finished(student):
         return student
-    phases = {name: {"max_steps": steps, "max_minutes": minutes}
-              for name, steps, minutes in zip(("phase1", "phase2"), plan.phase_steps, plan.phase_minutes)}
+    phases = {name: {"max_steps": steps, "max_minutes": 0.0} for name, steps in zip(("phase1", "phase2"), plan.phase_steps)}
     p1, p2 = phase_configs(phases)
     compress(teacher, str(data), student, student=plan.student, method="wd", phase1=p1, phase2=p2,
              export=False, cache_dir=out / "distilled", distill_beams=plan.distill_beams,
@@ -138,7 +136,7 @@ def stage_student(out: Path, teacher: Path, data: Path, plan: DemoPlan, threads:
 def bench_settings(out: Path, teacher: Path, student: Path, plan: DemoPlan, threads: int):
     from wdctl.export.bench import make_settings
 
-    return make_settings(teacher, [student], str(out / "data"), out / "bench", beams=plan.beams,
+    return make_settings(teacher, [student], str(out / "data-student"), out / "bench", beams=plan.beams,
                          batch_sizes=plan.batch_sizes, threads=str(threads), backends=plan.backends,
                          max_sentences=plan.bench_sentences, repeats=plan.repeats, packages=out / "packages",
                          force=(out / "bench").exists())
@@ -192,6 +190,8 @@ def run_demo(out: Path | str = Path("runs/demo"), threads: int = 1, train_thread
         raise InputError(f"{out}: exists and is not a directory")
     if not BUNDLED.is_dir():
         raise InputError(f"{BUNDLED}: the bundled corpus is missing (rebuild it with `wdctl data bible`)")
+    if not plan.train_teacher and not (BUNDLED_TEACHER / "model.safetensors").is_file():
+        raise InputError(f"{BUNDLED_TEACHER}: the bundled teacher is missing (or use --train-teacher)")
     out.mkdir(parents=True, exist_ok=True)
     times = _previous_stages(out)
 
@@ -207,10 +207,12 @@ def run_demo(out: Path | str = Path("runs/demo"), threads: int = 1, train_thread
         return result
 
     log(f"demo: writing to {out} ({plan.estimate()}); rerun the same command to resume")
-    teacher_data, student_data = stage("data", _finished(out / "data") and _finished(out / "data-student"),
-                                       lambda: stage_data(out, plan))
-    teacher = stage("teacher", _finished(out / "teacher"),
-                    lambda: stage_teacher(out, teacher_data, plan, train_threads))
+    teacher_data, student_data = stage("data", _finished(out / "data-student"), lambda: stage_data(out, plan))
+    if plan.train_teacher:
+        teacher = stage("teacher", _finished(out / "teacher"), lambda: stage_teacher(out, teacher_data, plan, train_threads))
+    else:
+        teacher = BUNDLED_TEACHER
+        log(f"demo: teacher: the bundled teacher, {teacher}")
     student = stage(f"student (wd-{plan.student})", _finished(out / f"wd-{plan.student}"),
                     lambda: stage_student(out, teacher, student_data, plan, train_threads))
     settings = bench_settings(out, teacher, student, plan, threads)

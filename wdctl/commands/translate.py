@@ -40,10 +40,6 @@ def _warn_truncation(tokenizer, lines: list[str], max_length: int) -> None:
         typer.echo(f"wdctl: warning: {too_long} input line(s) longer than {limit} tokens were truncated", err=True)
 
 
-def is_onnx_package(model_dir: Path) -> bool:
-    return (Path(model_dir) / "encoder_model.onnx").is_file()
-
-
 @app.command("translate")
 def translate_command(
     model_dir: Path = typer.Argument(..., help="A MarianMT directory, or a package written by `wdctl export` (has encoder_model.onnx)."),
@@ -68,7 +64,9 @@ def translate_command(
     if not model_dir.is_dir():
         raise InputError(f"{model_dir}: model directory not found")
     lines = _read_input(input)
-    if is_onnx_package(model_dir):
+    from wdctl.export.package import OnnxPackage
+
+    if OnnxPackage.is_package(model_dir):
         from wdctl.export.decode import OrtTranslator
 
         translator = OrtTranslator(model_dir, threads=threads, device=device)

@@ -8,6 +8,7 @@ import platform
 import re
 import resource
 import sys
+import threading
 from importlib import metadata
 from pathlib import Path
 
@@ -55,6 +56,55 @@ def peak_rss_mb() -> float:
         return int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) / 1024
     except (OSError, AttributeError):
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+def available_bytes() -> int:
+    """Memory available to a new allocation now (psutil's `available`)."""
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+class PeakRSS:
+    """Peak resident memory of this process during a block.
+
+    Linux lets a process reset its high-water mark (`echo 5 > /proc/self/clear_refs`, then read
+    VmHWM); elsewhere a background thread samples psutil's RSS every 50 ms.
+    """
+
+    def __enter__(self) -> "PeakRSS":
+        self._samples: list[int] = []
+        self._stop = threading.Event()
+        self._thread = None
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            self._hwm = True
+        except OSError:
+            self._hwm = False
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        import psutil
+
+        process = psutil.Process()
+        while not self._stop.wait(0.05):
+            self._samples.append(process.memory_info().rss)
+
+    def __exit__(self, *exc) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+
+    @property
+    def peak_mb(self) -> float:
+        if self._hwm:
+            return peak_rss_mb()
+        import psutil
+
+        return max(self._samples + [psutil.Process().memory_info().rss]) / 2**20
 
 
 def write_json(path: Path, data: dict) -> None:

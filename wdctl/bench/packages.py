@@ -1,7 +1,7 @@
 """Packages for `wdctl bench`: each system (teacher, students) exported once per runtime.
 
-ONNX fp32 (`wdctl.export.onnx_export`), ONNX int8 (`wdctl.export.quantize`) and CTranslate2
-int8 (when `ctranslate2` is importable), built into a cache directory that later runs reuse: a
+ONNX fp32 and int8 (both made by `wdctl.export.build.build_package`) and CTranslate2 int8
+(when `ctranslate2` is importable), built into a cache directory that later runs reuse: a
 `NAME.source.json` beside the packages records the weights they came from, and a package of
 other weights is rebuilt.
 """
@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from wdctl.core.atomic import MARKER, atomic_dir
-from wdctl.core.errors import InputError, WdctlError
+from wdctl.core.errors import WdctlError
+from wdctl.export.build import build_package
+from wdctl.export.package import OnnxPackage
 from wdctl.passes.marian import count_parameters, load_marian_config
 
 PACKAGE_OF = {"torch": None, "ort": "fp32", "ort-optimum": "fp32", "ort-int8": "int8", "ct2": "ct2"}
-ENCODER_FILES = ("encoder_model.onnx", "encoder_model_quantized.onnx")
-DECODER_FILES = ("decoder_model_merged.onnx", "decoder_model_merged_quantized.onnx")
 
 
 @dataclass
@@ -95,30 +95,6 @@ def convert_ct2(model_dir: Path, out: Path, force: bool = False) -> dict:
     return {"ct2": str(out)}
 
 
-def _export_functions():
-    try:
-        from wdctl.export.onnx_export import export_onnx
-        from wdctl.export.quantize import quantize_package
-    except ImportError as exc:
-        raise WdctlError(f"ONNX export is not available in this installation ({exc})") from None
-    return export_onnx, quantize_package
-
-
-def export_fp32(model_dir: Path, out: Path, force: bool) -> str | None:
-    """Export with the exporter's PyTorch-agreement check; if only that check fails (it can on
-    barely trained models, whose beams tie), export again unchecked and return a note: the
-    bench's own rows then show how far ORT and PyTorch differ."""
-    export_onnx, _ = _export_functions()
-    try:
-        export_onnx(model_dir, out, force=force, device="cpu", validate=True)
-        return None
-    except InputError:
-        raise
-    except WdctlError as exc:
-        export_onnx(model_dir, out, force=force or out.exists(), device="cpu", validate=False)
-        return f"the ONNX export failed its check against PyTorch and is measured anyway ({exc})"
-
-
 def prepare_packages(systems: list[System], backends: tuple[str, ...], cache: Path,
                      log=print) -> list[str]:
     """Export/quantize/convert what `backends` need into `cache`, reusing finished packages.
@@ -163,13 +139,14 @@ def prepare_packages(systems: list[System], backends: tuple[str, ...], cache: Pa
             else:
                 log(f"{system.name}: building the {kind} package {path.name}")
                 force = stale or path.exists()
-                if kind == "fp32":
-                    note = export_fp32(system.model_dir, path, force)
-                    if note:
-                        system_notes.append(note)
-                elif kind == "int8":
-                    _, quantize_package = _export_functions()
-                    quantize_package(paths["fp32"], path, mode="int8", force=force)
+                if kind in ("fp32", "int8"):
+                    # the export's check against PyTorch can fail on barely trained models (their
+                    # beams tie): then it is exported unchecked, with a note, and the bench's own
+                    # rows show how far ORT and PyTorch differ
+                    built = build_package(system.model_dir, paths["fp32"], path if kind == "int8" else None,
+                                          mode="int8", force=force, export=kind == "fp32", lenient=True)
+                    if built.get("note"):
+                        system_notes.append(built["note"])
                 else:
                     convert_ct2(system.model_dir, path, force=force)
             system.packages[kind] = path
@@ -178,27 +155,10 @@ def prepare_packages(systems: list[System], backends: tuple[str, ...], cache: Pa
     return notes
 
 
-def onnx_files(package: Path) -> tuple[Path, Path]:
-    """The encoder and merged decoder a package's ORT sessions load."""
-    def first(names):
-        for name in names:
-            if (package / name).is_file():
-                return package / name
-        candidates = sorted(p.name for p in package.glob("*.onnx"))
-        raise WdctlError(f"{package}: no {' or '.join(names)} (found: {', '.join(candidates) or 'no .onnx files'})")
-
-    return first(ENCODER_FILES), first(DECODER_FILES)
-
-
 def loaded_files(system: System, backend: str) -> list[Path]:
     """The weight/graph files this backend loads (for the size on disk)."""
     if backend == "torch":
         return [system.model_dir / "model.safetensors"]
     if backend == "ct2":
         return [system.packages["ct2"] / "model.bin"]
-    files = []
-    for onnx in onnx_files(system.model_for(backend)):
-        files.append(onnx)
-        files.extend(p for p in onnx.parent.iterdir()
-                     if p != onnx and p.name.startswith(onnx.name) and p.suffix != ".onnx")  # external data
-    return files
+    return OnnxPackage(system.model_for(backend)).loaded_files()

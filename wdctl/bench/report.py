@@ -1,6 +1,6 @@
 """The bench report: report.json (every figure), report.md (for people) and bleu_vs_speed.png.
 
-`write_report(directory, report)` takes the dict `wdctl.export.bench.run_bench` builds and
+`write_report(directory, report)` takes the dict `wdctl.bench.run.run_bench` builds and
 writes the three files into `directory`. Rendering never measures anything, so a report can
 be re-rendered from its report.json (`render_markdown(json.load(...))`).
 """

@@ -1,4 +1,4 @@
-"""One benchmark measurement in a fresh process: `python -m wdctl.export.bench_worker SPEC.json`.
+"""One benchmark measurement in a fresh process: `python -m wdctl.bench.worker SPEC.json`.
 
 `wdctl bench` starts one worker per (system, backend, beam, batch size): thread pools of
 different libraries in one process (torch, onnxruntime, CTranslate2) distort each other's
@@ -41,22 +41,12 @@ from pathlib import Path
 from typing import Callable
 
 from wdctl.core.runinfo import peak_rss_mb
+from wdctl.export.package import OnnxPackage
+from wdctl.passes.batching import length_sorted_batches, output_limit
 
-BACKENDS = ("torch", "ort", "ort-optimum", "ort-int8", "ct2")
 WARMUP_SENTENCES = 8
 
 Translate = Callable[[list[str], int], list[str]]
-
-
-def output_limit(source_tokens: int) -> int:
-    """Same output cap as `wdctl.passes.translate.output_limit` (kept in sync by a test)."""
-    return int(1.5 * source_tokens) + 10
-
-
-def _sorted_batches(sentences: list[str], batch_size: int) -> list[list[int]]:
-    """Length-sorted batches of indices, exactly as `translate_torch` forms them."""
-    order = sorted((i for i, s in enumerate(sentences) if s.strip()), key=lambda i: len(sentences[i]))
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 def _limit_torch_threads(n: int) -> None:
@@ -143,12 +133,12 @@ def _ort_optimum_backend(spec: dict, tokenizer) -> Translate:
     # On cuda, IO binding keeps inputs, outputs and the cache on the GPU between steps.
     cuda = spec["device"] == "cuda"
     model = ORTModelForSeq2SeqLM.from_pretrained(
-        spec["model"], encoder_file_name=spec.get("encoder_file") or "encoder_model.onnx", use_merged=True,
+        spec["model"], encoder_file_name=spec.get("encoder_file") or OnnxPackage.ENCODER, use_merged=True,
         session_options=session_options(spec["threads"]),
         provider="CUDAExecutionProvider" if cuda else "CPUExecutionProvider", use_io_binding=cuda,
         use_cache=True, local_files_only=True)
     decoder = Path(str(model.decoder.path)).name
-    if decoder != (spec.get("decoder_file") or "decoder_model_merged.onnx"):
+    if decoder != (spec.get("decoder_file") or OnnxPackage.DECODER):
         raise RuntimeError(f"optimum loaded {decoder}, not {spec.get('decoder_file')}")
     wrapped = _Evaluable(model)
 
@@ -174,7 +164,7 @@ def _ct2_backend(spec: dict, tokenizer) -> Translate:
 
     def run(sentences: list[str], batch_size: int) -> list[str]:
         out = [""] * len(sentences)
-        for idx in _sorted_batches(sentences, batch_size):
+        for idx in length_sorted_batches(sentences, batch_size):
             ids = tokenizer([sentences[i] for i in idx], truncation=True, max_length=truncate)["input_ids"]
             tokens = [tokenizer.convert_ids_to_tokens(x) for x in ids]
             # transformers' max_length counts the decoder start token and Marian forces `</s>` at
@@ -266,7 +256,7 @@ def measure(spec: dict) -> dict:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        print("usage: python -m wdctl.export.bench_worker SPEC.json", file=sys.stderr)
+        print("usage: python -m wdctl.bench.worker SPEC.json", file=sys.stderr)
         return 2
     spec = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
     spec.setdefault("device", "cpu")  # optional in a spec (see above)

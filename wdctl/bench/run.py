@@ -1,19 +1,23 @@
 """`wdctl bench`: speed, size and quality of a teacher and its students, backend by backend.
 
+The bench's room: `settings` (flags, validated), `packages` (the package cache, built by
+`wdctl.export.build`), this module (the plan of measurements, running them, scoring them),
+`worker` (one measurement in its own process) and `report` (report.md/json and the plot).
+
 Order of work (everything cheap is checked before anything heavy runs):
 
-1. Settings: flags parsed and validated (`InputError`, exit 2): model directories, the test
+1. Settings (`wdctl.bench.settings`): flags parsed and validated (`InputError`, exit 2): model directories, the test
    data, beams, batch sizes, threads, backends, the device (with `--device cuda`, that the
    libraries the chosen backends load can reach a GPU), the output directory.
 2. Systems: the teacher and each student (names unique; parameters counted).
-3. Packages (`wdctl.export.packages`): every system exported once to ONNX fp32 and int8 and
+3. Packages (`wdctl.bench.packages`): every system exported once to ONNX fp32 and int8 and
    to CTranslate2 int8 when `ctranslate2` is importable, in a cache
    (`OUT/packages/NAME-fp32|int8|ct2` by default) that later runs reuse.
-4. Measurements: one subprocess (`python -m wdctl.export.bench_worker`) per
+4. Measurements: one subprocess (`python -m wdctl.bench.worker`) per
    threads × beam × batch size × system × backend, one at a time, under a progress bar. The
    worker warms up, times `repeats` passes over the same sentences and writes its hypotheses;
    this process scores them (sacrebleu BLEU and chrF against the references).
-5. Report (`wdctl.export.report`): report.md, report.json, bleu_vs_speed.png and the
+5. Report (`wdctl.bench.report`): report.md, report.json, bleu_vs_speed.png and the
    hypotheses, all written into a temporary directory renamed to OUT at the end. When some
    measurements failed the report is still written (their rows say why) and the command then
    exits 1.
@@ -29,7 +33,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import shutil
 import statistics
 import subprocess
@@ -39,161 +42,13 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from wdctl.bench.packages import PACKAGE_OF, System, loaded_files, make_systems, prepare_packages
+from wdctl.bench.settings import BACKEND_LABELS, PRECISION, BenchSettings
 from wdctl.core.atomic import atomic_dir, check_output_dir
-from wdctl.core.errors import InputError, WdctlError
-from wdctl.export.packages import (PACKAGE_OF, System, ct2_available, loaded_files, make_systems, onnx_files,
-                                   prepare_packages)
-from wdctl.export.session import DEVICES
+from wdctl.core.errors import WdctlError
+from wdctl.export.package import OnnxPackage
 
-BACKENDS = ("torch", "ort", "ort-optimum", "ort-int8", "ct2")
-BACKEND_LABELS = {
-    "torch": "PyTorch fp32",
-    "ort": "ORT fp32 (wdctl decoder)",
-    "ort-optimum": "ORT fp32 (optimum generate)",
-    "ort-int8": "ORT int8 (wdctl decoder)",
-    "ct2": "CTranslate2 int8",
-}
-PRECISION = {"torch": "fp32", "ort": "fp32", "ort-optimum": "fp32", "ort-int8": "int8", "ct2": "int8"}
-CPU_ONLY = ("ort-int8",)  # dynamic int8 ONNX: its integer kernels exist only in the CPU provider
-ORT_BACKENDS = ("ort", "ort-optimum", "ort-int8")
-TORCH_BACKENDS = ("torch", "ort-optimum")  # optimum's generate runs torch tensors on the model's device
-QUICK = {"max_sentences": 16, "repeats": 1, "beams": (1,), "batch_sizes": (1,)}
-DEFAULTS = {"beams": (1, 4), "batch_sizes": (1, 32), "threads": (1,), "repeats": 3, "max_sentences": None}
 REPORT_FORMAT = "wdctl-bench/1"
-
-
-# --- settings ---------------------------------------------------------------------------------
-
-def parse_int_list(text: str | None, flag: str, default: tuple[int, ...]) -> tuple[int, ...]:
-    """'1,4' → (1, 4): positive integers, duplicates dropped, order kept."""
-    if text is None:
-        return default
-    values: list[int] = []
-    for part in str(text).split(","):
-        part = part.strip()
-        if not part.isdigit() or int(part) < 1:
-            raise InputError(f"{flag}: expected comma-separated positive integers, got '{text}'")
-        if int(part) not in values:
-            values.append(int(part))
-    return tuple(values)
-
-
-def parse_backends(text: str | None, device: str = "cpu") -> tuple[str, ...]:
-    """Backends named in `text`; by default all that run on `device`."""
-    if text is None:
-        return tuple(b for b in BACKENDS if device == "cpu" or b not in CPU_ONLY)
-    names = [p.strip() for p in str(text).split(",") if p.strip()]
-    unknown = [n for n in names if n not in BACKENDS]
-    if unknown or not names:
-        raise InputError(f"--backends: unknown backend(s) {', '.join(unknown) or repr(text)} "
-                         f"(choose from {', '.join(BACKENDS)})")
-    return tuple(dict.fromkeys(names))
-
-
-@dataclass
-class BenchSettings:
-    teacher: Path
-    students: list[Path]
-    data: str
-    out: Path
-    split: str = "test"
-    beams: tuple[int, ...] = DEFAULTS["beams"]
-    batch_sizes: tuple[int, ...] = DEFAULTS["batch_sizes"]
-    threads: tuple[int, ...] = DEFAULTS["threads"]
-    backends: tuple[str, ...] = BACKENDS
-    device: str = "cpu"
-    skipped_backends: tuple[str, ...] = ()  # default backends left out because they cannot run on `device`
-    max_sentences: int | None = None
-    repeats: int = 3
-    max_length: int = 256
-    length_penalty: float = 1.0
-    packages: Path | None = None  # package cache; default OUT/packages
-    force: bool = False
-    quick: bool = False
-    progress: bool = True
-    command: str | None = None
-
-    def validate(self) -> "BenchSettings":
-        if self.repeats < 1:
-            raise InputError(f"--repeats must be at least 1 (got {self.repeats})")
-        if self.max_sentences is not None and self.max_sentences < 1:
-            raise InputError(f"--max-sentences must be at least 1 (got {self.max_sentences})")
-        if self.max_length < 2:
-            raise InputError(f"--max-length must be at least 2 (got {self.max_length})")
-        if not self.students:
-            raise InputError("--student: give at least one student model directory")
-        if self.device not in DEVICES:
-            raise InputError(f"--device: unknown device '{self.device}' (choose from {', '.join(DEVICES)})")
-        cpu_only = [b for b in self.backends if b in CPU_ONLY and self.device != "cpu"]
-        if cpu_only:
-            raise InputError(f"--backends {','.join(cpu_only)}: dynamic int8 ONNX runs on CPU only; "
-                             f"leave it out with --device {self.device}, or measure it with --device cpu")
-        for path in [self.teacher, *self.students]:
-            check_model_dir(Path(path))
-        check_output_dir(self.out, self.force)
-        check_device(self.device, self.backends)  # last: it imports torch and onnxruntime
-        return self
-
-
-def make_settings(teacher, students, data, out, *, split="test", beams=None, batch_sizes=None, threads=None,
-                  backends=None, device="cpu", max_sentences=None, repeats=None, max_length=256, length_penalty=1.0,
-                  packages=None, force=False, quick=False, progress=True, command=None) -> BenchSettings:
-    """Settings from CLI-style values: None means the default, or the `--quick` value."""
-    base = {**DEFAULTS, **(QUICK if quick else {})}
-    chosen = parse_backends(backends, device)
-    settings = BenchSettings(
-        teacher=Path(teacher), students=[Path(s) for s in students or []], data=str(data), out=Path(out),
-        split=split,
-        beams=parse_int_list(beams, "--beams", base["beams"]),
-        batch_sizes=parse_int_list(batch_sizes, "--batch-sizes", base["batch_sizes"]),
-        threads=parse_int_list(threads, "--threads", base["threads"]),
-        backends=chosen, device=device,
-        skipped_backends=tuple(b for b in BACKENDS if b not in chosen) if backends is None else (),
-        max_sentences=max_sentences if max_sentences is not None else base["max_sentences"],
-        repeats=repeats if repeats is not None else base["repeats"],
-        max_length=max_length, length_penalty=length_penalty,
-        packages=Path(packages) if packages else None, force=force, quick=quick, progress=progress,
-        command=command,
-    ).validate()
-    if settings.command is None:
-        settings.command = canonical_command(settings)
-    return settings
-
-
-def check_device(device: str, backends: tuple[str, ...]) -> None:
-    """With --device cuda, check that each library the backends load can reach a GPU: otherwise
-    every worker would fail on its own, after minutes of exporting."""
-    if device == "cpu":
-        return
-    if any(b in ORT_BACKENDS for b in backends):
-        from wdctl.export.session import providers_for
-
-        try:
-            providers_for(device)
-        except InputError as exc:
-            raise InputError(f"--device {device}: {exc}") from None
-    if any(b in TORCH_BACKENDS for b in backends):
-        import torch
-
-        if not torch.cuda.is_available():
-            why = (f"torch {torch.__version__} is a CPU-only build: install a CUDA build of torch"
-                   if torch.version.cuda is None else "no GPU visible: check the NVIDIA driver and CUDA_VISIBLE_DEVICES")
-            raise InputError(f"--device {device}: PyTorch cannot use CUDA ({why})")
-    if "ct2" in backends and ct2_available():
-        import ctranslate2
-
-        if ctranslate2.get_cuda_device_count() < 1:
-            raise InputError(f"--device {device}: CTranslate2 finds no CUDA device (leave ct2 out of --backends)")
-
-
-def check_model_dir(path: Path) -> None:
-    """A MarianMT directory as `load_marian` wants it, checked without loading weights."""
-    if not path.is_dir():
-        raise InputError(f"{path}: model directory not found")
-    if not (path / "config.json").is_file():
-        raise InputError(f"{path}: not a model directory (no config.json)")
-    if not (path / "model.safetensors").is_file():
-        raise InputError(f"{path}: no model.safetensors")
 
 
 def _tokenizer_dir(model: Path, fallback: Path) -> Path:
@@ -243,14 +98,14 @@ def run_worker(m: Measurement, settings: BenchSettings, sources: Path, work: Pat
         "max_length": settings.max_length, "length_penalty": settings.length_penalty, "device": settings.device,
     }
     if m.backend in ("ort", "ort-int8", "ort-optimum"):
-        encoder, decoder = onnx_files(model)
-        spec["encoder_file"], spec["decoder_file"] = encoder.name, decoder.name
+        package = OnnxPackage(model)
+        spec["encoder_file"], spec["decoder_file"] = package.encoder.name, package.decoder.name
     spec_path = work / f"{m.id}.spec.json"
     spec_path.write_text(json.dumps(spec, indent=2), encoding="utf-8")
     result_path = Path(spec["result"])
     result_path.unlink(missing_ok=True)
     with open(log_path, "w", encoding="utf-8") as log:
-        proc = subprocess.run([sys.executable, "-m", "wdctl.export.bench_worker", str(spec_path)],
+        proc = subprocess.run([sys.executable, "-m", "wdctl.bench.worker", str(spec_path)],
                               env=worker_env(m.threads), stdout=log, stderr=subprocess.STDOUT, check=False)
     try:
         result = json.loads(result_path.read_text(encoding="utf-8"))
@@ -363,8 +218,8 @@ def run_bench(settings: BenchSettings, log=None) -> dict:
     """Run the whole benchmark; returns the report dict (also written to settings.out)."""
     from tqdm.auto import tqdm
 
+    from wdctl.bench.report import write_report
     from wdctl.core.corpus import read_parallel
-    from wdctl.export.report import write_report
     from wdctl.core.runinfo import cpu_info, versions
 
     log = log or (lambda text: print(text, file=sys.stderr))
@@ -473,26 +328,3 @@ def _measure_all(settings: BenchSettings, systems: list[System], cache: Path, tm
         "notes": notes,
         "rows": rows,
     }
-
-
-def canonical_command(settings: BenchSettings) -> str:
-    """The `wdctl bench` command line that reproduces `settings` (explicit values, no defaults)."""
-    args = ["wdctl", "bench", "--teacher", str(settings.teacher)]
-    for student in settings.students:
-        args += ["--student", str(student)]
-    args += ["--data", settings.data]
-    if settings.split != "test":
-        args += ["--split", settings.split]
-    if settings.device != "cpu":
-        args += ["--device", settings.device]
-    args += ["--beams", ",".join(map(str, settings.beams)), "--batch-sizes", ",".join(map(str, settings.batch_sizes)),
-             "--threads", ",".join(map(str, settings.threads)), "--backends", ",".join(settings.backends)]
-    if settings.max_sentences:
-        args += ["--max-sentences", str(settings.max_sentences)]
-    args += ["--repeats", str(settings.repeats)]
-    if settings.max_length != 256:
-        args += ["--max-length", str(settings.max_length)]
-    if settings.packages:
-        args += ["--packages", str(settings.packages)]
-    args += ["--out", str(settings.out)]
-    return " ".join(shlex.quote(a) for a in args)

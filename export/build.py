@@ -1,0 +1,163 @@
+"""The one way a model becomes packages: export → validate → quantize → re-score.
+
+`build_package` is the chain behind `wdctl export`, `wdctl compress` (OUT.onnx/, OUT.int8/) and
+the bench's package cache. `export_model` is `wdctl export` itself (options checked, sample
+sentences or dev data, the quantized package standing alone).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+from wdctl.core.atomic import atomic_dir, check_output_dir
+from wdctl.core.errors import InputError, WdctlError
+from wdctl.core.runinfo import write_json
+from wdctl.export.onnx_export import SAMPLE_SENTENCES, export_onnx
+from wdctl.export.package import OnnxPackage
+from wdctl.export.quantize import MODES, quantize_into
+from wdctl.export.session import providers_for
+
+QUANTIZE_CHOICES = (*MODES, "none")
+Translate = Callable[[list[str], int], list[str]]
+# score(fp32 package, quantized package) -> figures, run before the quantized package is kept
+Scorer = Callable[[Path, Path], dict]
+
+
+def package_translator(package: Path, *, threads: int = 1, device: str = "cpu", batch_size: int = 16,
+                       max_length: int = 256) -> Translate:
+    """`translate(sentences, beams)` with wdctl's decoder over an exported package."""
+    from wdctl.export.decode import OrtTranslator
+
+    translator = OrtTranslator(package, threads=threads, device=device)
+
+    def translate(sentences: list[str], beams: int) -> list[str]:
+        return translator.translate(sentences, beams=beams, batch_size=batch_size, max_length=max_length)
+
+    return translate
+
+
+def validation_line(report: dict) -> str:
+    check = report.get("validation")
+    if not check:
+        return "not validated"
+    return (f"max |logit diff| {check['max_abs_logit_diff']:.1e}, greedy {check['greedy']['agree']}/"
+            f"{check['greedy']['total']}, beam-4 {check['beam4']['agree']}/{check['beam4']['total']} identical")
+
+
+def _export_fp32(model_dir: Path, out: Path, *, device: str, force: bool, lenient: bool) -> tuple[dict, str | None]:
+    """The validated export; with `lenient`, a model that fails only the PyTorch-agreement check
+    (barely trained models, whose beams tie) is exported again unchecked, with a note."""
+    try:
+        return export_onnx(model_dir, out, force=force, device=device, validate=True), None
+    except InputError:
+        raise
+    except WdctlError as exc:
+        if not lenient:
+            raise
+        report = export_onnx(model_dir, out, force=force or out.exists(), device=device, validate=False)
+        return report, f"the ONNX export failed its check against PyTorch and is measured anyway ({exc})"
+
+
+def build_package(model_dir: Path | str, fp32_dir: Path | str | None, quant_dir: Path | str | None = None, *,
+                  mode: str = "int8", isa: str = "auto", keep_fp32: Iterable[str] = (), device: str = "cpu",
+                  force: bool = False, export: bool = True, lenient: bool = False, score: Scorer | None = None,
+                  log: Callable[[str], None] | None = None) -> dict:
+    """Export `model_dir` to the fp32 package `fp32_dir` (validated against PyTorch), quantize it
+    to `quant_dir` (`mode`), and re-score the quantized package with `score` before keeping it.
+
+    `fp32_dir=None`: the fp32 export goes to a scratch directory and is not kept, and the
+    quantized package carries the export report too (what `wdctl export` writes).
+    `export=False`: `fp32_dir` already holds the package; only quantize.
+    Returns {"onnx": export report, MODE: quantize report, "quality": score's figures, "note": ...}.
+    """
+    model_dir = Path(model_dir)
+    result: dict = {}
+    if quant_dir is None:
+        result["onnx"], result["note"] = _export_fp32(model_dir, Path(fp32_dir), device=device, force=force,
+                                                      lenient=lenient)
+        return result
+    quant_dir = Path(quant_dir)
+    with atomic_dir(quant_dir, force) as tmp, tempfile.TemporaryDirectory(
+            prefix=f".{quant_dir.name}.fp32-", dir=quant_dir.resolve().parent) as scratch:
+        standalone = fp32_dir is None
+        source = Path(scratch) / "fp32" if standalone else Path(fp32_dir)
+        if export:
+            result["onnx"], result["note"] = _export_fp32(model_dir, source, device=device, force=force,
+                                                          lenient=lenient)
+            if log:
+                log(f"fp32 export verified ({validation_line(result['onnx'])}); quantizing to {mode}")
+        report = quantize_into(source, tmp, mode=mode, isa=isa, keep_fp32=keep_fp32)
+        result[mode] = report
+        if score is not None:
+            result["quality"] = score(source, tmp)
+        if standalone:
+            report["source"] = f"{model_dir} (fp32 export, validated, not kept)"
+            write_json(tmp / OnnxPackage.QUANTIZE_REPORT, report)
+            combined = {**result["onnx"], "quantization": report, "quality": result.get("quality"),
+                        "sizes_quantized": report["sizes"]}
+            write_json(tmp / OnnxPackage.EXPORT_REPORT, combined)
+            for name in OnnxPackage.REPORTS:
+                (tmp / name).chmod(0o644)
+            result["report"] = combined
+    return result
+
+
+def compare_packages(fp32_dir: Path, quant_dir: Path, mode: str, sources: list[str], refs: list[str] | None,
+                     beams: int, threads: int, device: str) -> dict:
+    """BLEU / chrF of the fp32 and quantized packages (against references when given), and of
+    the quantized output against the fp32 output."""
+    from wdctl.core.metrics import bleu, chrf
+
+    hyps = {}
+    for name, path in (("fp32", fp32_dir), (mode, quant_dir)):
+        hyps[name] = package_translator(path, threads=threads, device=device)(sources, beams)
+    quality: dict = {"sentences": len(sources), "beams": beams, "references": refs is not None}
+    if refs is not None:
+        for name, out in hyps.items():
+            quality[f"bleu_{name}"] = bleu(out, refs).score
+            quality[f"chrf_{name}"] = chrf(out, refs).score
+    agreement = bleu(hyps[mode], hyps["fp32"])
+    quality[f"bleu_{mode}_vs_fp32"] = agreement.score
+    quality["signature"] = agreement.signature
+    quality["identical_sentences"] = sum(a == b for a, b in zip(hyps["fp32"], hyps[mode]))
+    return quality
+
+
+def _sources_and_refs(data: str | None, max_sentences: int) -> tuple[list[str], list[str] | None]:
+    """Sentences for the quality check: the dev split of `data` (with references) or the
+    exporter's built-in samples (compared with the fp32 output only)."""
+    if not data:
+        return list(SAMPLE_SENTENCES), None
+    from wdctl.core.corpus import read_parallel
+
+    pairs = read_parallel(data, "dev")[:max_sentences]
+    return [s for s, _ in pairs], [t for _, t in pairs]
+
+
+def export_model(model_dir: Path, out: Path, *, quantize: str | None = None, device: str = "cpu", threads: int = 1,
+                 isa: str = "auto", keep_fp32: Sequence[str] = (), data: str | None = None, max_sentences: int = 200,
+                 beams: int = 4, force: bool = False, log: Callable[[str], None] | None = None) -> tuple[dict, str | None]:
+    """`wdctl export`: returns (the package's export report, the quantization mode or None)."""
+    if device not in ("cpu", "cuda"):
+        raise InputError(f"--device must be cpu or cuda (got '{device}')")
+    mode = quantize or ("int8" if device == "cpu" else "fp16")
+    if mode not in QUANTIZE_CHOICES:
+        raise InputError(f"--quantize must be one of {', '.join(QUANTIZE_CHOICES)} (got '{mode}')")
+    if threads < 1 or beams < 1 or max_sentences < 1:
+        raise InputError("--threads, --beams and --max-sentences must be at least 1")
+    if keep_fp32 and mode != "int8":
+        raise InputError("--keep-fp32 applies to --quantize int8 only")
+    providers_for(device)
+    check_output_dir(out, force)
+    sources, refs = _sources_and_refs(data, max_sentences)
+    if mode == "none":
+        return build_package(model_dir, out, None, device=device, force=force)["onnx"], None
+
+    def score(fp32: Path, quantized: Path) -> dict:
+        return compare_packages(fp32, quantized, mode, sources, refs, beams, threads, device)
+
+    result = build_package(model_dir, None, out, mode=mode, isa=isa, keep_fp32=keep_fp32, device=device, force=force,
+                           score=score, log=log)
+    return result["report"], mode

@@ -1,0 +1,91 @@
+"""The ONNX package: the one place that knows which files a package holds.
+
+A package is what `wdctl export` writes: `encoder_model.onnx` and `decoder_model_merged.onnx`
+(one decoder with and without KV cache), config, generation config and tokenizer files,
+`export_report.json` (and `quantize_report.json` when quantized).
+`ORTModelForSeq2SeqLM.from_pretrained(package)` loads it with its defaults. A new graph
+(e.g. an in-graph translator) is one more name in `GRAPHS`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from wdctl.core.errors import InputError, WdctlError
+
+
+class OnnxPackage:
+    ENCODER = "encoder_model.onnx"
+    DECODER = "decoder_model_merged.onnx"
+    GRAPHS = (ENCODER, DECODER)  # the graphs an export keeps
+    # optimum also writes these; each stores the decoder weights again, and the merged decoder
+    # serves both uses, so an export deletes them
+    OPTIMUM_ONLY = ("decoder_model.onnx", "decoder_with_past_model.onnx")
+    # other tools (optimum's quantizer with a suffix) name quantized files this way
+    QUANTIZED = {ENCODER: "encoder_model_quantized.onnx", DECODER: "decoder_model_merged_quantized.onnx"}
+    EXPORT_REPORT = "export_report.json"
+    QUANTIZE_REPORT = "quantize_report.json"
+    REPORTS = (EXPORT_REPORT, QUANTIZE_REPORT)
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"OnnxPackage({str(self.path)!r})"
+
+    @classmethod
+    def is_package(cls, path: Path | str) -> bool:
+        """True for a directory that holds an exported encoder (e.g. `wdctl translate`'s choice)."""
+        return (Path(path) / cls.ENCODER).is_file()
+
+    @staticmethod
+    def is_graph_file(path: Path) -> bool:
+        """An ONNX graph or its external data."""
+        return path.suffix == ".onnx" or path.name.endswith(".onnx_data")
+
+    def graphs(self) -> list[Path]:
+        """Every ONNX graph of the package (what quantization converts)."""
+        files = sorted(self.path.glob("*.onnx"))
+        if not files:
+            raise InputError(f"{self.path}: no .onnx files (export the model first with `wdctl export`)")
+        return files
+
+    def missing(self) -> list[str]:
+        return [name for name in self.GRAPHS if not (self.path / name).is_file()]
+
+    def drop_optimum_only(self) -> None:
+        for name in self.OPTIMUM_ONLY:
+            for path in (self.path / name, self.path / f"{name}_data"):
+                if path.exists():
+                    path.unlink()
+
+    def file_sizes(self) -> dict[str, int]:
+        """Bytes of each graph file (external data included), by name."""
+        return {p.name: p.stat().st_size for p in sorted(self.path.iterdir()) if p.is_file() and self.is_graph_file(p)}
+
+    def _first(self, name: str) -> Path:
+        for candidate in (name, self.QUANTIZED[name]):
+            if (self.path / candidate).is_file():
+                return self.path / candidate
+        found = sorted(p.name for p in self.path.glob("*.onnx"))
+        raise WdctlError(f"{self.path}: no {name} or {self.QUANTIZED[name]} "
+                         f"(found: {', '.join(found) or 'no .onnx files'})")
+
+    @property
+    def encoder(self) -> Path:
+        """The encoder graph an onnxruntime session loads (standard or quantized name)."""
+        return self._first(self.ENCODER)
+
+    @property
+    def decoder(self) -> Path:
+        """The merged decoder graph an onnxruntime session loads (standard or quantized name)."""
+        return self._first(self.DECODER)
+
+    def loaded_files(self) -> list[Path]:
+        """The files a translator loads (encoder, decoder and their external data): the size on disk."""
+        files = []
+        for graph in (self.encoder, self.decoder):
+            files.append(graph)
+            files.extend(p for p in graph.parent.iterdir()
+                         if p != graph and p.name.startswith(graph.name) and p.suffix != ".onnx")
+        return files

@@ -1,0 +1,76 @@
+"""The compression methods, one registry: wd, and the baselines kd and cut-kd.
+
+- wd:     phase1 (GeneratedStudent: teacher frozen, only the generators train)
+          → materialize → phase2 (all student parameters).
+- kd:     random-init student, one phase `train` of phase1+phase2 steps.
+- cut-kd: student cut from the teacher (cutoff.cut_teacher), one phase `train` of
+          phase1+phase2 steps.
+
+The baselines use the phase-1 schedule (lr, warm-up, batch) for their whole budget: it is the
+schedule for training a model from the start.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Callable
+
+import torch
+from torch import nn
+
+from wdctl.passes.phases import Job, run_phase
+from wdctl.passes.training import TrainConfig
+
+
+def baseline_config(phase1: TrainConfig, phase2: TrainConfig) -> TrainConfig:
+    """The kd / cut-kd schedule: phase 1's schedule with the budget of both phases."""
+    minutes = phase1.max_minutes + phase2.max_minutes if phase1.max_minutes and phase2.max_minutes else 0.0
+    return replace(phase1, max_steps=phase1.max_steps + phase2.max_steps, max_minutes=minutes)
+
+
+def run_wd(job: Job) -> nn.Module:
+    """Phase 1 trains the parameter generators (teacher frozen), phase 2 the materialized student."""
+    from wdctl.passes.generator import GeneratedStudent, ParameterGenerator, materialize_student
+
+    def build_generated():
+        return GeneratedStudent(ParameterGenerator(job.teacher.state_dict(), job.plan, seed=job.phase1.seed))
+
+    def materialize(model):
+        return materialize_student(model.generator, job.student_config)
+
+    generated = run_phase(job, "phase1", build_generated, job.phase1, finish=materialize, to_marian=materialize)
+    return run_phase(job, "phase2", lambda: generated, job.phase2)
+
+
+def run_kd(job: Job) -> nn.Module:
+    """Sequence-level KD: a randomly initialised student trained for phase1+phase2 steps."""
+    from transformers import MarianMTModel
+
+    def build():
+        torch.manual_seed(job.phase1.seed)
+        return MarianMTModel(job.student_config)
+
+    return run_phase(job, "train", build, baseline_config(job.phase1, job.phase2))
+
+
+def run_cut_kd(job: Job) -> nn.Module:
+    """Cut-off init + KD: the student sliced from the teacher, trained for phase1+phase2 steps."""
+    from wdctl.passes.cutoff import cut_teacher
+
+    def build():
+        return cut_teacher(job.teacher.state_dict(), job.teacher_config, job.student_config)
+
+    return run_phase(job, "train", build, baseline_config(job.phase1, job.phase2))
+
+
+@dataclass(frozen=True)
+class Method:
+    run: Callable[[Job], nn.Module]
+    needs_generator: bool  # wd: a GroupPlan (written to the run dir) and the phase-1 memory guard
+
+
+METHODS: dict[str, Method] = {
+    "wd": Method(run_wd, needs_generator=True),
+    "kd": Method(run_kd, needs_generator=False),
+    "cut-kd": Method(run_cut_kd, needs_generator=False),
+}

@@ -1,0 +1,187 @@
+"""Training phases with resume: one phase trains one model through the shared loop
+(`wdctl.passes.training.train`) into its own run subdirectory.
+
+A phase that finished leaves `done.json` and its student in `PHASE/student`, so rerunning the
+same command after Ctrl-C resumes the interrupted phase (from its checkpoints) and skips the
+finished ones. The run directory is resumed only by a run of the same settings
+(`claim_run_dir`, over `fingerprint`); with --force a run of other settings is started over.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from wdctl.core.atomic import atomic_dir
+from wdctl.core.corpus import Pair
+from wdctl.core.errors import InputError
+from wdctl.core.runinfo import PeakRSS, write_json
+from wdctl.passes.distributed import Distributed
+from wdctl.passes.marian import freeze_pad_row
+from wdctl.passes.student import StudentSpec
+from wdctl.passes.training import TrainConfig, checkpoint_dirs, collate, sequence_loss, train
+from wdctl.passes.translate import dev_bleu_evaluator
+
+# Options that may change between a run and its resumption (they do not change what is trained).
+_VOLATILE = ("threads", "eval_every", "save_every", "log_every", "max_minutes", "device")
+
+
+@dataclass
+class Job:
+    """Everything the methods need; filled in by the compress recipe."""
+
+    teacher_dir: Path
+    teacher_config: object
+    spec: StudentSpec
+    student_config: object
+    method: str
+    phase1: TrainConfig
+    phase2: TrainConfig
+    run_dir: Path
+    plan: object = None
+    teacher: nn.Module | None = None
+    tokenizer: object = None
+    examples: list = field(default_factory=list)
+    probe: list = field(default_factory=list)
+    dev_pairs: list[Pair] | None = None
+    eval_sentences: int = 0
+    phases: dict = field(default_factory=dict)
+    dist: Distributed = Distributed()
+
+    @property
+    def pad_id(self) -> int:
+        return self.student_config.pad_token_id
+
+    @property
+    def start_id(self) -> int:
+        return self.student_config.decoder_start_token_id
+
+
+@torch.no_grad()
+def probe_loss(model: nn.Module, examples: list, pad_id: int, start_id: int, label_smoothing: float) -> float:
+    """Label-smoothed CE per target token of `model` (eval mode) on a fixed list of examples."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total, tokens = 0.0, 0
+    for i in range(0, len(examples), 16):
+        batch = {k: v.to(device) for k, v in collate(examples[i : i + 16], pad_id, start_id).items()}
+        labels = batch.pop("labels")
+        total += float(sequence_loss(model(**batch).logits, labels, label_smoothing))
+        tokens += int((labels != -100).sum())
+    model.train(was_training)
+    return total / max(tokens, 1)
+
+
+def _dev_evaluator(job: Job, to_marian: Callable[[nn.Module], nn.Module]):
+    if not job.dev_pairs or job.eval_sentences <= 0:
+        return None
+    evaluate = dev_bleu_evaluator(job.tokenizer, job.dev_pairs[: job.eval_sentences], beams=1)
+    return lambda model: evaluate(to_marian(model))
+
+
+def _load_student(path: Path):
+    from transformers import MarianMTModel
+
+    return MarianMTModel.from_pretrained(path, use_safetensors=True).eval()
+
+
+def run_phase(job: Job, name: str, build: Callable[[], nn.Module], cfg: TrainConfig,
+              finish: Callable[[nn.Module], nn.Module] = lambda m: m,
+              to_marian: Callable[[nn.Module], nn.Module] = lambda m: m) -> nn.Module:
+    """Train one phase (or skip it if `done.json` says it finished) and return its student.
+
+    `build` makes the model to train (called only when the phase has to run), `finish` turns
+    the trained model into a MarianMTModel (materialization for phase 1), `to_marian` does the
+    same cheaply for dev evaluation during training.
+    """
+    from transformers import MarianMTModel
+
+    phase_dir = job.run_dir / name
+    done = phase_dir / "done.json"
+    if done.is_file():
+        job.phases[name] = {**json.loads(done.read_text(encoding="utf-8")), "skipped": True}
+        if job.dist.is_main:
+            print(f"{job.method}:{name}: finished earlier, reusing {phase_dir / 'student'}")
+        return _load_student(phase_dir / "student")
+
+    started = time.perf_counter()
+    with PeakRSS() as memory:
+        model = build()
+        if isinstance(model, MarianMTModel):
+            freeze_pad_row(model)  # keep the <pad>/start row at zero while training
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        fresh = not checkpoint_dirs(phase_dir)
+        before = probe_loss(model, job.probe, job.pad_id, job.start_id, cfg.label_smoothing) if fresh else None
+        result = train(model, job.examples, cfg, phase_dir, pad_id=job.pad_id, start_id=job.start_id,
+                       evaluate=_dev_evaluator(job, to_marian),
+                       teacher=job.teacher if cfg.kd_weight > 0 else None, desc=f"{job.method}:{name}")
+        after = probe_loss(model, job.probe, job.pad_id, job.start_id, cfg.label_smoothing)
+        student = finish(model).to("cpu")  # train() may have moved it to --device
+        if student is not model:
+            freeze_pad_row(student)
+        del model
+        if job.teacher is not None:
+            job.teacher.to("cpu")
+    info = {
+        "steps": result.steps,
+        "train_seconds": round(result.train_seconds, 2),  # summed over resumptions
+        "wall_seconds": round(time.perf_counter() - started, 2),  # this invocation, build + train + finish
+        "peak_rss_mb": round(memory.peak_mb, 1),
+        "probe_loss_before": None if before is None else round(before, 4),
+        "probe_loss_after": round(after, 4),
+        "trainable_parameters": trainable,
+        "history": result.history[-50:],
+    }
+    if job.dist.is_main:
+        with atomic_dir(phase_dir / "student", force=True) as tmp:
+            student.save_pretrained(tmp, safe_serialization=True)
+        write_json(done, info)
+    job.dist.barrier()
+    job.phases[name] = info
+    return student.eval()
+
+
+# --- resume ------------------------------------------------------------------------------------
+
+def schedule_fingerprint(cfg: TrainConfig) -> dict:
+    """What of a phase's schedule decides what is trained (not threads, logging, time budget)."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _VOLATILE}
+
+
+def jsonable(value):
+    """`value` as it reads back from JSON (tuples become lists, paths strings)."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def claim_run_dir(run_dir: Path, fingerprint: dict, force: bool) -> bool:
+    """Resume only a run of the same configuration; with --force, restart a different one.
+
+    Returns True when the run directory holds another run that must be cleared first."""
+    config = run_dir / "config.json"
+    if not config.is_file():
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise InputError(f"{run_dir}: run directory exists and was not made by `wdctl compress`; "
+                             "choose another --run-dir")
+        return False
+    try:
+        previous = json.loads(config.read_text(encoding="utf-8")).get("fingerprint")
+    except (json.JSONDecodeError, OSError):
+        previous = None
+    if previous == fingerprint:
+        return False
+    if previous is None:
+        raise InputError(f"{run_dir}: run directory exists and was not made by `wdctl compress`; "
+                         "choose another --run-dir")
+    changed = sorted(k for k in fingerprint if previous.get(k) != fingerprint[k])
+    if not force:
+        raise InputError(f"{run_dir}: holds a run with different settings ({', '.join(changed)}); pass --force "
+                         "to start it over, or choose another --run-dir")
+    return True
