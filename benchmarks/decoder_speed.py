@@ -83,7 +83,9 @@ def _measure(spec: dict) -> dict:
 
 
 def _package(path: Path, scratch: Path) -> Path:
-    if (path / "encoder_model.onnx").is_file():
+    from wdctl.export.package import OnnxPackage
+
+    if OnnxPackage.is_package(path):
         return path
     from wdctl.export.onnx_export import export_onnx
     from wdctl.export.quantize import quantize_package

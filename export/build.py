@@ -12,8 +12,11 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from wdctl.core.atomic import atomic_dir, check_output_dir
+from wdctl.core.corpus import read_parallel
 from wdctl.core.errors import InputError, WdctlError
+from wdctl.core.metrics import bleu, chrf
 from wdctl.core.runinfo import write_json
+from wdctl.export.decode import OrtTranslator
 from wdctl.export.onnx_export import SAMPLE_SENTENCES, export_onnx
 from wdctl.export.package import OnnxPackage
 from wdctl.export.quantize import MODES, quantize_into
@@ -28,8 +31,6 @@ Scorer = Callable[[Path, Path], dict]
 def package_translator(package: Path, *, threads: int = 1, device: str = "cpu", batch_size: int = 16,
                        max_length: int = 256) -> Translate:
     """`translate(sentences, beams)` with wdctl's decoder over an exported package."""
-    from wdctl.export.decode import OrtTranslator
-
     translator = OrtTranslator(package, threads=threads, device=device)
 
     def translate(sentences: list[str], beams: int) -> list[str]:
@@ -108,8 +109,6 @@ def compare_packages(fp32_dir: Path, quant_dir: Path, mode: str, sources: list[s
                      beams: int, threads: int, device: str) -> dict:
     """BLEU / chrF of the fp32 and quantized packages (against references when given), and of
     the quantized output against the fp32 output."""
-    from wdctl.core.metrics import bleu, chrf
-
     hyps = {}
     for name, path in (("fp32", fp32_dir), (mode, quant_dir)):
         hyps[name] = package_translator(path, threads=threads, device=device)(sources, beams)
@@ -130,8 +129,6 @@ def _sources_and_refs(data: str | None, max_sentences: int) -> tuple[list[str], 
     exporter's built-in samples (compared with the fp32 output only)."""
     if not data:
         return list(SAMPLE_SENTENCES), None
-    from wdctl.core.corpus import read_parallel
-
     pairs = read_parallel(data, "dev")[:max_sentences]
     return [s for s, _ in pairs], [t for _, t in pairs]
 
@@ -161,3 +158,21 @@ def export_model(model_dir: Path, out: Path, *, quantize: str | None = None, dev
     result = build_package(model_dir, None, out, mode=mode, isa=isa, keep_fp32=keep_fp32, device=device, force=force,
                            score=score, log=log)
     return result["report"], mode
+
+
+class OnnxTeacher:
+    """A `wdctl.passes.distill.TeacherBackend`: the teacher exported once (fp32, validated) into
+    the distillation cache and decoded with onnxruntime on the CPU (`compress --onnx-distill`)."""
+
+    name = "onnx"
+
+    def prepare(self, teacher_dir: Path, workdir: Path) -> None:
+        if not (workdir / "config.json").is_file():
+            from tqdm.auto import tqdm
+
+            tqdm.write(f"distill: exporting the teacher to ONNX once, into {workdir}")
+            build_package(teacher_dir, workdir, force=workdir.exists())
+
+    def load(self, teacher_dir: Path, workdir: Path, threads: int, device):
+        self.prepare(teacher_dir, workdir)
+        return OrtTranslator(workdir, threads=threads)

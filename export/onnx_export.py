@@ -27,7 +27,11 @@ import numpy as np
 from wdctl.core.atomic import atomic_dir, check_output_dir
 from wdctl.core.errors import InputError, WdctlError
 from wdctl.core.runinfo import cpu_info, versions, write_json
+from wdctl.export.decode import OrtTranslator
 from wdctl.export.package import OnnxPackage
+from wdctl.export.session import providers_for
+from wdctl.passes.batching import output_limit
+from wdctl.passes.marian import load_marian
 
 TASK = "text2text-generation-with-past"
 REPORT = OnnxPackage.EXPORT_REPORT
@@ -128,9 +132,6 @@ def validate_package(model, tokenizer, package: Path, sentences: Sequence[str], 
     """Compare PyTorch and onnxruntime on `sentences`: logits and greedy / beam token agreement."""
     import torch
 
-    from wdctl.export.decode import OrtTranslator
-    from wdctl.passes.batching import output_limit
-
     sentences = [s for s in sentences if s.strip()]
     if not sentences:
         raise InputError("no non-empty sample sentences to validate the export with")
@@ -175,9 +176,6 @@ def export_onnx(model_dir: Path | str, out: Path | str, *, force: bool = False, 
     Returns the report, also written to `out/export_report.json`. A bad model directory raises
     InputError, a failed export or validation WdctlError; either way nothing is left at `out`.
     """
-    from wdctl.export.session import providers_for
-    from wdctl.passes.marian import load_marian
-
     model_dir, out = Path(model_dir), Path(out)
     check_output_dir(out, force)
     providers_for(device)

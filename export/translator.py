@@ -10,7 +10,7 @@ and search settings and returns token ids:
   for every post-LN residual, `QuickGelu(alpha=1)` = swish);
 - `com.microsoft.BeamSearch` with model_type=1 for every beam count (onnxruntime 1.32's
   `GreedySearch` accepts only GPT-style models; BeamSearch with one beam is greedy search).
-  All weights live once, in the main graph; the subgraphs read them from outer scope.
+  Each subgraph holds its own weights as initializers (onnxruntime pre-packs those).
 
 `quantize_translator(src, dst)` stores the weight operand of every MatMul (in every subgraph) as
 int8 with per-column scales and runs it with `DynamicQuantizeMatMul`; attention's
@@ -114,6 +114,7 @@ class MarianWeights:
     activation: str = "swish"
     layer_norm_eps: float = 1e-5
     bad_token_ids: tuple[int, ...] = field(default=())  # banned everywhere; <pad> is always banned
+    renormalize_logits: bool = False  # generation_config.renormalize_logits (OPUS-MT hub models set it)
 
     @property
     def d_enc(self) -> int:
@@ -182,7 +183,8 @@ def marian_weights(model) -> MarianWeights:
         encoder_heads=int(cfg.encoder_attention_heads), decoder_heads=int(cfg.decoder_attention_heads),
         pad_token_id=int(cfg.pad_token_id), eos_token_id=int(cfg.eos_token_id),
         decoder_start_token_id=int(cfg.decoder_start_token_id), scale_embedding=bool(cfg.scale_embedding),
-        activation=str(cfg.activation_function), layer_norm_eps=float(eps), bad_token_ids=tuple(bad))
+        activation=str(cfg.activation_function), layer_norm_eps=float(eps), bad_token_ids=tuple(bad),
+        renormalize_logits=bool(getattr(gen, "renormalize_logits", False)))
 
 
 def _check_weights(w: MarianWeights) -> None:
@@ -208,7 +210,12 @@ _ACTIVATIONS = ("swish", "silu", "relu", "gelu")
 
 
 class _Graph:
-    """Nodes of one (sub)graph; weights go to a shared store (the main graph's initializers)."""
+    """Nodes and weights of one (sub)graph.
+
+    Weights stay initializers of the subgraph that uses them: onnxruntime pre-packs constant
+    MatMul weights, but not outer-scope values (a subgraph reading its weights from the main
+    graph ran about 2x slower).
+    """
 
     def __init__(self, store: dict, prefix: str):
         self.nodes = []
@@ -277,6 +284,12 @@ def _positions(g: _Graph, table: np.ndarray, name: str, start: str, end: str) ->
     return g.op("Slice", [g.weight(name, table), start, end, g.weight("axis0", np.array([0], dtype=np.int64))])
 
 
+def _initializers(store: dict) -> list:
+    from onnx import numpy_helper
+
+    return [numpy_helper.from_array(np.asarray(v), k) for k, v in store.items()]
+
+
 def _encoder_graph(w: MarianWeights, store: dict):
     """Inputs encoder_input_ids, encoder_attention_mask; outputs present_{key,value}_cross_i."""
     from onnx import TensorProto, helper
@@ -308,7 +321,7 @@ def _encoder_graph(w: MarianWeights, store: dict):
               helper.make_tensor_value_info("encoder_attention_mask", TensorProto.INT32, ["batch", "src_len"])]
     outputs = [helper.make_tensor_value_info(nm, TensorProto.FLOAT, ["batch", heads, "src_len", d // heads])
                for nm in names]
-    return helper.make_graph(g.nodes, "marian_encoder", inputs, outputs)
+    return helper.make_graph(g.nodes, "marian_encoder", inputs, outputs, initializer=_initializers(store))
 
 
 def _decoder_graph(w: MarianWeights, store: dict):
@@ -341,8 +354,11 @@ def _decoder_graph(w: MarianWeights, store: dict):
         h = _skip_ln(g, a, h, layer.cross_attn_ln, g.weight(f"{name}.cross.o.b", ca.o_b),
                      name + ".cross_ln", w.layer_norm_eps)
         h = _ffn(g, h, layer.ffn, layer.final_ln, name, w.activation, w.layer_norm_eps)
+    bias = w.final_logits_bias.astype(_F32, copy=True)
+    if w.renormalize_logits:  # banned tokens leave the softmax: transformers' renormalize_logits
+        bias[[w.pad_token_id, *w.bad_token_ids]] = -1e9
     logits = g.op("MatMul", [h, g.weight("dec.lm_head.w", w.decoder_embed.T)])
-    g.op("Add", [logits, g.weight("dec.final_logits_bias", w.final_logits_bias)], ["logits"])
+    g.op("Add", [logits, g.weight("dec.final_logits_bias", bias)], ["logits"])
     inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT32, ["batch", 1]),  # fixed 1: see module doc
               helper.make_tensor_value_info("encoder_attention_mask", TensorProto.INT32, ["batch", "src_len"])]
     for i in range(n):
@@ -358,32 +374,65 @@ def _decoder_graph(w: MarianWeights, store: dict):
         for kind in ("key", "value"):
             outputs.append(helper.make_tensor_value_info(f"present_{kind}_self_{i}", TensorProto.FLOAT,
                                                          ["batch", heads, "total_len", hd]))
-    return helper.make_graph(g.nodes, "marian_decoder", inputs, outputs)
+    return helper.make_graph(g.nodes, "marian_decoder", inputs, outputs, initializer=_initializers(store))
 
 
-def _search_node(kind: str, w: MarianWeights, encoder, decoder, early_stopping: bool, out: str):
+def _beam_node(w: MarianWeights, encoder, decoder, early_stopping: bool, ids: str, mask: str, out: str, name: str):
     from onnx import helper
 
-    attrs = dict(eos_token_id=w.eos_token_id, pad_token_id=w.pad_token_id,
-                 decoder_start_token_id=w.decoder_start_token_id, model_type=1, encoder=encoder, decoder=decoder,
-                 no_repeat_ngram_size=0)
-    if kind == "BeamSearch":
-        inputs = ["input_ids", "max_length", "min_length", "num_beams", "num_return_sequences", "length_penalty",
-                  "repetition_penalty", "vocab_mask", "", "attention_mask"]
-        attrs["early_stopping"] = int(bool(early_stopping))
-    else:
-        inputs = ["input_ids", "max_length", "min_length", "repetition_penalty", "vocab_mask", "", "attention_mask"]
-    return helper.make_node(kind, inputs, [out], name=kind, domain="com.microsoft", **attrs)
+    inputs = [ids, "max_length", "min_length", "num_beams", "num_return_sequences", "length_penalty",
+              "repetition_penalty", "vocab_mask", "", mask]
+    return helper.make_node("BeamSearch", inputs, [out], name=name, domain="com.microsoft",
+                            eos_token_id=w.eos_token_id, pad_token_id=w.pad_token_id,
+                            decoder_start_token_id=w.decoder_start_token_id, model_type=1, encoder=encoder,
+                            decoder=decoder, no_repeat_ngram_size=0, early_stopping=int(bool(early_stopping)))
 
 
-def build_translator(weights: MarianWeights, path=None, *, early_stopping: bool = False):
+def _per_sentence_loop(w: MarianWeights, encoder, decoder, early_stopping: bool, store: dict):
+    """Nodes running BeamSearch on one sentence at a time (a Loop over the batch) -> `beam_sequences`."""
+    from onnx import TensorProto, helper
+
+    store["zero_i64"] = np.array([0], dtype=np.int64)
+    store["one_i64"] = np.array([1], dtype=np.int64)
+    body_nodes = [
+        helper.make_node("Unsqueeze", ["i", "zero_i64"], ["i1"]),
+        helper.make_node("Add", ["i1", "one_i64"], ["i2"]),
+        helper.make_node("Slice", ["input_ids", "i1", "i2", "zero_i64"], ["one_ids"]),
+        helper.make_node("Slice", ["attention_mask", "i1", "i2", "zero_i64"], ["one_mask"]),
+        _beam_node(w, encoder, decoder, early_stopping, "one_ids", "one_mask", "one_sequences", "BeamSearch_one"),
+        helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+    ]
+    body = helper.make_graph(
+        body_nodes, "per_sentence",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("one_sequences", TensorProto.INT32, [1, 1, "max_length"])])
+    return [
+        helper.make_node("Shape", ["input_ids"], ["batch_1d"], start=0, end=1),
+        helper.make_node("Squeeze", ["batch_1d"], ["batch_n"]),
+        helper.make_node("Loop", ["batch_n", ""], ["stacked_sequences"], body=body),
+        helper.make_node("Squeeze", ["stacked_sequences", "one_i64"], ["beam_sequences"]),
+    ]
+
+
+def build_translator(weights: MarianWeights, path=None, *, early_stopping: bool = True,
+                     batched_beams: bool = False):
     """Build the translator ModelProto (and save it to `path` when given).
 
     Graph inputs: `input_ids` int32 (batch, src_len), `attention_mask` int32 (batch, src_len),
     `max_length`, `min_length`, `num_beams` int32 (1,), `length_penalty`, `repetition_penalty`
     float (1,). Output: `sequences` int32 (batch, 1, max_length), starting with the decoder start
     token and right-padded with `<pad>`.
-    `early_stopping` is an attribute of the op, so it is fixed here (transformers' default: False).
+    `early_stopping` is an attribute of the op, so it is fixed here. True (the default) is what
+    wdctl's `translate_torch` passes to `generate` and reproduces transformers exactly, batched.
+    False (transformers' own default) cannot match transformers exactly: the op's stop test uses
+    the best candidate score including finished (EOS) candidates where transformers uses the best
+    running beam, so the op may search longer and return a higher-scoring hypothesis; its batched
+    stop test also reads another row's scores for batch rows >= 2 (onnxruntime 1.32), so with
+    False beam search runs one sentence at a time inside the graph (a Loop) unless
+    `batched_beams=True`.
+    num_beams 1 is greedy search (BeamSearch with one beam and early_stopping=1).
     Metadata records the vocabulary size, the position table size and the special ids.
     """
     import onnx
@@ -391,17 +440,43 @@ def build_translator(weights: MarianWeights, path=None, *, early_stopping: bool 
 
     _check_weights(weights)
     store: dict[str, np.ndarray] = {}
-    encoder = _encoder_graph(weights, store)
-    decoder = _decoder_graph(weights, store)
+    encoder = _encoder_graph(weights, {})
+    decoder = _decoder_graph(weights, {})
     vocab_mask = np.ones(weights.vocab_size, dtype=np.int32)
     vocab_mask[[weights.pad_token_id, *weights.bad_token_ids]] = 0
     store["vocab_mask"] = vocab_mask
     store["num_return_sequences"] = np.array([1], dtype=np.int32)
 
     seq_info = helper.make_tensor_value_info
-    # GreedySearch refuses model_type=1 in onnxruntime 1.32 (GPT only), so num_beams 1 runs
-    # BeamSearch with one beam, which is greedy search.
-    nodes = [_search_node("BeamSearch", weights, encoder, decoder, early_stopping, "sequences")]
+    # GreedySearch refuses model_type=1 in onnxruntime 1.32 (GPT only). BeamSearch with one beam
+    # and early_stopping=1 is exactly greedy search (it stops at the first EOS), so with
+    # early_stopping=True one BeamSearch node serves every beam count.
+    if early_stopping:
+        nodes = [_beam_node(weights, encoder, decoder, True, "input_ids", "attention_mask", "sequences",
+                            "BeamSearch")]
+    else:
+        # transformers' early_stopping=False is not greedy with one beam: an If picks a one-beam
+        # early_stopping=1 search for num_beams 1 (the subgraphs, weights included, are stored
+        # twice: outer-scope weights would not be pre-packed).
+        greedy_branch = helper.make_graph(
+            [_beam_node(weights, encoder, decoder, True, "input_ids", "attention_mask", "greedy_sequences",
+                        "BeamSearch_greedy")],
+            "greedy", [], [seq_info("greedy_sequences", TensorProto.INT32, ["batch", 1, "max_length"])])
+        if batched_beams:
+            beam_nodes = [_beam_node(weights, encoder, decoder, False, "input_ids", "attention_mask",
+                                     "beam_sequences", "BeamSearch_beams")]
+        else:
+            # the op's early-stop test (early_stopping=0) reads another sentence's scores for
+            # batch rows >= 2 in onnxruntime 1.32: one sentence at a time keeps rows independent.
+            beam_nodes = _per_sentence_loop(weights, encoder, decoder, False, store)
+        beam_branch = helper.make_graph(beam_nodes, "beams", [],
+                                        [seq_info("beam_sequences", TensorProto.INT32, ["batch", 1, "max_length"])])
+        store["two_i32"] = np.array([2], dtype=np.int32)
+        nodes = [
+            helper.make_node("GreaterOrEqual", ["num_beams", "two_i32"], ["use_beams_1d"]),
+            helper.make_node("Squeeze", ["use_beams_1d"], ["use_beams"]),
+            helper.make_node("If", ["use_beams"], ["sequences"], then_branch=beam_branch, else_branch=greedy_branch),
+        ]
     inputs = [seq_info("input_ids", TensorProto.INT32, ["batch", "src_len"]),
               seq_info("attention_mask", TensorProto.INT32, ["batch", "src_len"])]
     for nm in ("max_length", "min_length", "num_beams"):
@@ -409,8 +484,7 @@ def build_translator(weights: MarianWeights, path=None, *, early_stopping: bool 
     for nm in ("length_penalty", "repetition_penalty"):
         inputs.append(seq_info(nm, TensorProto.FLOAT, [1]))
     outputs = [seq_info("sequences", TensorProto.INT32, ["batch", 1, "max_length"])]
-    initializers = [numpy_helper.from_array(np.asarray(v), k) for k, v in store.items()]
-    graph = helper.make_graph(nodes, "wdctl_translator", inputs, outputs, initializer=initializers)
+    graph = helper.make_graph(nodes, "wdctl_translator", inputs, outputs, initializer=_initializers(store))
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET),
                                                     helper.make_opsetid("com.microsoft", MS_OPSET)],
                               producer_name="wdctl.export.translator")
@@ -418,7 +492,8 @@ def build_translator(weights: MarianWeights, path=None, *, early_stopping: bool 
     meta = dict(vocab_size=weights.vocab_size, max_positions=weights.max_positions,
                 pad_token_id=weights.pad_token_id, eos_token_id=weights.eos_token_id,
                 decoder_start_token_id=weights.decoder_start_token_id, early_stopping=int(bool(early_stopping)),
-                d_enc=weights.d_enc, d_dec=weights.d_dec, precision="fp32")
+                d_enc=weights.d_enc, d_dec=weights.d_dec, precision="fp32",
+                batched_beams=int(bool(early_stopping or batched_beams)))
     helper.set_model_props(model, {f"wdctl.{k}": str(v) for k, v in meta.items()})
     if path is not None:
         _save(model, path)
@@ -436,12 +511,12 @@ def _save(model, path) -> None:
         onnx.save_model(model, path)
 
 
-def export_translator(model, path, *, early_stopping: bool | None = None):
-    """Build the translator of a `MarianMTModel` and write it to `path`; returns the path."""
-    if early_stopping is None:
-        gen = getattr(model, "generation_config", None)
-        early_stopping = bool(getattr(gen, "early_stopping", False) is True)
-    build_translator(marian_weights(model), path, early_stopping=early_stopping)
+def export_translator(model, path, *, early_stopping: bool = True, int8_path=None):
+    """Build the translator of a `MarianMTModel`, write it to `path` (and its weight-only int8
+    copy to `int8_path` when given); returns the path."""
+    model_proto = build_translator(marian_weights(model), path, early_stopping=early_stopping)
+    if int8_path is not None:
+        quantize_translator(model_proto, int8_path)
     return Path(path)
 
 
@@ -449,17 +524,21 @@ def export_translator(model, path, *, early_stopping: bool | None = None):
 # Weight-only int8
 # --------------------------------------------------------------------------------------------
 
-def _subgraphs(graph):
+def _subgraphs(graph, scope=None):
+    """Yield (graph, scope) for a graph and every graph nested in it; scope maps each visible
+    initializer name to the GraphProto that holds it (inner graphs shadow outer ones)."""
     from onnx import AttributeProto
 
-    yield graph
+    scope = dict(scope or {})
+    scope.update({t.name: graph for t in graph.initializer})
+    yield graph, scope
     for node in graph.node:
         for attr in node.attribute:
             if attr.type == AttributeProto.GRAPH:
-                yield from _subgraphs(attr.g)
+                yield from _subgraphs(attr.g, scope)
             elif attr.type == AttributeProto.GRAPHS:
                 for sub in attr.graphs:
-                    yield from _subgraphs(sub)
+                    yield from _subgraphs(sub, scope)
 
 
 def quantize_translator(src, dst, *, min_elements: int = 0):
@@ -467,43 +546,65 @@ def quantize_translator(src, dst, *, min_elements: int = 0):
     including the search op's encoder and decoder) becomes a `DynamicQuantizeMatMul` with an int8
     weight and per-column scales (symmetric, zero point 0); the float bias stays separate.
     Everything else (attention's activation x activation products, layer norms) stays float.
-    Returns the number of MatMuls quantized.
+    `src` is a path or a ModelProto (left unchanged); writes `dst` when given. Returns the number
+    of MatMuls quantized.
     """
     import onnx
-    from onnx import helper, numpy_helper
+    from onnx import numpy_helper
 
-    model = onnx.load(str(src)) if not isinstance(src, onnx.ModelProto) else src
-    graphs = list(_subgraphs(model.graph))
-    inits = {}
-    for graph in graphs:
-        for t in graph.initializer:
-            inits[t.name] = (graph, t)
-    done: dict[str, tuple[str, str, str]] = {}
+    if isinstance(src, onnx.ModelProto):
+        model = onnx.ModelProto()
+        model.CopyFrom(src)
+    else:
+        model = onnx.load(str(src))
+    walked = list(_subgraphs(model.graph))
+    graphs = [g for g, _ in walked]
+    done: dict[tuple[int, str], tuple[str, str, str]] = {}
     count = 0
-    for graph in graphs:
-        new_nodes = []
+    for graph, scope in walked:
+        consumers: dict[str, list] = {}
         for node in graph.node:
-            if node.op_type == "MatMul" and node.domain in ("", "ai.onnx") and node.input[1] in inits:
-                owner, tensor = inits[node.input[1]]
-                w = numpy_helper.to_array(tensor)
-                if w.ndim == 2 and w.dtype == np.float32 and w.size >= min_elements:
-                    if tensor.name not in done:
-                        amax = np.abs(w).max(axis=0)
-                        scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
-                        q = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
-                        names = (tensor.name + ".int8", tensor.name + ".scale", tensor.name + ".zp")
-                        owner.initializer.extend([numpy_helper.from_array(q, names[0]),
-                                                  numpy_helper.from_array(scale, names[1]),
-                                                  numpy_helper.from_array(np.zeros(w.shape[1], np.int8), names[2])])
-                        done[tensor.name] = names
-                    names = done[tensor.name]
-                    new_nodes.append(helper.make_node("DynamicQuantizeMatMul", [node.input[0], *names], list(node.output),
-                                                      name=node.name + "_q", domain="com.microsoft"))
-                    count += 1
-                    continue
-            new_nodes.append(node)
-        del graph.node[:]
-        graph.node.extend(new_nodes)
+            for name in node.input:
+                consumers.setdefault(name, []).append(node)
+        folded = []
+        for node in graph.node:  # edited in place: the subgraph protos in `walked` stay the live ones
+            if node.op_type != "MatMul" or node.domain not in ("", "ai.onnx") or node.input[1] not in scope:
+                continue
+            owner = scope[node.input[1]]
+            tensor = next(t for t in owner.initializer if t.name == node.input[1])
+            w = numpy_helper.to_array(tensor)
+            if w.ndim != 2 or w.dtype != np.float32 or w.size < min_elements:
+                continue
+            key = (id(owner), tensor.name)
+            if key not in done:
+                amax = np.abs(w).max(axis=0)
+                scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
+                q = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
+                names = (tensor.name + ".int8", tensor.name + ".scale", tensor.name + ".zp")
+                owner.initializer.extend([numpy_helper.from_array(q, names[0]),
+                                          numpy_helper.from_array(scale, names[1]),
+                                          numpy_helper.from_array(np.zeros(w.shape[1], np.int8), names[2])])
+                done[key] = names
+            a_input = node.input[0]
+            del node.input[:]
+            node.input.extend([a_input, *done[key]])
+            node.op_type, node.domain = "DynamicQuantizeMatMul", "com.microsoft"
+            count += 1
+            # fold a following bias Add (x @ W + b) into the op's bias input
+            users = consumers.get(node.output[0], [])
+            if len(users) == 1 and users[0].op_type == "Add" and node.output[0] not in {o.name for o in graph.output}:
+                add = users[0]
+                other = add.input[1] if add.input[0] == node.output[0] else add.input[0]
+                if other in scope:
+                    bias = next(t for t in scope[other].initializer if t.name == other)
+                    if list(bias.dims) == [w.shape[1]] and bias.data_type == onnx.TensorProto.FLOAT:
+                        node.input.append(other)
+                        out = add.output[0]
+                        del node.output[:]
+                        node.output.append(out)
+                        folded.append(add)
+        for add in folded:
+            graph.node.remove(add)
     # drop float weights nobody reads any more
     used = {i for graph in graphs for node in graph.node for i in node.input}
     for graph in graphs:
@@ -531,8 +632,8 @@ def check_search_settings(beams: int, max_length: int, vocab_size: int, max_posi
         raise InputError(f"--beams {beams} is more than {MAX_BEAMS}")
     if beams > vocab_size:
         raise InputError(f"--beams {beams} is more than the vocabulary ({vocab_size} tokens)")
-    if not isinstance(max_length, (int, np.integer)) or max_length < 1:
-        raise InputError(f"max length must be a positive integer (got {max_length!r})")
+    if not isinstance(max_length, (int, np.integer)) or isinstance(max_length, bool) or max_length < 2:
+        raise InputError(f"max length must be an integer >= 2: the start token and one more (got {max_length!r})")
     if max_length > max_positions:
         raise InputError(f"max length {max_length} is beyond the model's position table ({max_positions})")
     if source_length > max_positions:
@@ -601,7 +702,7 @@ class OnnxTranslator:
                 raise InputError(f"token ids must be in [0, {self.vocab_size})")
         results: list[list[int]] = [[] for _ in sources]
         order = [i for i, s in enumerate(sources) if s]
-        if not order or max_length <= 1:
+        if not order:
             return results
         if max_length == 2:  # transformers forces EOS at the first and only step
             for i in order:

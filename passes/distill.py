@@ -14,8 +14,10 @@ the chunks are dealt out to the ranks (rank r takes every world-th one). When al
 done, rank 0 joins them into one `distilled-KEY.tsv` (source<TAB>hypothesis, written
 atomically) next to a `distilled-KEY.json` that records what was hashed.
 
-Backends: `translate_torch` (PyTorch beam search), or, with `fast=True` when `wdctl.export`
-is installed, the teacher's ONNX export (made once into the cache) run by onnxruntime.
+Backends: the teacher translates through a `TeacherBackend`: `TorchTeacher` (PyTorch beam
+search, the default), or any other one the caller passes, such as
+`wdctl.export.build.OnnxTeacher` (the teacher's ONNX export, made once into the cache, run by
+onnxruntime). The backend's `name` is part of the cache key.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, Sequence
 
 from tqdm.auto import tqdm
 
@@ -34,6 +37,7 @@ from wdctl.core.atomic import atomic_write_text
 from wdctl.core.corpus import Pair
 from wdctl.core.errors import InputError, WdctlError
 from wdctl.passes.distributed import distributed
+from wdctl.passes.marian import load_marian
 from wdctl.passes.translate import translate_torch
 
 log = logging.getLogger(__name__)
@@ -87,50 +91,43 @@ def _read_lines(path: Path) -> list[str]:
     return path.read_text(encoding="utf-8").split("\n")[:-1]
 
 
-def _export_available() -> bool:
-    try:
-        from wdctl.export.decode import OrtTranslator  # noqa: F401
-        from wdctl.export.onnx_export import export_onnx  # noqa: F401
-    except ImportError:
-        return False
-    return True
+class Translator(Protocol):
+    def translate(self, sentences: Sequence[str], beams: int, batch_size: int, max_length: int,
+                  length_penalty: float) -> list[str]: ...
 
 
-class _TorchBackend:
+class TeacherBackend(Protocol):
+    """How the teacher translates. `name` goes into the cache key; `prepare` runs once, on
+    rank 0, before any chunk is translated (e.g. an export into `workdir`, a directory of the
+    cache kept for this teacher); `load` is called by each rank that has a chunk to translate."""
+
+    name: str
+
+    def prepare(self, teacher_dir: Path, workdir: Path) -> None: ...
+
+    def load(self, teacher_dir: Path, workdir: Path, threads: int, device) -> Translator: ...
+
+
+class TorchTeacher:
+    """The teacher in PyTorch (`translate_torch`), on this rank's device."""
+
     name = "torch"
 
-    def __init__(self, teacher_dir: Path, threads: int, device):
-        from wdctl.passes.marian import load_marian
+    def prepare(self, teacher_dir: Path, workdir: Path) -> None:
+        pass
 
+    def load(self, teacher_dir: Path, workdir: Path, threads: int, device) -> Translator:
+        return _TorchTranslator(teacher_dir, device)
+
+
+class _TorchTranslator:
+    def __init__(self, teacher_dir: Path, device):
         self.model, self.tokenizer = load_marian(teacher_dir)
         self.model.to(device)  # translate_torch follows the model's device
 
     def translate(self, sentences, beams, batch_size, max_length, length_penalty) -> list[str]:
         return translate_torch(self.model, self.tokenizer, sentences, beams=beams, batch_size=batch_size,
                                max_length=max_length, length_penalty=length_penalty)
-
-
-def _export_teacher(teacher_dir: Path, package_dir: Path) -> None:
-    from wdctl.export.onnx_export import export_onnx
-
-    if not (package_dir / "config.json").is_file():
-        tqdm.write(f"distill: exporting the teacher to ONNX once, into {package_dir}")
-        export_onnx(teacher_dir, package_dir, force=package_dir.exists())
-
-
-class _OnnxBackend:
-    """The teacher exported once (fp32) into the cache, decoded with onnxruntime."""
-
-    name = "onnx"
-
-    def __init__(self, teacher_dir: Path, threads: int, package_dir: Path):
-        from wdctl.export.decode import OrtTranslator
-
-        _export_teacher(teacher_dir, package_dir)
-        self.translator = OrtTranslator(package_dir, threads=threads)
-
-    def translate(self, sentences, beams, batch_size, max_length, length_penalty) -> list[str]:
-        return list(self.translator.translate(sentences, beams, batch_size, max_length, length_penalty))
 
 
 def distill(
@@ -142,7 +139,7 @@ def distill(
     batch_size: int = 32,
     max_length: int = 256,
     length_penalty: float = 1.0,
-    fast: bool = False,
+    backend: TeacherBackend | None = None,
     threads: int = 1,
     device: str = "cpu",
     chunk_size: int = CHUNK_SIZE,
@@ -150,15 +147,15 @@ def distill(
 ) -> DistillResult:
     """Teacher translations of the source side of `pairs`, from the cache when possible.
 
-    `device` places the PyTorch backend (`cuda`: this rank's GPU); the ONNX backend runs on CPU."""
+    `backend` translates (default `TorchTeacher`); `device` is this rank's device for it
+    (`cuda`: this rank's GPU)."""
     if beams < 1 or batch_size < 1 or max_length < 2 or chunk_size < 1:
         raise InputError("distillation: beams and batch size must be >= 1, max length >= 2")
     teacher_dir, cache_dir = Path(teacher_dir), Path(cache_dir)
     dist = distributed()
     started = time.perf_counter()
-    backend_name = "onnx" if fast and _export_available() else "torch"
-    if fast and backend_name == "torch":
-        log.info("wdctl.export is not available; distilling with PyTorch")
+    backend = backend or TorchTeacher()
+    backend_name = backend.name
     sources = [s for s, _ in pairs]
     settings = {"beams": beams, "max_length": max_length, "length_penalty": length_penalty, "backend": backend_name}
     teacher_hash = teacher_fingerprint(teacher_dir)
@@ -175,13 +172,12 @@ def distill(
             tqdm.write(f"distill: reusing {final}")
     else:
         parts = cache_dir / f"distilled-{key}.parts"
-        package_dir = cache_dir / f"teacher-onnx-{teacher_hash[:24]}"
+        workdir = cache_dir / f"teacher-{backend_name}-{teacher_hash[:24]}"
         if dist.is_main:
             parts.mkdir(parents=True, exist_ok=True)
-            if backend_name == "onnx":
-                _export_teacher(teacher_dir, package_dir)
+            backend.prepare(teacher_dir, workdir)
         dist.barrier()
-        backend = None
+        translator = None
         chunks = [(index, sources[start : start + chunk_size])
                   for index, start in enumerate(range(0, len(sources), chunk_size))]
         mine = chunks[dist.rank :: dist.world]  # under torchrun each rank translates its share of the chunks
@@ -190,10 +186,9 @@ def distill(
         for index, chunk in mine:
             part = parts / f"chunk-{index:06d}.txt"
             if not (part.is_file() and len(_read_lines(part)) == len(chunk)):
-                if backend is None:
-                    backend = (_OnnxBackend(teacher_dir, threads, package_dir)
-                               if backend_name == "onnx" else _TorchBackend(teacher_dir, threads, dist.device(device)))
-                out = [_clean(h) for h in backend.translate(chunk, beams, batch_size, max_length, length_penalty)]
+                if translator is None:
+                    translator = backend.load(teacher_dir, workdir, threads, dist.device(device))
+                out = [_clean(h) for h in translator.translate(chunk, beams, batch_size, max_length, length_penalty)]
                 if len(out) != len(chunk):
                     raise WdctlError(f"distill: the {backend_name} backend returned {len(out)} translations "
                                      f"for {len(chunk)} sentences")
@@ -201,7 +196,7 @@ def distill(
                 translated += len(chunk)
             bar.update(len(chunk))
         bar.close()
-        del backend
+        del translator
         translated = int(dist.sum([translated])[0])
         dist.barrier()  # every chunk is on disk
         hypotheses = [h for index, _ in chunks for h in _read_lines(parts / f"chunk-{index:06d}.txt")]

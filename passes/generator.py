@@ -1,11 +1,25 @@
 """Parameter generators: the student's weights as a trainable function of the frozen teacher's.
 
-One small module per `GeneratorEntry` of a `GroupPlan` (generators are never shared between
-classes or student layers). The teacher tensors live in those modules as non-persistent
-buffers: they move with `.to(device)` but never get gradients and never appear in
-`state_dict()`, which therefore holds exactly the generator parameters.
+One small module per `GeneratorEntry` of a `GroupPlan`; the plan's `generator` picks the family
+(`GENERATOR_FORMS`: `coherent`, the default, or `release`). The teacher tensors live in those
+modules as non-persistent buffers: they move with `.to(device)` but never get gradients and
+never appear in `state_dict()`, which therefore holds exactly the generator parameters.
 
-Forms (see the method spec, section 2):
+Coherent forms (method spec, section 2b): the projections belong to the plan's *spaces* and
+live once in `ParameterGenerator.projections` (one `teacher × student` matrix per narrower
+space, started as the selection `plan.start_indices()`: a one-hot column per kept
+coordinate), shared by every tensor that reads or writes the space. Layer mixing starts at
+W_L = I with w one-hot on the teacher layer `entry.select` of the group (every layer of the
+group stays learnable: each gets a gradient through w), and B starts at S'₀ − tanh(S'₀), so
+the step-0 student *equals* the selected slice (the cut-off student for a leading selection):
+- elementwise: S = W ⊙ tanh(T) + B, B₀ = T − tanh(T);
+- shared-matrix / shared-vector: S = W ⊙ tanh(Σ_l alpha_l P_out^T T_l P_in) + B;
+- shared-embedding: S = W ⊙ tanh(c·E_t·P) + B, c = √(d_t/d_s) with scale_embedding, pad row 0;
+- shared-projection (untied output layer): S = W ⊙ tanh(O_t·P) + B;
+- positions: S = pos_t·P (a NarrowMarianMTModel's narrower decoder gets the teacher's table).
+
+Release forms (see the method spec, section 2; generators are never shared between classes or
+student layers):
 - elementwise (same shape, one teacher instance): S = W ⊙ tanh(T) + B, so the initial student
   is tanh(teacher);
 - matrix: alpha = W_L·w, S = W ⊙ tanh(Σ_l alpha_l W_O^T T_l W_I) + B;
@@ -28,8 +42,11 @@ from torch.utils.checkpoint import checkpoint
 from transformers import MarianConfig, MarianMTModel
 
 from wdctl.core.errors import InputError, WdctlError
-from wdctl.passes.grouping import GeneratorEntry, GroupPlan, matrix_out_first
+from wdctl.passes.grouping import GENERATOR_FORMS, GeneratorEntry, GroupPlan, matrix_out_first
+from wdctl.passes.narrow_marian import build_model
 from wdctl.passes.student import StudentSpec
+
+Spaces = Mapping[str, Tensor]
 
 
 def _xavier(rows: int, cols: int, rng: torch.Generator) -> nn.Parameter:
@@ -142,6 +159,131 @@ GENERATORS: dict[str, type[_Generator]] = {
 }
 
 
+# --- coherent forms ------------------------------------------------------------------------------
+
+def _project(m: Tensor, p_out: Tensor | None, p_in: Tensor | None, out_first: bool) -> Tensor:
+    """P_out^T · M · P_in, either projection possibly absent (identity)."""
+    if p_out is not None and (out_first or p_in is None):
+        m = p_out.T @ m
+        p_out = None
+    if p_in is not None:
+        m = m @ p_in
+    if p_out is not None:
+        m = p_out.T @ m
+    return m
+
+
+class _CoherentGenerator(_Generator):
+    """S = W ⊙ tanh(S') + B with B₀ = S'₀ − tanh(S'₀): the step-0 student is S'₀ itself.
+
+    `pre(spaces)` computes S' from the teacher and the shared projections of `spaces`."""
+
+    affine = True
+
+    def __init__(self, entry: GeneratorEntry, teachers: list[Tensor], spaces: Spaces):
+        super().__init__(entry, teachers, None)
+        self._setup(entry)
+        if self.affine:
+            with torch.no_grad():
+                start = self.pre(spaces)
+            self.W = nn.Parameter(torch.ones(entry.student_shape))
+            self.B = nn.Parameter(start - torch.tanh(start))
+
+    def _setup(self, entry: GeneratorEntry) -> None:
+        """Parameters that `pre` needs (made before B is derived from it)."""
+
+    def pre(self, spaces: Spaces) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, spaces: Spaces) -> Tensor:
+        return self._affine_tanh(self.pre(spaces))
+
+
+class CoherentElementwiseGenerator(_CoherentGenerator):
+    def pre(self, spaces: Spaces) -> Tensor:
+        return self.teacher_0
+
+
+class SharedGenerator(_CoherentGenerator):
+    """shared-matrix and shared-vector: mix the group's layers, then project through the spaces."""
+
+    def _setup(self, entry: GeneratorEntry) -> None:
+        r = entry.ratio
+        self.W_L = nn.Parameter(torch.eye(r))
+        self.w = nn.Parameter(torch.nn.functional.one_hot(torch.tensor(entry.select), r).float())
+        self.out_first = len(entry.student_shape) == 1 or matrix_out_first(entry.teacher_shape, entry.student_shape)
+
+    def mixed(self) -> Tensor:
+        alpha = self.W_L @ self.w
+        teachers = self.teachers()
+        out = alpha[0] * teachers[0]
+        for a, t in zip(alpha[1:], teachers[1:]):
+            out = out + a * t
+        return out
+
+    def pre(self, spaces: Spaces) -> Tensor:
+        m = self.mixed()
+        p_out = spaces.get(self.entry.out_space) if self.entry.out_space else None
+        if m.dim() == 1:
+            return m if p_out is None else p_out.T @ m
+        p_in = spaces.get(self.entry.in_space) if self.entry.in_space else None
+        return _project(m, p_out, p_in, self.out_first)
+
+
+class SharedTableGenerator(_CoherentGenerator):
+    """shared-embedding / shared-projection: a vocabulary table, columns through the residual
+    projection (per-token W and B); an embedding keeps its pad row at zero."""
+
+    def pre(self, spaces: Spaces) -> Tensor:
+        p = spaces.get(self.entry.in_space) if self.entry.in_space else None
+        table = self.teacher_0 if p is None else self.teacher_0 @ p
+        return table * self.entry.scale if self.entry.scale != 1.0 else table
+
+    def forward(self, spaces: Spaces) -> Tensor:
+        out = super().forward(spaces)
+        if self.entry.pad_row is None:
+            return out
+        return out.index_fill(0, torch.tensor([self.entry.pad_row], device=out.device), 0.0)
+
+
+class PositionsGenerator(_CoherentGenerator):
+    """The teacher's position table through the residual projection (no parameters of its own)."""
+
+    affine = False
+
+    def pre(self, spaces: Spaces) -> Tensor:
+        p = spaces.get(self.entry.in_space) if self.entry.in_space else None
+        return self.teacher_0 if p is None else self.teacher_0 @ p
+
+    def forward(self, spaces: Spaces) -> Tensor:
+        return self.pre(spaces)
+
+
+COHERENT_GENERATORS: dict[str, type[_CoherentGenerator]] = {
+    "elementwise": CoherentElementwiseGenerator,
+    "shared-matrix": SharedGenerator,
+    "shared-vector": SharedGenerator,
+    "shared-embedding": SharedTableGenerator,
+    "shared-projection": SharedTableGenerator,
+    "positions": PositionsGenerator,
+}
+
+# generator family → form → generator class
+GENERATOR_FAMILIES: dict[str, dict[str, type[_Generator]]] = {
+    "release": GENERATORS,
+    "coherent": COHERENT_GENERATORS,
+}
+assert set(GENERATOR_FAMILIES) == set(GENERATOR_FORMS)
+
+
+def selection_matrix(index: Tensor, teacher_dim: int) -> Tensor:
+    """A `teacher_dim × len(index)` matrix with a one in (index[j], j): x·P keeps x[index]."""
+    index = torch.as_tensor(index).cpu()
+    p = torch.zeros(teacher_dim, len(index))
+    p[index, torch.arange(len(index))] = 1.0
+    return p
+
+
 class ParameterGenerator(nn.Module):
     """All generators of a plan; `forward()` returns the complete student state dict.
 
@@ -151,17 +293,39 @@ class ParameterGenerator(nn.Module):
     subset's intermediates rather than all of them.
     """
 
-    def __init__(self, teacher_state: Mapping[str, Tensor], plan: GroupPlan, seed: int = 0):
+    def __init__(self, teacher_state: Mapping[str, Tensor], plan: GroupPlan, seed: int = 0,
+                 start: Mapping[str, Tensor] | None = None):
+        """`seed` fixes the release form's random projections (the coherent start is
+        deterministic); `start` (coherent only) overrides `plan.start_indices()`: per projected
+        space, the teacher coordinates the student starts from (the indices `cut_teacher` takes,
+        e.g. from `wdctl.passes.selection.importance_start`). The teacher layer each student
+        layer starts from is the plan's (`GroupPlan.with_start_layers`)."""
         super().__init__()
         plan.check_teacher_state(teacher_state)
         self.plan = plan
         rng = torch.Generator().manual_seed(seed)
-        self.generators = nn.ModuleDict({
-            _buffer_name(e.name): GENERATORS[e.form](e, [teacher_state[n] for n in e.teacher_names], rng)
-            for e in plan.entries
-        })
+        self.projections = nn.ParameterDict()
+        if plan.generator == "coherent":
+            indices = {**plan.start_indices(), **(start or {})}
+            for space in plan.projected_spaces:
+                index = torch.as_tensor(indices[space.name]).cpu()
+                if index.shape != (space.student_dim,) or len(set(index.tolist())) != space.student_dim or (
+                        index.min() < 0 or index.max() >= space.teacher_dim):
+                    raise InputError(f"start of space {space.name} must be {space.student_dim} distinct teacher "
+                                     f"coordinates in [0, {space.teacher_dim})")
+                self.projections[_buffer_name(space.name)] = nn.Parameter(selection_matrix(index, space.teacher_dim))
+            spaces = self.spaces()
+            self.generators = nn.ModuleDict({
+                _buffer_name(e.name): COHERENT_GENERATORS[e.form](e, [teacher_state[n] for n in e.teacher_names], spaces)
+                for e in plan.entries
+            })
+        else:
+            self.generators = nn.ModuleDict({
+                _buffer_name(e.name): GENERATORS[e.form](e, [teacher_state[n] for n in e.teacher_names], rng)
+                for e in plan.entries
+            })
         # A throwaway student gives the key order and the sinusoidal tables exactly as HF computes them.
-        skeleton = MarianMTModel(plan.student_config).state_dict()
+        skeleton = build_model(plan.student_config).state_dict()
         self._keys = list(skeleton)
         for c in plan.constants:
             value = teacher_state[c.name] if c.source == "teacher" else skeleton[c.name]
@@ -170,8 +334,17 @@ class ParameterGenerator(nn.Module):
     def constants(self) -> dict[str, Tensor]:
         return {c.name: getattr(self, _buffer_name(c.name)) for c in self.plan.constants}
 
+    def spaces(self) -> dict[str, Tensor]:
+        """The shared projections by space name (coherent; empty for the release form)."""
+        return {s.name: self.projections[_buffer_name(s.name)] for s in self.plan.projected_spaces
+                if _buffer_name(s.name) in self.projections}
+
     def _subset_tensors(self, index: int) -> tuple[Tensor, ...]:
-        return tuple(self.generators[_buffer_name(e.name)]() for e in self.plan.subset_entries(index))
+        entries = self.plan.subset_entries(index)
+        if self.plan.generator == "coherent":
+            spaces = self.spaces()
+            return tuple(self.generators[_buffer_name(e.name)](spaces) for e in entries)
+        return tuple(self.generators[_buffer_name(e.name)]() for e in entries)
 
     def generate_subset(self, index: int) -> dict[str, Tensor]:
         """Student tensors of one subset, tied keys included (all naming the same tensor)."""
@@ -204,7 +377,7 @@ class GeneratedStudent(nn.Module):
     def __init__(self, generator: ParameterGenerator):
         super().__init__()
         self.generator = generator
-        self.skeleton = MarianMTModel(generator.plan.student_config).requires_grad_(False)
+        self.skeleton = build_model(generator.plan.student_config).requires_grad_(False)
         self._slots = _distinct_slots(self.skeleton)
 
     @property
@@ -238,7 +411,8 @@ def _distinct_slots(model: nn.Module) -> list[str]:
 
 
 def materialize_student(generator: ParameterGenerator, student_config: MarianConfig) -> MarianMTModel:
-    """Apply every generator once (no grad, subset by subset) into a plain MarianMTModel.
+    """Apply every generator once (no grad, subset by subset) into a plain MarianMTModel (a
+    NarrowMarianMTModel for a narrow student config).
 
     Tied keys share one tensor in the model, so copying the generated table into any of them
     keeps them tied. The returned model is in eval mode.
@@ -246,7 +420,7 @@ def materialize_student(generator: ParameterGenerator, student_config: MarianCon
     plan = generator.plan
     if StudentSpec.from_config(student_config) != StudentSpec.from_config(plan.student_config):
         raise InputError("student config does not match the shape the generator was planned for")
-    model = MarianMTModel(student_config)
+    model = build_model(student_config)
     targets = model.state_dict()
     written: set[str] = set()
     with torch.no_grad():

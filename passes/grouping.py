@@ -22,7 +22,9 @@ Two generator families (`GENERATOR_FORMS`, chosen with `generator=`):
   (`{side}.{layer}.ffn`) and each attention block's query-key and value-output spaces
   (`{side}.{layer}.{block}.qk` / `.vo`). A space whose student width equals the teacher's
   needs no projection (identity, no parameters); a narrower one gets a `teacher × student`
-  matrix that starts as a selection (`selection`, leading coordinates = the cut-off student).
+  matrix that starts as a selection of teacher coordinates (`GroupPlan.start_indices`: the
+  leading ones = the cut-off student; `wdctl.passes.selection.importance_start` ranks them by
+  importance on a few batches instead).
   Layer tensors use `shared-matrix` / `shared-vector` (W_L = I, one-hot w on the teacher layer
   `select` of the group; B such that the step-0 student equals the selected slice) or
   `elementwise` when nothing changes shape; embeddings `shared-embedding` (with √(d_t/d_s)
@@ -38,7 +40,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from transformers import MarianConfig
@@ -52,7 +54,6 @@ DEFAULT_SUBSET_BYTES = 256 * 2**20
 SIDES = ("encoder", "decoder")
 GENERATOR_FORMS = ("coherent", "release")
 DEFAULT_GENERATOR = "coherent"
-SELECTIONS = ("leading",)
 
 # Settings a student must share with its teacher for tensors to correspond one to one.
 KEPT_SETTINGS = (
@@ -500,7 +501,6 @@ class GroupPlan:
     subset_bytes: int
     generator: str = DEFAULT_GENERATOR
     spaces: tuple[Space, ...] = ()
-    selection: str = "leading"
 
     @classmethod
     def build(
@@ -509,16 +509,10 @@ class GroupPlan:
         student_config: MarianConfig,
         subset_bytes: int = DEFAULT_SUBSET_BYTES,
         generator: str = DEFAULT_GENERATOR,
-        selection: str = "leading",
     ) -> GroupPlan:
-        """Plan the generators of `generator` form (`coherent`, the default, or `release`).
-
-        `selection` is how the coherent projections start (`leading`: the leading coordinates
-        of every space, i.e. the cut-off student); it is recorded for `start_indices`."""
+        """Plan the generators of `generator` form (`coherent`, the default, or `release`)."""
         if generator not in GENERATOR_FORMS:
             raise InputError(f"unknown generator '{generator}'; choose one of {', '.join(GENERATOR_FORMS)}")
-        if selection not in SELECTIONS:
-            raise InputError(f"unknown selection '{selection}'; choose one of {', '.join(SELECTIONS)}")
         check_teacher(teacher_config)
         check_student_config(student_config)
         validate(StudentSpec.from_config(student_config), teacher_config)
@@ -548,8 +542,25 @@ class GroupPlan:
             subset_bytes=subset_bytes,
             generator=generator,
             spaces=tuple(builder.spaces.values()),
-            selection=selection,
         )
+
+    def with_start_layers(self, layers: Mapping[tuple[str, int], int]) -> GroupPlan:
+        """The same plan with the start moved, per (side, student layer), to that index within
+        its group of teacher layers (0 = the bottom layer, the cut-off student's)."""
+        entries = []
+        for e in self.entries:
+            side = e.role.split(".")[0]
+            if e.student_layer is not None and (side, e.student_layer) in layers:
+                index = layers[(side, e.student_layer)]
+                if not 0 <= index < e.ratio:
+                    raise InputError(f"{side} layer {e.student_layer} has {e.ratio} teacher layers, not {index + 1}")
+                e = replace(e, select=index)
+            entries.append(e)
+        return replace(self, entries=tuple(entries))
+
+    def start_layers(self) -> dict[tuple[str, int], int]:
+        """Per (side, student layer), the index within its group that the start selects."""
+        return {(e.role.split(".")[0], e.student_layer): e.select for e in self.entries if e.student_layer is not None}
 
     @property
     def projected_spaces(self) -> tuple[Space, ...]:
@@ -557,10 +568,9 @@ class GroupPlan:
         return tuple(s for s in self.spaces if not s.identity)
 
     def start_indices(self) -> dict[str, torch.Tensor]:
-        """Per projected space, the teacher coordinates the start selects, in student order.
-
-        `leading`: the first `student_dim` coordinates (the cut-off student; for an attention
-        space whose head size is kept this is the first student-heads teacher heads)."""
+        """Per projected space, the teacher coordinates the default start selects, in student
+        order: the leading `student_dim` ones (the cut-off student; for an attention space whose
+        head size is kept, the first student-heads teacher heads)."""
         return {s.name: torch.arange(s.student_dim) for s in self.projected_spaces}
 
     @property
@@ -653,7 +663,7 @@ class GroupPlan:
             "",
             f"generator form: {self.generator}"
             + (f" ({len(spaces)} shared projection(s), {sum(s.params for s in spaces):,} parameters; "
-               f"{len(self.spaces) - len(spaces)} space(s) kept at full width; start: {self.selection} selection)"
+               f"{len(self.spaces) - len(spaces)} space(s) kept at full width)"
                if self.generator == "coherent" else " (unshared projections per tensor)"),
             f"generators: {len(self.entries)} in {len(self.subsets)} subset(s) of <= "
             f"{_fmt_bytes(self.subset_bytes)}",
@@ -671,7 +681,6 @@ class GroupPlan:
             "student": StudentSpec.from_config(self.student_config).to_dict(),
             "groups": {side: [list(block) for block in blocks] for side, blocks in self.groups.items()},
             "generator": self.generator,
-            "selection": self.selection,
             "spaces": [s.to_dict() for s in self.spaces],
             "generators": [e.to_dict() for e in self.entries],
             "constants": [c.to_dict() for c in self.constants],

@@ -18,6 +18,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from wdctl.passes.cutoff import cut_teacher
+from wdctl.passes.generator import GeneratedStudent, ParameterGenerator, materialize_student
 from wdctl.passes.phases import Job, run_phase
 from wdctl.passes.training import TrainConfig
 
@@ -30,8 +32,6 @@ def baseline_config(phase1: TrainConfig, phase2: TrainConfig) -> TrainConfig:
 
 def run_wd(job: Job) -> nn.Module:
     """Phase 1 trains the parameter generators (teacher frozen), phase 2 the materialized student."""
-    from wdctl.passes.generator import GeneratedStudent, ParameterGenerator, materialize_student
-
     def build_generated():
         return GeneratedStudent(ParameterGenerator(job.teacher.state_dict(), job.plan, seed=job.phase1.seed))
 
@@ -55,8 +55,6 @@ def run_kd(job: Job) -> nn.Module:
 
 def run_cut_kd(job: Job) -> nn.Module:
     """Cut-off init + KD: the student sliced from the teacher, trained for phase1+phase2 steps."""
-    from wdctl.passes.cutoff import cut_teacher
-
     def build():
         return cut_teacher(job.teacher.state_dict(), job.teacher_config, job.student_config)
 

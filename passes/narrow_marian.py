@@ -13,9 +13,9 @@ and gives the decoder half the width, so wdctl has its own config and model clas
   its sinusoidal position tables: a student's decoder table is the teacher's, projected to the
   decoder width (it is not the sinusoid of the narrower width).
 
-Importing this module registers both classes with transformers' Auto classes (done by
-`import wdctl`), so `AutoModelForSeq2SeqLM.from_pretrained(DIR)` loads a saved model without
-`trust_remote_code`.
+Importing this module registers both classes with transformers' Auto classes, and `import
+wdctl` arranges for that to happen as soon as transformers is imported (`autoregister`), so
+`AutoModelForSeq2SeqLM.from_pretrained(DIR)` loads a saved model without `trust_remote_code`.
 """
 
 from __future__ import annotations

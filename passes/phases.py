@@ -22,7 +22,7 @@ from torch import nn
 from wdctl.core.atomic import atomic_dir
 from wdctl.core.corpus import Pair
 from wdctl.core.errors import InputError
-from wdctl.core.runinfo import PeakRSS, write_json
+from wdctl.core.runinfo import PeakRSS, available_bytes, write_json
 from wdctl.passes.distributed import Distributed
 from wdctl.passes.marian import freeze_pad_row
 from wdctl.passes.student import StudentSpec
@@ -147,6 +147,22 @@ def run_phase(job: Job, name: str, build: Callable[[], nn.Module], cfg: TrainCon
     job.dist.barrier()
     job.phases[name] = info
     return student.eval()
+
+
+# --- the resource guard -------------------------------------------------------------------------
+
+def check_memory(plan, available: int | None = None) -> dict:
+    """The resource guard: refuse phase 1 when the plan's estimate exceeds the available RAM."""
+    estimate = plan.estimate_phase1_bytes()
+    available = available_bytes() if available is None else available
+    if estimate > available:
+        gib = lambda n: f"{n / 2**30:.2f} GiB"  # noqa: E731
+        raise InputError(
+            f"phase 1 needs about {gib(estimate)} (generators, their Adam state and gradients, teacher, "
+            f"student; before activations) but only {gib(available)} is available; choose a smaller "
+            f"student, a smaller --subset-mb, or a machine with more memory"
+        )
+    return {"phase1_estimate_bytes": estimate, "available_bytes": available}
 
 
 # --- resume ------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
+from wdctl.core.metrics import bleu
 from wdctl.passes.batching import length_sorted_batches, output_limit
 
 
@@ -45,8 +46,6 @@ def translate_torch(
 
 def dev_bleu_evaluator(tokenizer, dev_pairs, beams: int = 1, batch_size: int = 64):
     """`evaluate(model) -> {"dev_bleu": ...}` over `dev_pairs`: the training loop's dev check."""
-    from wdctl.core.metrics import bleu
-
     sources, references = [s for s, _ in dev_pairs], [t for _, t in dev_pairs]
 
     def evaluate(model) -> dict:

@@ -46,7 +46,7 @@ def tiny_corpus(tmp_path_factory, bible_pairs) -> Path:
 def tiny_teacher_dir(tmp_path_factory, tiny_corpus) -> Path:
     """A tiny MarianMT teacher (2+2 layers, d 64) trained for a few seconds on `tiny_corpus`."""
     from wdctl.config import TEACHER_SCHEDULES, train_config
-    from wdctl.teacher import train_teacher
+    from wdctl.recipes.teacher import train_teacher
 
     out = tmp_path_factory.mktemp("teacher") / "model"
     cfg = train_config(TEACHER_SCHEDULES["tiny"], {"max_steps": 120, "threads": 1})

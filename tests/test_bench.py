@@ -192,7 +192,7 @@ def test_bad_input_exits_2_with_one_line(cli, tiny_teacher_dir, tiny_corpus, tmp
 
 def test_failed_measurements_are_reported_and_exit_1(cli, tiny_teacher_dir, tiny_corpus, tmp_path, monkeypatch):
     """A worker that fails leaves a failed row in a written report; the command exits 1."""
-    import wdctl.export.bench as bench
+    import wdctl.bench.run as bench
 
     references = [t for _, t in read_parallel(tiny_corpus, "test")[:4]]
 
@@ -222,7 +222,7 @@ def test_failed_measurements_are_reported_and_exit_1(cli, tiny_teacher_dir, tiny
 
 
 def test_ct2_missing_is_a_note_not_a_failure(tiny_teacher_dir, tmp_path, monkeypatch):
-    import wdctl.export.packages as packages
+    import wdctl.bench.packages as packages
 
     monkeypatch.setattr(packages, "ct2_available", lambda: False)
     systems = packages.make_systems(tiny_teacher_dir, [tiny_teacher_dir])
@@ -233,8 +233,8 @@ def test_ct2_missing_is_a_note_not_a_failure(tiny_teacher_dir, tmp_path, monkeyp
 
 
 def test_settings_defaults_quick_and_command(tiny_teacher_dir, tiny_corpus, tmp_path, monkeypatch):
-    import wdctl.export.bench as bench
-    from wdctl.export.bench import make_settings
+    import wdctl.bench.settings as bench
+    from wdctl.bench.settings import make_settings
 
     full = make_settings(tiny_teacher_dir, [tiny_teacher_dir], tiny_corpus, tmp_path / "o")
     assert (full.beams, full.batch_sizes, full.threads, full.repeats) == ((1, 4), (1, 32), (1,), 3)
@@ -252,7 +252,7 @@ def test_worker_spec_carries_the_device(tmp_path, monkeypatch):
     """The parent's settings reach the worker through its spec file (the worker is faked)."""
     import subprocess
 
-    import wdctl.export.bench as bench
+    import wdctl.bench.run as bench
 
     def fake_run(args, **kwargs):
         spec = json.loads(Path(args[-1]).read_text(encoding="utf-8"))
@@ -270,7 +270,7 @@ def test_worker_spec_carries_the_device(tmp_path, monkeypatch):
 def test_percentile_matches_numpy():
     import numpy as np
 
-    from wdctl.export.bench import _percentile
+    from wdctl.bench.run import _percentile
 
     data = [5.0, 1.0, 9.0, 3.0, 7.0, 2.0]
     for q in (0, 50, 90, 100):
@@ -279,7 +279,7 @@ def test_percentile_matches_numpy():
 
 
 def test_worker_output_limit_matches_translate_torch():
-    from wdctl.export.bench_worker import output_limit
+    from wdctl.bench.worker import output_limit
     from wdctl.passes.translate import output_limit as reference
 
     assert all(output_limit(n) == reference(n) for n in range(0, 300))
@@ -287,7 +287,7 @@ def test_worker_output_limit_matches_translate_torch():
 
 def test_report_renders_groups_by_beam_and_batch(tmp_path):
     """Markdown and plot from a synthetic report with four settings (no measuring)."""
-    from wdctl.export.report import render_markdown, write_report
+    from wdctl.bench.report import render_markdown, write_report
 
     def row(system, backend, beams, batch, tps):
         return {"id": f"{system}.{backend}.beam{beams}.bs{batch}.t1", "system": system,

@@ -103,27 +103,16 @@ def test_not_a_teacher_and_missing_data(cli, tmp_path, tiny_teacher_dir, train_y
 
 
 def test_memory_guard_refuses_with_the_estimate(cli, tiny_teacher_dir, corpus, tmp_path, train_yaml, monkeypatch):
-    monkeypatch.setattr("wdctl.pipeline.available_bytes", lambda: 1000)
+    monkeypatch.setattr("wdctl.recipes.compress.available_bytes", lambda: 1000)
     out = tmp_path / "student"
     code, _, stderr = cli("compress", tiny_teacher_dir, *common(corpus, out, train_yaml, tmp_path / "cache"))
     assert code == 2 and "phase 1 needs about" in stderr and "available" in stderr
     assert not out.exists() and not (tmp_path / "cache").exists()
 
 
-def test_export_needs_the_export_module_or_no_export(cli, tiny_teacher_dir, corpus, tmp_path, monkeypatch):
-    import wdctl.pipeline as pipeline
-
-    def missing():
-        raise pipeline.InputError("ONNX export is not available in this installation (test); pass --no-export")
-
-    monkeypatch.setattr(pipeline, "_export_modules", missing)
-    code, _, stderr = cli("compress", tiny_teacher_dir, "--data", corpus, "--out", tmp_path / "s")
-    assert code == 2 and "--no-export" in stderr and not (tmp_path / "s").exists()
-
-
 def test_ctrl_c_then_rerun_resumes_and_matches_an_uninterrupted_run(cli, tiny_teacher_dir, corpus, tmp_path,
                                                                      train_yaml, monkeypatch):
-    import wdctl.pipeline as pipeline
+    import wdctl.passes.phases as pipeline
 
     cache = tmp_path / "cache"
     code, _, stderr = cli("compress", tiny_teacher_dir, *common(corpus, tmp_path / "a", train_yaml, cache),

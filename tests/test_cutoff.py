@@ -54,3 +54,50 @@ def test_untied_output_projection_is_sliced_too():
     assert torch.equal(student.lm_head.weight, teacher["lm_head.weight"][:, :16])
     assert student.lm_head.weight is not student.model.shared.weight
     assert torch.equal(student.final_logits_bias, teacher["final_logits_bias"])
+
+
+def test_tiny_keeps_the_encoder_and_slices_a_narrow_decoder():
+    from wdctl.passes.narrow_marian import NarrowMarianMTModel
+    from wdctl.passes.student import resolve_student
+
+    config = teacher_config(scale_embedding=True)
+    torch.manual_seed(0)
+    teacher = MarianMTModel(config).state_dict()
+    s_config = student_config(config, resolve_student("tiny", config))
+    student = cut_teacher(teacher, config, s_config)
+    assert isinstance(student, NarrowMarianMTModel)
+    state = student.state_dict()
+    for key in (k for k in state if k.startswith("model.encoder.layers.")):
+        assert torch.equal(state[key], teacher[key]), key
+    # decoder 6 -> 1 takes teacher layer 0; cross-attention K/V keep the encoder's full width
+    k = state["model.decoder.layers.0.encoder_attn.k_proj.weight"]
+    assert torch.equal(k, teacher["model.decoder.layers.0.encoder_attn.k_proj.weight"][:16])
+    assert torch.equal(state["model.decoder.layers.0.fc1.weight"], teacher["model.decoder.layers.0.fc1.weight"][:32, :16])
+    # the narrower decoder keeps the residual stream's scale (sqrt(32/16) folded in) and the
+    # teacher's positions; the encoder's table is the teacher's
+    table = teacher["model.shared.weight"]
+    assert torch.allclose(state["model.decoder.embed_tokens.weight"][:PAD], table[:PAD, :16] * 2 ** 0.5)
+    assert torch.equal(state["model.encoder.embed_tokens.weight"][:PAD], table[:PAD])
+    assert torch.count_nonzero(state["model.decoder.embed_tokens.weight"][PAD]) == 0
+    assert torch.equal(state["model.decoder.embed_positions.weight"], teacher["model.decoder.embed_positions.weight"][:, :16])
+    assert student.lm_head.weight is student.model.decoder.embed_tokens.weight
+
+
+def test_a_start_selection_is_shared_with_the_coherent_generator():
+    """cut-kd can start from the same (non-leading) slice as coherent WD."""
+    from wdctl.passes.generator import ParameterGenerator, materialize_student
+    from wdctl.passes.grouping import GroupPlan
+
+    config = teacher_config()
+    torch.manual_seed(0)
+    teacher = MarianMTModel(config).state_dict()
+    s_config = student_config(config, StudentSpec(3, 2, 32, 32, 64, 4, 4))
+    plan = GroupPlan.build(config, s_config)
+    start = {s.name: torch.randperm(s.teacher_dim)[: s.student_dim] for s in plan.projected_spaces}
+    assert set(start) == {f"encoder.{i}.ffn" for i in range(3)}
+    cut = cut_teacher(teacher, config, s_config, start=start).state_dict()
+    generated = materialize_student(ParameterGenerator(teacher, plan, start=start), s_config).state_dict()
+    for key in cut:
+        assert torch.allclose(cut[key], generated[key], atol=1e-6), key
+    fc1 = teacher["model.encoder.layers.2.fc1.weight"]
+    assert torch.equal(cut["model.encoder.layers.1.fc1.weight"], fc1[start["encoder.1.ffn"]])

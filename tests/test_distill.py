@@ -94,7 +94,7 @@ def test_interrupted_distillation_resumes_after_the_finished_chunks(tmp_path, ti
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_teacher_dir, small_corpus):
     """wd, kd and cut-kd compressed from the tiny teacher (export off), with timings."""
-    from wdctl.pipeline import compress
+    from wdctl.recipes.compress import compress_with as compress
 
     root = tmp_path_factory.mktemp("compress")
     results = {}
@@ -183,7 +183,7 @@ def test_distilled_data_is_shared_and_reused_across_runs(runs):
 
 
 def test_rerun_skips_finished_phases_and_reuses_the_cache(runs, tiny_teacher_dir, small_corpus, monkeypatch):
-    from wdctl.pipeline import compress
+    from wdctl.recipes.compress import compress_with as compress
 
     out = runs["wd"]["out"]
     cache = Path(runs["wd"]["metrics"]["distill"]["cache"])

@@ -1,13 +1,16 @@
-"""Parameter generators, the generated student (phase 1) and materialization."""
+"""Parameter generators (release and coherent forms), the generated student (phase 1) and
+materialization."""
 
 import pytest
 import torch
 from transformers import MarianConfig, MarianMTModel
 
 from wdctl.core.errors import InputError
+from wdctl.passes.cutoff import cut_teacher
 from wdctl.passes.generator import GeneratedStudent, ParameterGenerator, materialize_student
-from wdctl.passes.grouping import GroupPlan
-from wdctl.passes.student import resolve_student, student_config
+from wdctl.passes.grouping import GENERATOR_FORMS, GroupPlan
+from wdctl.passes.narrow_marian import NarrowMarianMTModel, build_model
+from wdctl.passes.student import STUDENT_PRESETS, resolve_student, student_config
 
 PAD = 63
 
@@ -23,12 +26,16 @@ def teacher_config(**overrides) -> MarianConfig:
     return MarianConfig(**values)
 
 
-def setup(student, seed=0, **teacher_overrides):
+def setup(student, seed=0, generator="release", **teacher_overrides):
     config = teacher_config(**teacher_overrides)
     torch.manual_seed(seed)
     teacher = MarianMTModel(config)
+    with torch.no_grad():  # a trained teacher has non-zero biases and LayerNorm betas, gammas != 1
+        for name, p in teacher.named_parameters():
+            if name.endswith("bias") or "layer_norm" in name:
+                p.add_(0.1 * torch.randn_like(p))
     s_config = student_config(config, resolve_student(student, config))
-    plan = GroupPlan.build(config, s_config, subset_bytes=30_000)
+    plan = GroupPlan.build(config, s_config, subset_bytes=30_000, generator=generator)
     return teacher.state_dict(), plan, s_config
 
 
@@ -39,14 +46,16 @@ SHAPE_CHANGES = {
     "heads": {"encoder_attention_heads": 2, "decoder_attention_heads": 1},
     "tiny": {"preset": "tiny"},
     "small": {"preset": "small"},
+    "halved": {"preset": "halved"},
 }
 
 
+@pytest.mark.parametrize("generator", GENERATOR_FORMS)
 @pytest.mark.parametrize("change", sorted(SHAPE_CHANGES))
 @pytest.mark.parametrize("tied", [True, False])
-def test_generated_state_matches_the_student_model(change, tied):
-    teacher_state, plan, s_config = setup(SHAPE_CHANGES[change], tie_word_embeddings=tied)
-    expected = MarianMTModel(s_config).state_dict()
+def test_generated_state_matches_the_student_model(change, tied, generator):
+    teacher_state, plan, s_config = setup(SHAPE_CHANGES[change], tie_word_embeddings=tied, generator=generator)
+    expected = build_model(s_config).state_dict()
     generator = ParameterGenerator(teacher_state, plan).eval()
     with torch.no_grad():
         generated = generator()
@@ -58,8 +67,8 @@ def test_generated_state_matches_the_student_model(change, tied):
     assert all(not b.requires_grad for b in generator.buffers())
 
 
-def test_same_shape_student_starts_at_tanh_of_the_teacher():
-    teacher_state, plan, _ = setup({})
+def test_release_same_shape_student_starts_at_tanh_of_the_teacher():
+    teacher_state, plan, _ = setup({}, generator="release")
     assert {e.form for e in plan.entries} == {"elementwise", "embedding"}
     with torch.no_grad():
         generated = ParameterGenerator(teacher_state, plan).eval()()
@@ -68,15 +77,16 @@ def test_same_shape_student_starts_at_tanh_of_the_teacher():
     assert torch.equal(generated["lm_head.weight"], torch.tanh(teacher_state["model.shared.weight"]))
 
 
-def test_untied_same_width_output_projection_starts_at_the_teacher():
+def test_release_untied_same_width_output_projection_starts_at_the_teacher():
     teacher_state, plan, _ = setup({}, tie_word_embeddings=False)
     with torch.no_grad():
         generated = ParameterGenerator(teacher_state, plan).eval()()
     assert torch.allclose(generated["lm_head.weight"], teacher_state["lm_head.weight"])
 
 
-def test_pad_row_is_zero_and_ties_hold():
-    teacher_state, plan, _ = setup("tiny")
+@pytest.mark.parametrize("generator", GENERATOR_FORMS)
+def test_pad_row_is_zero_and_ties_hold(generator):
+    teacher_state, plan, _ = setup("halved", generator=generator)
     generated = ParameterGenerator(teacher_state, plan)()
     table = generated["model.shared.weight"]
     assert torch.count_nonzero(table[PAD]) == 0
@@ -84,15 +94,16 @@ def test_pad_row_is_zero_and_ties_hold():
         assert generated[alias] is table
 
 
-def test_seed_fixes_the_initialisation():
-    teacher_state, plan, _ = setup("tiny")
+def test_seed_fixes_the_release_initialisation():
+    teacher_state, plan, _ = setup("halved")
     a, b, c = (ParameterGenerator(teacher_state, plan, seed=s).state_dict() for s in (1, 1, 2))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
-def test_checkpointed_training_forward_matches_plain_autograd():
-    teacher_state, plan, _ = setup("tiny")
+@pytest.mark.parametrize("generator", GENERATOR_FORMS)
+def test_checkpointed_training_forward_matches_plain_autograd(generator):
+    teacher_state, plan, _ = setup("halved", generator=generator)
     assert len(plan.subsets) > 1
     generator = ParameterGenerator(teacher_state, plan)
     grads = []
@@ -115,9 +126,10 @@ def batch():
     return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": labels}
 
 
-def test_phase1_trains_only_the_generator_and_leaves_the_teacher_intact():
+@pytest.mark.parametrize("generator", GENERATOR_FORMS)
+def test_phase1_trains_only_the_generator_and_leaves_the_teacher_intact(generator):
     teacher_state, plan, _ = setup({"decoder_layers": 2, "d_model": 16,
-                                    "encoder_attention_heads": 2, "decoder_attention_heads": 2})
+                                    "encoder_attention_heads": 2, "decoder_attention_heads": 2}, generator=generator)
     before = {k: v.clone() for k, v in teacher_state.items()}
     model = GeneratedStudent(ParameterGenerator(teacher_state, plan, seed=0)).train()
     skeleton = dict(model.skeleton.named_parameters(remove_duplicate=False))
@@ -131,7 +143,7 @@ def test_phase1_trains_only_the_generator_and_leaves_the_teacher_intact():
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-    assert losses[-1] < losses[0] - 0.5
+    assert losses[-1] < losses[0] - 0.5, losses
     # the skeleton keeps its own (unused, frozen) tensors after every call
     after = dict(model.skeleton.named_parameters(remove_duplicate=False))
     assert after.keys() == skeleton.keys() and all(after[k] is skeleton[k] for k in after)
@@ -145,8 +157,10 @@ def test_phase1_trains_only_the_generator_and_leaves_the_teacher_intact():
     assert logits.shape == (4, 5, 64)
 
 
-def test_materialized_student_equals_the_generator_output():
-    teacher_state, plan, s_config = setup("tiny")
+@pytest.mark.parametrize("generator", GENERATOR_FORMS)
+@pytest.mark.parametrize("preset", ["halved", "tiny"])
+def test_materialized_student_equals_the_generator_output(preset, generator):
+    teacher_state, plan, s_config = setup(preset, generator=generator)
     generator = ParameterGenerator(teacher_state, plan, seed=3)
     with torch.no_grad():  # move off the initialisation so the check is not trivial
         for p in generator.parameters():
@@ -159,9 +173,15 @@ def test_materialized_student_equals_the_generator_output():
     assert state.keys() == expected.keys()
     for key in state:
         assert torch.equal(state[key], expected[key]), key
-    assert student.lm_head.weight is student.model.shared.weight
-    assert student.model.encoder.embed_tokens.weight is student.model.shared.weight
-    assert torch.count_nonzero(student.model.shared.weight[PAD]) == 0
+    if preset == "tiny":
+        assert isinstance(student, NarrowMarianMTModel)
+        assert student.lm_head.weight is student.model.decoder.embed_tokens.weight
+        assert torch.count_nonzero(student.model.decoder.embed_tokens.weight[PAD]) == 0
+        assert torch.count_nonzero(student.model.encoder.embed_tokens.weight[PAD]) == 0
+    else:
+        assert student.lm_head.weight is student.model.shared.weight
+        assert student.model.encoder.embed_tokens.weight is student.model.shared.weight
+        assert torch.count_nonzero(student.model.shared.weight[PAD]) == 0
     wrapped = GeneratedStudent(generator).eval()
     data = batch()
     with torch.no_grad():
@@ -171,10 +191,130 @@ def test_materialized_student_equals_the_generator_output():
 
 
 def test_missing_teacher_weights_and_wrong_student_config_are_input_errors():
-    teacher_state, plan, s_config = setup("tiny")
+    teacher_state, plan, s_config = setup("halved")
     partial = {k: v for k, v in teacher_state.items() if "decoder.layers.2.fc1" not in k}
     with pytest.raises(InputError, match="teacher weights lack model.decoder.layers.2.fc1"):
         ParameterGenerator(partial, plan)
     generator = ParameterGenerator(teacher_state, plan)
     with pytest.raises(InputError, match="does not match"):
         materialize_student(generator, teacher_config())
+
+
+# --- the coherent generator (method spec 2b) -------------------------------------------------------
+
+STEP0_SHAPES = {**{name: {"preset": name} for name in STUDENT_PRESETS}, **SHAPE_CHANGES}
+
+
+def test_coherent_is_the_default():
+    config = teacher_config()
+    s_config = student_config(config, resolve_student("tiny", config))
+    assert GroupPlan.build(config, s_config).generator == "coherent"
+
+
+@pytest.mark.parametrize("change", sorted(STEP0_SHAPES))
+@pytest.mark.parametrize("tied", [True, False])
+def test_coherent_step0_student_equals_the_cut_off_student(change, tied):
+    """Every preset (TINY included) and shape change: the step-0 coherent student is the leading
+    slice, i.e. the cut-off student, in weights and in logits."""
+    teacher_state, plan, s_config = setup(STEP0_SHAPES[change], generator="coherent", tie_word_embeddings=tied,
+                                          scale_embedding=True)
+    config = plan.teacher_config
+    cut = cut_teacher(teacher_state, config, s_config)
+    generator = ParameterGenerator(teacher_state, plan, seed=5).eval()
+    generated = materialize_student(generator, s_config)
+    cut_state, gen_state = cut.state_dict(), generated.state_dict()
+    assert cut_state.keys() == gen_state.keys()
+    for key in cut_state:
+        assert torch.allclose(gen_state[key], cut_state[key], atol=1e-5, rtol=0), key
+    data = batch()
+    with torch.no_grad():
+        wrapped = GeneratedStudent(generator).eval()(**data).logits
+        assert torch.allclose(wrapped, cut(**data).logits, atol=1e-5, rtol=0)
+
+
+def test_coherent_start_keeps_layer_norm_gammas_unsquashed():
+    teacher_state, plan, s_config = setup("small", generator="coherent")
+    with torch.no_grad():
+        generated = ParameterGenerator(teacher_state, plan).eval()()
+    # small keeps the encoder: every encoder tensor starts at the teacher's, not tanh of it
+    for key in (k for k in generated if k.startswith("model.encoder.layers.")):
+        assert torch.allclose(generated[key], teacher_state[key], atol=1e-6), key
+    # the 2-layer decoder starts at the bottom layer of each group (0 and 2 of 4)
+    for s, t in ((0, 0), (1, 2)):
+        key = f"model.decoder.layers.{s}.final_layer_norm.weight"
+        assert torch.allclose(generated[key], teacher_state[key.replace(f"layers.{s}.", f"layers.{t}.")], atol=1e-6)
+
+
+@pytest.mark.parametrize("preset", ["small", "tiny", "halved"])
+def test_phase1_gives_every_teacher_layer_a_mixing_gradient(preset):
+    teacher_state, plan, _ = setup(preset, generator="coherent")
+    model = GeneratedStudent(ParameterGenerator(teacher_state, plan)).train()
+    model(**batch()).loss.backward()
+    mixing = {e.name: e for e in plan.entries if e.form in ("shared-matrix", "shared-vector")}
+    assert mixing, "the preset mixes no teacher layers"
+    groups = [e for e in mixing.values() if e.ratio > 1]
+    assert groups, "no student layer reads more than one teacher layer"
+    for e in mixing.values():
+        module = model.generator.generators[e.name.replace(".", "__")]
+        assert torch.equal(module.W_L.detach(), torch.eye(e.ratio))
+        assert module.w.detach().tolist() == [1.0 if i == e.select else 0.0 for i in range(e.ratio)]
+        assert module.w.grad is not None and bool((module.w.grad != 0).all()), (e.name, module.w.grad)
+    # the shared projections get gradients too, and are shared (one per space)
+    projections = dict(model.generator.projections.items())
+    assert len(projections) == len(plan.projected_spaces)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in projections.values())
+
+
+def test_coherent_projections_are_shared_by_space():
+    teacher_state, plan, _ = setup("halved", generator="coherent")
+    spaces = {s.name: s for s in plan.projected_spaces}
+    assert set(spaces) >= {"residual", "encoder.0.ffn", "encoder.0.self_attn.qk", "encoder.0.self_attn.vo",
+                           "decoder.0.encoder_attn.qk"}
+    by_name = {e.name: e for e in plan.entries}
+    q = by_name["model.decoder.layers.0.encoder_attn.q_proj.weight"]
+    k = by_name["model.decoder.layers.0.encoder_attn.k_proj.weight"]
+    assert q.out_space == k.out_space == "decoder.0.encoder_attn.qk"
+    assert (q.in_space, k.in_space) == ("residual", "residual")
+    fc1, fc2 = by_name["model.encoder.layers.1.fc1.weight"], by_name["model.encoder.layers.1.fc2.weight"]
+    assert fc1.out_space == fc2.in_space == "encoder.1.ffn"
+    generator = ParameterGenerator(teacher_state, plan)
+    # projections are parameters of the generator once, not of every tensor's module
+    names = [n for n, _ in generator.named_parameters()]
+    assert sum(n.startswith("projections.") for n in names) == len(spaces)
+    assert sum(p.numel() for p in generator.parameters()) == plan.total_generator_params
+
+
+def test_tiny_keeps_the_encoder_and_carries_the_teachers_positions():
+    teacher_state, plan, s_config = setup("tiny", generator="coherent", scale_embedding=True)
+    assert s_config.decoder_d_model == 16 and s_config.d_model == 32
+    spaces = {s.name: s for s in plan.projected_spaces}
+    assert "decoder.residual" in spaces and "encoder.residual" not in spaces
+    cross_k = next(e for e in plan.entries if e.name == "model.decoder.layers.0.encoder_attn.k_proj.weight")
+    assert (cross_k.out_space, cross_k.in_space, cross_k.student_shape) == (
+        "decoder.0.encoder_attn.qk", "encoder.residual", (16, 32))
+    assert next(s for s in plan.spaces if s.name == "encoder.residual").identity
+    with torch.no_grad():
+        generated = ParameterGenerator(teacher_state, plan).eval()()
+    positions = teacher_state["model.decoder.embed_positions.weight"][:, :16]
+    assert torch.equal(generated["model.decoder.embed_positions.weight"], positions)
+    assert torch.equal(generated["model.encoder.embed_positions.weight"],
+                       teacher_state["model.encoder.embed_positions.weight"])
+    table = teacher_state["model.shared.weight"]
+    assert torch.allclose(generated["model.decoder.embed_tokens.weight"][:PAD], table[:PAD, :16] * 2 ** 0.5, atol=1e-6)
+    assert torch.allclose(generated["model.encoder.embed_tokens.weight"][:PAD], table[:PAD], atol=1e-6)
+    assert generated["lm_head.weight"] is generated["model.decoder.embed_tokens.weight"]
+
+
+def test_coherent_parameters_never_exceed_the_release_form():
+    for change in sorted(STEP0_SHAPES):
+        for tied in (True, False):
+            sizes = {g: setup(STEP0_SHAPES[change], generator=g, tie_word_embeddings=tied)[1].total_generator_params
+                     for g in GENERATOR_FORMS}
+            if tied:
+                assert sizes["coherent"] <= sizes["release"], (change, sizes)
+
+
+def test_a_bad_start_selection_is_an_input_error():
+    teacher_state, plan, _ = setup("halved", generator="coherent")
+    with pytest.raises(InputError, match="start of space residual must be 16 distinct teacher coordinates"):
+        ParameterGenerator(teacher_state, plan, start={"residual": torch.zeros(16, dtype=torch.long)})

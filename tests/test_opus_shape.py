@@ -1,4 +1,6 @@
-"""An opus-mt-sized teacher (random weights) through phase 1, to both presets, within 24 GiB.
+"""An opus-mt-sized teacher (random weights) through phase 1, to every preset, within 24 GiB;
+on the same shape (configs only, meta device) the coherent generator is never larger than the
+release's.
 
 The teacher has the opus-mt-en-es configuration: d 512, 6+6 layers, 8 heads, FFN 2048, swish,
 scaled embeddings, static sinusoidal positions, a shared vocabulary of 58,101 with tied
@@ -16,10 +18,10 @@ import torch
 from transformers import MarianConfig, MarianMTModel
 
 from wdctl.passes.generator import GeneratedStudent, ParameterGenerator
-from wdctl.passes.grouping import GroupPlan
+from wdctl.passes.grouping import GENERATOR_FORMS, GroupPlan, generator_sizes
 from wdctl.passes.student import resolve_student, student_config
 from wdctl.passes.training import collate, sequence_loss
-from wdctl.pipeline import PeakRSS
+from wdctl.core.runinfo import PeakRSS
 
 VOCAB, PAD = 58101, 58100
 LIMIT_MB = 24 * 1024
@@ -52,12 +54,27 @@ def synthetic_batch(seed: int = 0):
     return collate(examples, PAD, PAD)
 
 
-@pytest.mark.parametrize("preset, decoder_layers, d_model", [("small", 2, 512), ("tiny", 1, 256)])
-def test_phase1_runs_on_an_opus_mt_teacher_within_24_gib(teacher, preset, decoder_layers, d_model):
+@pytest.mark.parametrize("preset", ["small", "tiny", "halved"])
+def test_coherent_generator_is_not_larger_than_the_release_on_the_opus_mt_shape(preset):
+    config = opus_mt_config()
+    sizes = generator_sizes(config, student_config(config, resolve_student(preset, config)))
+    print(f"{preset}: generator parameters {sizes}")
+    assert sizes["coherent"] <= sizes["release"]
+    if preset == "halved":
+        assert 104_700_000 < sizes["release"] < 104_850_000  # 104.8M, the release's half-width generator
+
+
+@pytest.mark.parametrize("generator", GENERATOR_FORMS)
+@pytest.mark.parametrize("preset, decoder_layers, d_model, decoder_width", [
+    ("small", 2, 512, 512), ("tiny", 1, 512, 256),
+])
+def test_phase1_runs_on_an_opus_mt_teacher_within_24_gib(teacher, preset, decoder_layers, d_model, decoder_width,
+                                                         generator):
     config, state = teacher
     s_config = student_config(config, resolve_student(preset, config))
     assert (s_config.decoder_layers, s_config.d_model, s_config.encoder_layers) == (decoder_layers, d_model, 6)
-    plan = GroupPlan.build(config, s_config)
+    assert getattr(s_config, "decoder_d_model", s_config.d_model) == decoder_width
+    plan = GroupPlan.build(config, s_config, generator=generator)
     text = plan.format()
     assert f"generator parameters: {plan.total_generator_params:,}" in text
     assert plan.total_generator_params > 50_000_000  # the generator is larger than the student
@@ -80,7 +97,7 @@ def test_phase1_runs_on_an_opus_mt_teacher_within_24_gib(teacher, preset, decode
             losses.append(float(loss.detach()))
         del model, params, optimizer
     gc.collect()
-    print(f"{preset}: generator {plan.total_generator_params:,} params, estimate "
+    print(f"{preset}/{generator}: generator {plan.total_generator_params:,} params, estimate "
           f"{plan.estimate_phase1_bytes() / 2**20:.0f} MiB, peak RSS {memory.peak_mb:.0f} MiB, losses {losses}")
     assert memory.peak_mb < LIMIT_MB
     # The estimate is of the right size: the measured peak (which includes torch and the test

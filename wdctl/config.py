@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import yaml
@@ -49,3 +50,35 @@ def train_config(base: TrainConfig, overrides: dict, where: str = "training opti
         return dataclasses.replace(base, **clean).validate()
     except TypeError as exc:
         raise InputError(f"{where}: {exc}") from None
+
+
+# CPU-sized defaults. The release uses peak lr 7e-4 with warm-up 4000 (phase 1) and 1000
+# (phase 2) on GPU-sized batches; on a 2-core CPU wdctl keeps the lr and the 4:1 warm-up ratio
+# at a tenth of the length. Pass --phase1-warmup 4000 --phase2-warmup 1000 for the paper's.
+DEFAULT_PHASE1 = TrainConfig(max_steps=2000, max_tokens=2500, lr=7e-4, warmup=400, eval_every=500,
+                             save_every=100, log_every=20)
+DEFAULT_PHASE2 = TrainConfig(max_steps=2000, max_tokens=2500, lr=7e-4, warmup=100, eval_every=500,
+                             save_every=100, log_every=20)
+PHASES = ("phase1", "phase2")
+
+
+def default_cache_dir() -> Path:
+    """Where distilled data is cached: $WDCTL_CACHE_DIR, else $XDG_CACHE_HOME/wdctl, else ~/.cache/wdctl."""
+    root = os.environ.get("WDCTL_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "wdctl"
+    return Path(root) / "distilled"
+
+
+def phase_configs(options: dict | None = None, base: tuple[TrainConfig, TrainConfig] = (DEFAULT_PHASE1, DEFAULT_PHASE2)
+                  ) -> tuple[TrainConfig, TrainConfig]:
+    """Phase schedules from a mapping: TrainConfig keys at the top level apply to both phases,
+    `phase1:`/`phase2:` sections to one (and win). This is also the `--config` YAML layout."""
+    options = dict(options or {})
+    sections = {name: options.pop(name, None) or {} for name in PHASES}
+    for name, section in sections.items():
+        if not isinstance(section, dict):
+            raise InputError(f"training options: '{name}' must be a mapping of option: value")
+    out = []
+    for name, cfg in zip(PHASES, base):
+        cfg = train_config(cfg, options, "training options")
+        out.append(train_config(cfg, sections[name], f"training options, {name}"))
+    return out[0], out[1]

@@ -104,7 +104,7 @@ def stage_data(out: Path, plan: DemoPlan, source: Path = BUNDLED) -> tuple[Path,
 def stage_teacher(out: Path, data: Path, plan: DemoPlan, threads: int = 0) -> Path:
     """The bundled teacher, or (`train_teacher`) a small one trained for a few hundred steps."""
     from wdctl.config import TEACHER_SCHEDULES, train_config
-    from wdctl.teacher import train_teacher
+    from wdctl.recipes.teacher import train_teacher
 
     if not plan.train_teacher:
         return BUNDLED_TEACHER
@@ -120,7 +120,8 @@ def stage_teacher(out: Path, data: Path, plan: DemoPlan, threads: int = 0) -> Pa
 
 
 def stage_student(out: Path, teacher: Path, data: Path, plan: DemoPlan, threads: int = 0) -> Path:
-    from wdctl.pipeline import compress, phase_configs
+    from wdctl.config import phase_configs
+    from wdctl.recipes.compress import compress_with as compress
 
     student = out / f"wd-{plan.student}"
     if _finished(student):
@@ -134,7 +135,7 @@ def stage_student(out: Path, teacher: Path, data: Path, plan: DemoPlan, threads:
 
 
 def bench_settings(out: Path, teacher: Path, student: Path, plan: DemoPlan, threads: int):
-    from wdctl.export.bench import make_settings
+    from wdctl.bench.settings import make_settings
 
     return make_settings(teacher, [student], str(out / "data-student"), out / "bench", beams=plan.beams,
                          batch_sizes=plan.batch_sizes, threads=str(threads), backends=plan.backends,
@@ -143,7 +144,7 @@ def bench_settings(out: Path, teacher: Path, student: Path, plan: DemoPlan, thre
 
 
 def stage_packages(settings) -> list[str]:
-    from wdctl.export.packages import make_systems, prepare_packages
+    from wdctl.bench.packages import make_systems, prepare_packages
 
     systems = make_systems(settings.teacher, settings.students)
     return prepare_packages(systems, settings.backends, Path(settings.packages))
@@ -156,7 +157,7 @@ def bench_finished(out: Path, settings) -> bool:
 
 
 def stage_bench(out: Path, settings) -> Path:
-    from wdctl.export.bench import run_bench
+    from wdctl.bench.run import run_bench
 
     if not bench_finished(out, settings):
         run_bench(settings)

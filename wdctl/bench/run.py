@@ -43,9 +43,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from wdctl.bench.packages import PACKAGE_OF, System, loaded_files, make_systems, prepare_packages
+from wdctl.bench.report import write_report
 from wdctl.bench.settings import BACKEND_LABELS, PRECISION, BenchSettings
 from wdctl.core.atomic import atomic_dir, check_output_dir
+from wdctl.core.corpus import read_parallel
 from wdctl.core.errors import WdctlError
+from wdctl.core.metrics import bleu, chrf
+from wdctl.core.runinfo import cpu_info, versions
 from wdctl.export.package import OnnxPackage
 
 REPORT_FORMAT = "wdctl-bench/1"
@@ -150,8 +154,6 @@ def _spread(median: float, low: float, high: float, digits: int = 2) -> dict:
 
 def summarize(m: Measurement, result: dict, settings: BenchSettings, n_sentences: int, hyp_rel: str,
               log_rel: str, references: list[str], out_root: Path) -> dict:
-    from wdctl.core.metrics import bleu, chrf
-
     row = {
         "id": m.id, "system": m.system.name, "role": m.system.role, "backend": m.backend,
         "backend_label": BACKEND_LABELS[m.backend], "precision": PRECISION[m.backend],
@@ -218,9 +220,6 @@ def run_bench(settings: BenchSettings, log=None) -> dict:
     """Run the whole benchmark; returns the report dict (also written to settings.out)."""
     from tqdm.auto import tqdm
 
-    from wdctl.bench.report import write_report
-    from wdctl.core.corpus import read_parallel
-    from wdctl.core.runinfo import cpu_info, versions
 
     log = log or (lambda text: print(text, file=sys.stderr))
     pairs = read_parallel(settings.data, settings.split)

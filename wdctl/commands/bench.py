@@ -33,7 +33,8 @@ def bench_command(
 
     Exports each model to ONNX fp32 and int8 (and CTranslate2 int8) once, into the package cache. Each measurement runs in its own process (warm-up, then timed passes over the same sentences); the report gives BLEU and chrF, sentences/s and target tokens/s (median, min-max), latency p50/p90 at batch 1, peak RSS, size on disk and speed-ups against the teacher, in report.md, report.json and bleu_vs_speed.png.
     """
-    from wdctl.export.bench import make_settings, run_bench
+    from wdctl.bench.run import run_bench
+    from wdctl.bench.settings import make_settings
 
     settings = make_settings(
         teacher, student, data, out, split=split, beams=beams, batch_sizes=batch_sizes, threads=threads,

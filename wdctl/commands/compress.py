@@ -101,9 +101,9 @@ def compress_command(
 
     Each phase checkpoints into the run directory: after Ctrl-C, rerun the same command to resume. `--nproc N` (or torchrun) distills and trains with N data-parallel processes; checkpoints resume with any N. Per-phase wall time and peak memory go to OUT.run/metrics.json. Defaults are CPU-sized (phase 1: 2000 steps, lr 7e-4, warm-up 400; phase 2: 2000 steps, lr 7e-4, warm-up 100; 2500-token batches); the paper's release uses warm-up 4000 and 1000.
     """
-    from wdctl.config import read_yaml
+    from wdctl.config import phase_configs, read_yaml
     from wdctl.launch import handed_to_torchrun
-    from wdctl.pipeline import compress, phase_configs
+    from wdctl.recipes.compress import CompressSettings, compress
 
     options = read_yaml(config)
     shared = {"max_tokens": max_tokens, "accum": accum, "kd_weight": kd_weight, "seed": seed, "device": device,
@@ -115,7 +115,7 @@ def compress_command(
                            base=(p1, p2))
     if not dry_run and handed_to_torchrun(nproc, ctx.obj["argv"], (p1.accum, p2.accum)):
         return
-    result = compress(
+    result = compress(CompressSettings(
         teacher_dir, data, out,
         student=student_request(student, encoder_layers, decoder_layers, d_model, ffn_dim, heads),
         method=method, phase1=p1, phase2=p2, run_dir=run_dir, force=force, export=export, quantize=quantize,
@@ -123,7 +123,7 @@ def compress_command(
         cache_dir=distill_cache, distill_beams=distill_beams, fast_distill=onnx_distill,
         eval_sentences=eval_sentences, test_sentences=test_sentences,
         subset_bytes=subset_mb * 2**20 if subset_mb else None, threads=threads or 0,
-    )
+    ))
     if not result:  # a torchrun worker other than rank 0
         return
     if dry_run:
@@ -154,9 +154,10 @@ def inspect_command(
     subset_mb: Optional[int] = SubsetMbOpt,
 ) -> None:
     """Print the weight-grouping plan for a student of this teacher (same as `compress --dry-run`)."""
-    from wdctl.pipeline import compress
+    from wdctl.recipes.compress import CompressSettings, compress
 
-    result = compress(teacher_dir, None, None, dry_run=True,
-                      student=student_request(student, encoder_layers, decoder_layers, d_model, ffn_dim, heads),
-                      subset_bytes=subset_mb * 2**20 if subset_mb else None)
+    result = compress(CompressSettings(
+        teacher_dir, None, None, dry_run=True,
+        student=student_request(student, encoder_layers, decoder_layers, d_model, ffn_dim, heads),
+        subset_bytes=subset_mb * 2**20 if subset_mb else None))
     _print_plan(result)

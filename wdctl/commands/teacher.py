@@ -49,7 +49,7 @@ def teacher_train(
     """
     from wdctl.core.errors import InputError
     from wdctl.launch import handed_to_torchrun
-    from wdctl.teacher import train_teacher
+    from wdctl.recipes.teacher import train_teacher
 
     if preset not in TEACHER_SCHEDULES:
         raise InputError(f"unknown teacher preset '{preset}' (choose from {', '.join(TEACHER_SCHEDULES)})")

@@ -30,16 +30,6 @@ def _read_input(path: Optional[Path]) -> list[str]:
     return [line.rstrip("\r") for line in lines]
 
 
-def _warn_truncation(tokenizer, lines: list[str], max_length: int) -> None:
-    """Over-long inputs are translated cut to the model's limit, with a warning, not rejected."""
-    from wdctl.passes.translate import count_too_long
-
-    limit = min(max_length, tokenizer.model_max_length)
-    too_long = count_too_long(tokenizer, lines, limit)
-    if too_long:
-        typer.echo(f"wdctl: warning: {too_long} input line(s) longer than {limit} tokens were truncated", err=True)
-
-
 @app.command("translate")
 def translate_command(
     model_dir: Path = typer.Argument(..., help="A MarianMT directory, or a package written by `wdctl export` (has encoder_model.onnx)."),
@@ -57,35 +47,11 @@ def translate_command(
     ONNX packages (from `wdctl export`) are decoded with wdctl's own greedy/beam search over onnxruntime: the same tokens as transformers' generate, without its per-step overhead. MarianMT directories are decoded with PyTorch.
     """
     from wdctl.core.atomic import atomic_write_text
-    from wdctl.core.errors import InputError
+    from wdctl.recipes.translate import translate_lines
 
-    if beams < 1 or batch_size < 1 or threads < 1 or max_length < 2:
-        raise InputError("--beams, --batch-size and --threads must be at least 1, --max-length at least 2")
-    if not model_dir.is_dir():
-        raise InputError(f"{model_dir}: model directory not found")
-    lines = _read_input(input)
-    from wdctl.export.package import OnnxPackage
-
-    if OnnxPackage.is_package(model_dir):
-        from wdctl.export.decode import OrtTranslator
-
-        translator = OrtTranslator(model_dir, threads=threads, device=device)
-        _warn_truncation(translator.tokenizer, lines, max_length)
-        hyps = translator.translate(lines, beams=beams, batch_size=batch_size, max_length=max_length,
-                                    length_penalty=length_penalty)
-    else:
-        if device != "cpu":
-            raise InputError("--device cuda applies to ONNX packages only (export the model with `wdctl export`)")
-        import torch
-
-        from wdctl.passes.marian import load_marian
-        from wdctl.passes.translate import translate_torch
-
-        torch.set_num_threads(threads)
-        model, tokenizer = load_marian(model_dir)
-        _warn_truncation(tokenizer, lines, max_length)
-        hyps = translate_torch(model, tokenizer, lines, beams=beams, batch_size=batch_size, max_length=max_length,
-                               length_penalty=length_penalty)
+    hyps = translate_lines(model_dir, lambda: _read_input(input), beams=beams, batch_size=batch_size, threads=threads,
+                           max_length=max_length, length_penalty=length_penalty, device=device,
+                           warn=lambda text: typer.echo(text, err=True))
     text = "".join(h + "\n" for h in hyps)
     if output is not None:
         atomic_write_text(output, text)

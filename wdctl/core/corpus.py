@@ -105,3 +105,11 @@ def require_pairs(pairs: list[Pair], minimum: int, what: str) -> list[Pair]:
     if len(pairs) < minimum:
         raise InputError(f"{what}: {len(pairs)} sentence pair(s); at least {minimum} are needed")
     return pairs
+
+
+def optional_split(data: str | Path, split: str) -> list[Pair] | None:
+    """A corpus directory's `split` if it has one; None for files and directories without it."""
+    path = Path(data)
+    if not path.is_dir() or not (list(path.glob(f"{split}.*tsv*")) or list(path.glob(f"{split}.tsv*"))):
+        return None
+    return read_parallel(path, split)

@@ -14,14 +14,14 @@ from transformers import AutoTokenizer
 
 from wdctl.core.atomic import atomic_dir, check_output_dir
 from wdctl.core.corpus import read_parallel, require_pairs
-from wdctl.core.metrics import bleu, score_bleu
+from wdctl.core.errors import InputError
+from wdctl.core.metrics import score_bleu
+from wdctl.core.runinfo import versions, write_json
 from wdctl.passes.distributed import Distributed, check_accum, distributed
 from wdctl.passes.marian import TEACHER_PRESETS, build_teacher, save_marian
 from wdctl.passes.training import TrainConfig, train
-from wdctl.passes.translate import translate_torch
+from wdctl.passes.translate import dev_bleu_evaluator, translate_torch
 from wdctl.passes.vocab import encode_pairs, train_vocabulary
-from wdctl.core.runinfo import versions, write_json
-from wdctl.core.errors import InputError
 
 
 def load_or_train_vocab(pairs, vocab_dir: Path, vocab_size: int, seed: int, dist: Distributed = Distributed()):
@@ -30,16 +30,6 @@ def load_or_train_vocab(pairs, vocab_dir: Path, vocab_size: int, seed: int, dist
         train_vocabulary(pairs, vocab_dir, vocab_size, seed)
     dist.barrier()
     return AutoTokenizer.from_pretrained(vocab_dir)
-
-
-def dev_bleu_evaluator(tokenizer, dev_pairs, beams: int = 1, batch_size: int = 64):
-    sources, references = [s for s, _ in dev_pairs], [t for _, t in dev_pairs]
-
-    def evaluate(model) -> dict:
-        hyps = translate_torch(model, tokenizer, sources, beams=beams, batch_size=batch_size)
-        return {"dev_bleu": bleu(hyps, references).score}
-
-    return evaluate
 
 
 def held_out(data: str, split: str, explicit: str | None):

@@ -1,0 +1,49 @@
+"""`wdctl translate`: lines through an exported ONNX package (wdctl's decoder over onnxruntime)
+or a MarianMT directory (PyTorch); over-long inputs are cut to the model's limit, with a warning."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from wdctl.core.errors import InputError
+from wdctl.export.package import OnnxPackage
+from wdctl.passes.translate import count_too_long
+
+
+def _warn_truncation(tokenizer, lines: list[str], max_length: int, warn: Callable[[str], None]) -> None:
+    """Over-long inputs are translated cut to the model's limit, with a warning, not rejected."""
+    limit = min(max_length, tokenizer.model_max_length)
+    too_long = count_too_long(tokenizer, lines, limit)
+    if too_long:
+        warn(f"wdctl: warning: {too_long} input line(s) longer than {limit} tokens were truncated")
+
+
+def translate_lines(model_dir: Path, read: Callable[[], list[str]], *, beams: int = 4, batch_size: int = 32, threads: int = 1,
+                    max_length: int = 256, length_penalty: float = 1.0, device: str = "cpu",
+                    warn: Callable[[str], None] = print) -> list[str]:
+    """One translation per line of `read()` (called once the options are checked); empty lines stay empty."""
+    if beams < 1 or batch_size < 1 or threads < 1 or max_length < 2:
+        raise InputError("--beams, --batch-size and --threads must be at least 1, --max-length at least 2")
+    if not Path(model_dir).is_dir():
+        raise InputError(f"{model_dir}: model directory not found")
+    lines = read()
+    if OnnxPackage.is_package(model_dir):
+        from wdctl.export.decode import OrtTranslator
+
+        translator = OrtTranslator(model_dir, threads=threads, device=device)
+        _warn_truncation(translator.tokenizer, lines, max_length, warn)
+        return translator.translate(lines, beams=beams, batch_size=batch_size, max_length=max_length,
+                                    length_penalty=length_penalty)
+    if device != "cpu":
+        raise InputError("--device cuda applies to ONNX packages only (export the model with `wdctl export`)")
+    import torch
+
+    from wdctl.passes.marian import load_marian
+    from wdctl.passes.translate import translate_torch
+
+    torch.set_num_threads(threads)
+    model, tokenizer = load_marian(model_dir)
+    _warn_truncation(tokenizer, lines, max_length, warn)
+    return translate_torch(model, tokenizer, lines, beams=beams, batch_size=batch_size, max_length=max_length,
+                           length_penalty=length_penalty)
