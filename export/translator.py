@@ -152,7 +152,7 @@ def marian_weights(model) -> MarianWeights:
     cfg = model.config
     if getattr(cfg, "model_type", None) != "marian":
         raise InputError(f"model type '{getattr(cfg, 'model_type', None)}' is not MarianMT")
-    if cfg.normalize_before if hasattr(cfg, "normalize_before") else False:
+    if getattr(cfg, "normalize_before", False):
         raise InputError("pre-LayerNorm Marian is not supported by the translator graph")
     enc, dec = model.model.encoder, model.model.decoder
     lm_head = model.get_output_embeddings().weight
@@ -435,8 +435,7 @@ def build_translator(weights: MarianWeights, path=None, *, early_stopping: bool 
     num_beams 1 is greedy search (BeamSearch with one beam and early_stopping=1).
     Metadata records the vocabulary size, the position table size and the special ids.
     """
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, helper
 
     _check_weights(weights)
     store: dict[str, np.ndarray] = {}
@@ -681,7 +680,7 @@ class OnnxTranslator:
         check_search_settings(beams, max_length, self.vocab_size, self.max_positions, source_length)
 
     def generate(self, sources: Sequence[Sequence[int]], beams: int = 4, max_length: int | None = None,
-                 length_penalty: float = 1.0, min_length: int = 0, batch_size: int | None = None):
+                 length_penalty: float = 1.0, batch_size: int | None = None):
         """Translate id lists; see the class doc. Differences from the raw op that are undone here:
 
         - finished beam hypotheses come back without EOS: EOS is appended;
@@ -691,6 +690,10 @@ class OnnxTranslator:
         - length penalty: both divide the summed log-probabilities by (generated length incl.
           EOS) ** length_penalty, so no correction is needed.
         `max_length` counts the decoder start token, as in transformers (None: the position table).
+        `batch_size` splits the sources into session runs of that many (None: one run). Each
+        run is one `session.run`; there is no search code on the Python side.
+        With the int8 file, activations are quantized per tensor at run time, so a sentence's
+        int8 output can depend on the other sentences of its batch (fp32 does not).
         """
         sources = [list(map(int, s)) for s in sources]
         longest = max((len(s) for s in sources), default=0)
@@ -711,12 +714,12 @@ class OnnxTranslator:
         step = batch_size or len(order)
         for start in range(0, len(order), step):
             chunk = order[start:start + step]
-            rows = self._run([sources[i] for i in chunk], beams, max_length, length_penalty, min_length)
+            rows = self._run([sources[i] for i in chunk], beams, max_length, length_penalty)
             for i, row in zip(chunk, rows):
                 results[i] = row
         return results
 
-    def _run(self, sources, beams, max_length, length_penalty, min_length):
+    def _run(self, sources, beams, max_length, length_penalty):
         width = max(len(s) for s in sources)
         ids = np.full((len(sources), width), self.pad_token_id, dtype=np.int32)
         mask = np.zeros((len(sources), width), dtype=np.int32)
@@ -726,7 +729,7 @@ class OnnxTranslator:
         feeds = {
             "input_ids": ids, "attention_mask": mask,
             "max_length": np.array([max_length - 1], dtype=np.int32),
-            "min_length": np.array([min(min_length, max_length - 1)], dtype=np.int32),
+            "min_length": np.array([0], dtype=np.int32),
             "num_beams": np.array([beams], dtype=np.int32),
             "length_penalty": np.array([length_penalty], dtype=np.float32),
             "repetition_penalty": np.array([1.0], dtype=np.float32),
@@ -735,7 +738,7 @@ class OnnxTranslator:
         rows = []
         for seq in sequences[:, 0, :].tolist():
             row = seq[1:]  # drop the decoder start token
-            if self.eos_token_id in row:  # greedy keeps the EOS it chose
+            if self.eos_token_id in row:  # the op leaves EOS out; cut there anyway, should it not
                 row = row[:row.index(self.eos_token_id)]
             while row and row[-1] == self.pad_token_id:  # <pad> is banned, so trailing pads are padding
                 row.pop()

@@ -35,7 +35,7 @@ def tiny_student_dir(tmp_path_factory, tiny_teacher_dir) -> Path:
     from wdctl.passes.student import resolve_student, student_config
 
     teacher, tokenizer = load_marian(tiny_teacher_dir)
-    config = student_config(teacher.config, resolve_student("tiny", teacher.config))
+    config = student_config(teacher.config, resolve_student("halved", teacher.config))
     student = cut_teacher(teacher.state_dict(), teacher.config, config)
     student.generation_config = generation_config(student.config)
     out = tmp_path_factory.mktemp("student") / "wd-tiny"

@@ -66,7 +66,7 @@ def test_inspect_is_the_plan_only_twin(cli, tiny_teacher_dir):
 
 def test_student_from_yaml_with_overrides(cli, tiny_teacher_dir, tmp_path):
     spec = tmp_path / "student.yaml"
-    spec.write_text("preset: tiny\nencoder_layers: 1\n")
+    spec.write_text("preset: halved\nencoder_layers: 1\n")
     code, stdout, stderr = cli("inspect", tiny_teacher_dir, "--student", spec, "--ffn-dim", 48)
     assert code == 0, stderr
     assert "encoder_layers=1 decoder_layers=1 d_model=32 encoder_ffn_dim=48 decoder_ffn_dim=48" in stdout

@@ -100,7 +100,7 @@ def runs(tmp_path_factory, tiny_teacher_dir, small_corpus):
     results = {}
     for method in METHODS:
         started, cpu = time.perf_counter(), time.process_time()
-        metrics = compress(tiny_teacher_dir, str(small_corpus), root / method, student="tiny", method=method,
+        metrics = compress(tiny_teacher_dir, str(small_corpus), root / method, student="halved", method=method,
                            phase1=PHASE1, phase2=PHASE2, export=False, cache_dir=root / "cache",
                            eval_sentences=5, threads=1, progress=False)
         results[method] = {"out": root / method, "metrics": metrics, "seconds": time.perf_counter() - started,

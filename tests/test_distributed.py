@@ -88,7 +88,7 @@ def test_cli_nproc_trains_teacher_and_compresses_with_rank_0_writing(tmp_path, t
     MarianMTModel.from_pretrained(teacher, use_safetensors=True)
 
     student = tmp_path / "student"
-    result = wdctl("compress", teacher, "--data", tiny_corpus, "--out", student, "--student", "tiny",
+    result = wdctl("compress", teacher, "--data", tiny_corpus, "--out", student, "--student", "halved",
                    "--phase1-steps", 4, "--phase2-steps", 4, "--accum", 2, "--no-export", "--distill-beams", 1,
                    "--eval-sentences", 0, "--distill-cache", tmp_path / "cache", "--nproc", 2)
     assert result.stdout.count("student written to") == 1

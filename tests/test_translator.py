@@ -104,7 +104,7 @@ def _translator(path) -> OnnxTranslator:
     return _SESSIONS[str(path)]
 
 
-def _reference(model, sources, beams, batch, max_length=MAX_LENGTH, length_penalty=1.0):
+def _reference(model, sources, beams, batch, max_length=MAX_LENGTH, length_penalty=1.0, **generate_kwargs):
     pad = model.config.pad_token_id
     rows = []
     for start in range(0, len(sources), batch):
@@ -116,7 +116,7 @@ def _reference(model, sources, beams, batch, max_length=MAX_LENGTH, length_penal
         extra = {"early_stopping": True, "length_penalty": length_penalty} if beams > 1 else {}
         with torch.inference_mode():
             out = model.generate(input_ids=ids, attention_mask=(ids != pad).long(), num_beams=beams,
-                                 max_length=max_length, **extra)
+                                 max_length=max_length, **extra, **generate_kwargs)
         for row in out.tolist():
             row = row[1:]
             while row and row[-1] == pad:
@@ -148,6 +148,16 @@ def test_length_penalty_matches_pytorch_generate(models, beams, length_penalty):
     model, path, sources = models["copy"]
     _assert_same(_reference(model, sources, beams, 8, length_penalty=length_penalty),
                  _ours(path, sources, beams, 8, length_penalty=length_penalty))
+
+
+def test_renormalized_logits_match_pytorch_generate(models, tmp_path):
+    """OPUS-MT hub models set generation_config.renormalize_logits: <pad> leaves the softmax."""
+    model, _, sources = models["copy"]
+    weights = marian_weights(model)
+    weights.renormalize_logits = True
+    build_translator(weights, tmp_path / "renorm.onnx")
+    ours = _ours(tmp_path / "renorm.onnx", sources, 4, 8)
+    assert ours == _reference(model, sources, 4, 8, renormalize_logits=True)
 
 
 def test_outputs_exercise_the_search(models):
