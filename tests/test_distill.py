@@ -191,7 +191,7 @@ def test_rerun_skips_finished_phases_and_reuses_the_cache(runs, tiny_teacher_dir
     before = load_file(str(out / "model.safetensors"))
     counter = CountingTranslate(distill_module.translate_torch)
     monkeypatch.setattr(distill_module, "translate_torch", counter)
-    metrics = compress(tiny_teacher_dir, str(small_corpus), out, student="tiny", method="wd", phase1=PHASE1,
+    metrics = compress(tiny_teacher_dir, str(small_corpus), out, student="halved", method="wd", phase1=PHASE1,
                        phase2=PHASE2, export=False, cache_dir=cache.parent, eval_sentences=5, threads=1,
                        force=True, progress=False)
     assert counter.sentences == 0 and cache.stat().st_mtime_ns == mtime
