@@ -7,6 +7,7 @@ sentences or dev data, the quantized package standing alone).
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -17,10 +18,11 @@ from wdctl.core.errors import InputError, WdctlError
 from wdctl.core.metrics import bleu, chrf
 from wdctl.core.runinfo import write_json
 from wdctl.export.decode import OrtTranslator
-from wdctl.export.onnx_export import SAMPLE_SENTENCES, export_onnx
+from wdctl.export.onnx_export import SAMPLE_SENTENCES, VALIDATION_BEAMS, export_onnx
 from wdctl.export.package import OnnxPackage
 from wdctl.export.quantize import MODES, quantize_into
 from wdctl.export.session import providers_for
+from wdctl.passes.batching import output_limit
 
 QUANTIZE_CHOICES = (*MODES, "none")
 Translate = Callable[[list[str], int], list[str]]
@@ -43,22 +45,126 @@ def validation_line(report: dict) -> str:
     check = report.get("validation")
     if not check:
         return "not validated"
-    return (f"max |logit diff| {check['max_abs_logit_diff']:.1e}, greedy {check['greedy']['agree']}/"
+    line = (f"max |logit diff| {check['max_abs_logit_diff']:.1e}, greedy {check['greedy']['agree']}/"
             f"{check['greedy']['total']}, beam-4 {check['beam4']['agree']}/{check['beam4']['total']} identical")
+    graph = report.get("translator")
+    if graph:
+        line += (f"; in-graph translator greedy {graph['greedy']['agree']}/{graph['greedy']['total']}, "
+                 f"beam-4 {graph['beam4']['agree']}/{graph['beam4']['total']} identical")
+    return line
 
 
-def _export_fp32(model_dir: Path, out: Path, *, device: str, force: bool, lenient: bool) -> tuple[dict, str | None]:
-    """The validated export; with `lenient`, a model that fails only the PyTorch-agreement check
-    (barely trained models, whose beams tie) is exported again unchecked, with a note."""
+def _export_optimum(model_dir: Path, out: Path, *, device: str, lenient: bool) -> tuple[dict, str | None]:
+    """optimum's validated export; with `lenient`, a model that fails only the PyTorch-agreement
+    check (barely trained models, whose beams tie) is exported again unchecked, with a note."""
     try:
-        return export_onnx(model_dir, out, force=force, device=device, validate=True), None
+        return export_onnx(model_dir, out, device=device, validate=True), None
     except InputError:
         raise
     except WdctlError as exc:
         if not lenient:
             raise
-        report = export_onnx(model_dir, out, force=force or out.exists(), device=device, validate=False)
+        report = export_onnx(model_dir, out, force=out.exists(), device=device, validate=False)
         return report, f"the ONNX export failed its check against PyTorch and is measured anyway ({exc})"
+
+
+def validate_translator(model, tokenizer, path: Path, sentences: Sequence[str] = SAMPLE_SENTENCES,
+                        beams: int = VALIDATION_BEAMS) -> dict:
+    """The translator graph against PyTorch `generate` with `translate_torch`'s settings
+    (early_stopping=True, `output_limit` max length), greedy and beam `beams`, on the sample the
+    optimum export is validated with: token agreement per search."""
+    import torch
+
+    from wdctl.export.translator import OnnxTranslator
+
+    sentences = [s for s in sentences if s.strip()]
+    pad = model.config.pad_token_id
+    enc = tokenizer(list(sentences), return_tensors="pt", padding=True, truncation=True,
+                    max_length=min(256, tokenizer.model_max_length))
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    limit = output_limit(ids.shape[1])
+    sources = [row[:int(m.sum())] for row, m in zip(ids.tolist(), mask)]
+    translator = OnnxTranslator(path)
+    report: dict = {"file": path.name, "sentences": len(sentences), "max_length": limit, "early_stopping": True}
+    for name, num_beams in (("greedy", 1), (f"beam{beams}", beams)):
+        extra = {"early_stopping": True} if num_beams > 1 else {}
+        with torch.inference_mode():
+            ref = model.generate(input_ids=ids, attention_mask=mask, num_beams=num_beams, max_length=limit, **extra)
+        ref_rows = []
+        for row in ref.tolist():
+            row = row[1:]
+            while row and row[-1] == pad:
+                row.pop()
+            ref_rows.append(row)
+        rows = translator.generate(sources, beams=num_beams, max_length=limit)
+        agree = sum(a == b for a, b in zip(ref_rows, rows))
+        report[name] = {"agree": agree, "total": len(ref_rows), "agreement": round(agree / len(ref_rows), 4)}
+    report["passed"] = all(report[k]["agree"] == report[k]["total"] for k in ("greedy", f"beam{beams}"))
+    return report
+
+
+def add_translator(model_dir: Path, package: Path) -> dict:
+    """Build `translator.onnx` (fp32) into `package` from the model's weights and validate it
+    against PyTorch: identical tokens or `WdctlError`. Returns the validation report."""
+    import time
+    import warnings
+
+    from wdctl.export.translator import export_translator
+    from wdctl.passes.marian import load_marian
+
+    started = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model, tokenizer = load_marian(model_dir)
+    model.eval()
+    path = export_translator(model, package / OnnxPackage.TRANSLATOR)
+    check = validate_translator(model, tokenizer, path)
+    check["seconds"] = round(time.perf_counter() - started, 2)
+    check["bytes"] = path.stat().st_size
+    if not check["passed"]:
+        failures = [f"{k} agrees on {check[k]['agree']}/{check[k]['total']}" for k in ("greedy", f"beam{VALIDATION_BEAMS}")
+                    if check[k]["agree"] != check[k]["total"]]
+        raise TranslatorMismatch(f"{model_dir}: the in-graph translator disagrees with PyTorch ({'; '.join(failures)})",
+                                 check)
+    return check
+
+
+class TranslatorMismatch(WdctlError):
+    def __init__(self, message: str, report: dict):
+        super().__init__(message)
+        self.report = report
+
+
+def _export_fp32(model_dir: Path, out: Path, *, device: str, force: bool, lenient: bool) -> tuple[dict, str | None]:
+    """The validated export: optimum's files (`export_onnx`) plus the in-graph translator, both
+    checked against PyTorch; nothing is written at `out` when either check fails. With `lenient`,
+    a model that fails only the agreement checks is exported anyway, with a note."""
+    out = Path(out)
+    check_output_dir(out, force)
+    with atomic_dir(out, force) as tmp:
+        inner = tmp / "optimum"
+        try:
+            report, note = _export_optimum(model_dir, inner, device=device, lenient=lenient)
+        except WdctlError as exc:  # name the real output, not the scratch directory
+            raise type(exc)(str(exc).replace(str(inner), str(out))) from None
+        for path in inner.iterdir():
+            shutil.move(str(path), str(tmp / path.name))
+        inner.rmdir()
+        try:
+            report["translator"] = add_translator(model_dir, tmp)
+        except TranslatorMismatch as exc:
+            if not lenient:
+                raise WdctlError(f"{exc}; nothing written to {out}") from None
+            report["translator"] = {**exc.report, "passed": False}
+            note = "; ".join(filter(None, [note, f"the in-graph translator failed its check against PyTorch and is "
+                                                 f"measured anyway ({exc})"]))
+        except WdctlError as exc:
+            raise WdctlError(f"{exc}; nothing written to {out}") from None
+        report["files"] = sorted({*report["files"], OnnxPackage.TRANSLATOR})
+        report["sizes"]["translator"] = report["translator"]["bytes"]
+        write_json(tmp / OnnxPackage.EXPORT_REPORT, report)
+        (tmp / OnnxPackage.EXPORT_REPORT).chmod(0o644)
+    return report, note
 
 
 def build_package(model_dir: Path | str, fp32_dir: Path | str | None, quant_dir: Path | str | None = None, *,
@@ -121,6 +227,25 @@ def compare_packages(fp32_dir: Path, quant_dir: Path, mode: str, sources: list[s
     quality[f"bleu_{mode}_vs_fp32"] = agreement.score
     quality["signature"] = agreement.signature
     quality["identical_sentences"] = sum(a == b for a, b in zip(hyps["fp32"], hyps[mode]))
+    if mode == "int8" and OnnxPackage(fp32_dir).has_translator() and OnnxPackage(quant_dir).has_translator():
+        quality["translator"] = _compare_translators(fp32_dir, quant_dir, sources, refs, beams, threads)
+    return quality
+
+
+def _compare_translators(fp32_dir: Path, quant_dir: Path, sources: list[str], refs: list[str] | None, beams: int,
+                         threads: int) -> dict:
+    """The in-graph translator's re-score: fp32 and weight-only int8, the same figures as above."""
+    from wdctl.export.translator import PackageTranslator
+
+    hyps = {name: PackageTranslator(path, threads=threads).translate(sources, beams=beams)
+            for name, path in (("fp32", fp32_dir), ("int8", quant_dir))}
+    quality: dict = {"file": OnnxPackage.TRANSLATOR, "beams": beams}
+    if refs is not None:
+        for name, out in hyps.items():
+            quality[f"bleu_{name}"] = bleu(out, refs).score
+            quality[f"chrf_{name}"] = chrf(out, refs).score
+    quality["bleu_int8_vs_fp32"] = bleu(hyps["int8"], hyps["fp32"]).score
+    quality["identical_sentences"] = sum(a == b for a, b in zip(hyps["fp32"], hyps["int8"]))
     return quality
 
 

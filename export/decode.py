@@ -27,6 +27,7 @@ small ONNX Gather graph on the GPU); only the logits come back to the host each 
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Sequence, Union
@@ -202,9 +203,13 @@ class OrtTranslator:
         if not self.past_inputs:
             raise InputError(f"{decoder_path}: decoder has no past_key_values inputs")
         shape = inputs[self.past_inputs[0]].shape
-        if not (isinstance(shape[1], int) and isinstance(shape[3], int)):
+        cache = _decoder_cache_shape(self.package / "config.json")
+        if cache is not None:
+            self.heads, self.head_dim = cache
+        elif isinstance(shape[1], int) and isinstance(shape[3], int):
+            self.heads, self.head_dim = shape[1], shape[3]
+        else:
             raise InputError(f"{decoder_path}: cannot read attention heads / head size from {shape}")
-        self.heads, self.head_dim = shape[1], shape[3]
         self.kv_dtype = np.float16 if "float16" in inputs[self.past_inputs[0]].type else np.float32
         outputs = [o.name for o in self.decoder.get_outputs()]
         self.present_for = {name: name.replace("past_key_values.", "present.") for name in self.past_inputs}
@@ -472,3 +477,17 @@ def _gather_session(values: list, threads: int, device: str):
     graph = helper.make_graph(nodes, "gather_rows", inputs, outputs)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     return make_session_from_bytes(model.SerializeToString(), threads, device)
+
+
+def _decoder_cache_shape(config_path: Path) -> tuple[int, int] | None:
+    """(heads, head size) of the decoder's KV caches from the package's config.json, when it
+    names a decoder width of its own (`decoder_d_model`, wdctl's narrow Marian: its caches have
+    the decoder's width, not the encoder's `d_model`); None otherwise (the ONNX inputs say)."""
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    width, heads = config.get("decoder_d_model"), config.get("decoder_attention_heads")
+    if not (isinstance(width, int) and isinstance(heads, int) and heads > 0 and width % heads == 0):
+        return None
+    return heads, width // heads

@@ -78,6 +78,24 @@ def _quiet():
                 hf_logging.set_verbosity(hf_level)
 
 
+@contextlib.contextmanager
+def _exportable(model_dir: Path):
+    """wdctl's narrow Marian (the TINY student) through optimum: its ONNX config registered, and
+    optimum made to take it for a transformers model (`wdctl.passes.narrow_onnx`); a Marian
+    directory as it is."""
+    from wdctl.passes.marian import load_marian_config
+    from wdctl.passes.narrow_marian import is_narrow
+
+    if not is_narrow(load_marian_config(model_dir)):
+        yield
+        return
+    from wdctl.passes.narrow_onnx import as_transformers_model, register_onnx_config
+
+    register_onnx_config()
+    with as_transformers_model():
+        yield
+
+
 def export_into(model_dir: Path, dest: Path) -> dict:
     """Run optimum's exporter into the existing directory `dest` and keep encoder + merged
     decoder only. Returns the size record. The model directory must already be checked."""
@@ -85,7 +103,7 @@ def export_into(model_dir: Path, dest: Path) -> dict:
 
     started = time.perf_counter()
     try:
-        with _quiet():
+        with _quiet(), _exportable(model_dir):
             main_export(str(model_dir), output=str(dest), task=TASK, device="cpu", do_validation=False,
                         local_files_only=True, trust_remote_code=False, library_name="transformers")
     except Exception as exc:  # noqa: BLE001 - the exporter raises many types

@@ -1,7 +1,8 @@
 """The ONNX package: the one place that knows which files a package holds.
 
 A package is what `wdctl export` writes: `encoder_model.onnx` and `decoder_model_merged.onnx`
-(one decoder with and without KV cache), config, generation config and tokenizer files,
+(one decoder with and without KV cache), `translator.onnx` (the whole search in one graph,
+`wdctl.export.translator`), config, generation config and tokenizer files,
 `export_report.json` (and `quantize_report.json` when quantized).
 `ORTModelForSeq2SeqLM.from_pretrained(package)` loads it with its defaults. A new graph
 (e.g. an in-graph translator) is one more name in `GRAPHS`.
@@ -17,7 +18,9 @@ from wdctl.core.errors import InputError, WdctlError
 class OnnxPackage:
     ENCODER = "encoder_model.onnx"
     DECODER = "decoder_model_merged.onnx"
-    GRAPHS = (ENCODER, DECODER)  # the graphs an export keeps
+    TRANSLATOR = "translator.onnx"  # wdctl's in-graph translator (built from the weights, not by optimum)
+    OPTIMUM_GRAPHS = (ENCODER, DECODER)  # what optimum's exporter must write (ORTModelForSeq2SeqLM loads them)
+    GRAPHS = (ENCODER, DECODER, TRANSLATOR)  # the graphs an export keeps
     # optimum also writes these; each stores the decoder weights again, and the merged decoder
     # serves both uses, so an export deletes them
     OPTIMUM_ONLY = ("decoder_model.onnx", "decoder_with_past_model.onnx")
@@ -44,14 +47,28 @@ class OnnxPackage:
         return path.suffix == ".onnx" or path.name.endswith(".onnx_data")
 
     def graphs(self) -> list[Path]:
-        """Every ONNX graph of the package (what quantization converts)."""
-        files = sorted(self.path.glob("*.onnx"))
+        """optimum's ONNX graphs of the package (what ORTQuantizer / the fp16 converter convert);
+        the translator has its own quantization (`quantize_translator`)."""
+        files = sorted(p for p in self.path.glob("*.onnx") if p.name != self.TRANSLATOR)
         if not files:
             raise InputError(f"{self.path}: no .onnx files (export the model first with `wdctl export`)")
         return files
 
-    def missing(self) -> list[str]:
-        return [name for name in self.GRAPHS if not (self.path / name).is_file()]
+    def missing(self, names: tuple[str, ...] = OPTIMUM_GRAPHS) -> list[str]:
+        """Which of `names` (default: optimum's graphs, what the exporter must write) are absent."""
+        return [name for name in names if not (self.path / name).is_file()]
+
+    def has_translator(self) -> bool:
+        return (self.path / self.TRANSLATOR).is_file()
+
+    @property
+    def translator(self) -> Path:
+        """The in-graph translator (`OnnxTranslator` loads it)."""
+        path = self.path / self.TRANSLATOR
+        if not path.is_file():
+            raise InputError(f"{self.path}: no {self.TRANSLATOR} (a package from an older wdctl: "
+                             "export the model again with `wdctl export`)")
+        return path
 
     def drop_optimum_only(self) -> None:
         for name in self.OPTIMUM_ONLY:
@@ -81,10 +98,11 @@ class OnnxPackage:
         """The merged decoder graph an onnxruntime session loads (standard or quantized name)."""
         return self._first(self.DECODER)
 
-    def loaded_files(self) -> list[Path]:
-        """The files a translator loads (encoder, decoder and their external data): the size on disk."""
+    def loaded_files(self, translator: bool = False) -> list[Path]:
+        """The files a translator loads (encoder, decoder and their external data; with
+        `translator`, translator.onnx and its external data): the size on disk."""
         files = []
-        for graph in (self.encoder, self.decoder):
+        for graph in ((self.translator,) if translator else (self.encoder, self.decoder)):
             files.append(graph)
             files.extend(p for p in graph.parent.iterdir()
                          if p != graph and p.name.startswith(graph.name) and p.suffix != ".onnx")

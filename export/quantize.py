@@ -170,6 +170,20 @@ def _quantize_fp16(src: Path, dest: Path) -> dict:
     return per_file
 
 
+def _quantize_translator_file(src: Path, dest: Path, mode: str) -> dict:
+    """The in-graph translator: weight-only int8 (`quantize_translator`); fp16 keeps it fp32."""
+    if mode != "int8":
+        shutil.copy2(src, dest / src.name)
+        return {"mode": "fp32 (kept: the translator has no fp16 build)"}
+    from wdctl.export.translator import quantize_translator
+
+    try:
+        count = quantize_translator(src, dest / src.name)
+    except Exception as exc:  # noqa: BLE001
+        raise WdctlError(f"{src}: int8 quantization of the translator failed ({str(exc).splitlines()[0][:200]})") from None
+    return {"mode": "weight-only int8 (DynamicQuantizeMatMul)", "quantized_matmuls": count}
+
+
 def quantize_into(package_dir: Path, dest: Path, *, mode: str = "int8", isa: str = "auto",
                   keep_fp32: Iterable[str] = ()) -> dict:
     """Quantize every ONNX file of `package_dir` into the existing directory `dest` and copy the
@@ -194,6 +208,9 @@ def quantize_into(package_dir: Path, dest: Path, *, mode: str = "int8", isa: str
         if keep_fp32:
             raise InputError("--keep-fp32 applies to int8 quantization only")
         files = _quantize_fp16(package_dir, dest)
+    source_package = OnnxPackage(package_dir)
+    if source_package.has_translator():
+        files[OnnxPackage.TRANSLATOR] = _quantize_translator_file(source_package.translator, dest, mode)
     copy_package_files(package_dir, dest)
     before, after = OnnxPackage(package_dir).file_sizes(), OnnxPackage(dest).file_sizes()
     report = {

@@ -93,22 +93,32 @@ def freeze_pad_row(model) -> None:
     """
     import torch
 
-    weight = model.get_input_embeddings().weight
     pad = model.config.pad_token_id
-    with torch.no_grad():
-        weight[pad].zero_()
-    if weight.requires_grad:
-        weight.register_hook(lambda grad: grad.index_fill(0, torch.tensor([pad]), 0.0))
+    weights = [model.get_input_embeddings().weight]
+    decoder_embedding = model.get_decoder().embed_tokens.weight  # a narrow decoder has its own
+    if decoder_embedding is not weights[0]:
+        weights.append(decoder_embedding)
+    for weight in weights:
+        with torch.no_grad():
+            weight[pad].zero_()
+        if weight.requires_grad:
+            weight.register_hook(lambda grad: grad.index_fill(0, torch.tensor([pad], device=grad.device), 0.0))
 
 
-SUPPORTED_MODEL_TYPES = ("marian",)
+# students and exports: MarianMTModel, or wdctl's NarrowMarianMTModel (`narrow_marian`); a
+# teacher must be a plain Marian (`load_marian_config(..., teacher=True)`, `student.check_teacher`)
+SUPPORTED_MODEL_TYPES = ("marian", "wdctl_narrow_marian")
 
 
-def load_marian_config(model_dir):
-    """A model directory's config, checked to be MarianMT, with one-line errors naming the file."""
+def load_marian_config(model_dir, *, teacher: bool = False):
+    """A model directory's config, checked to be MarianMT (or wdctl's narrow Marian, except with
+    `teacher=True`: then `student.check_teacher`), with one-line errors naming the file."""
     from pathlib import Path
 
     from transformers import AutoConfig
+
+    from wdctl.passes import narrow_marian  # noqa: F401 - registers the narrow model's config
+    from wdctl.passes.student import check_teacher
 
     model_dir = Path(model_dir)
     _require_config(model_dir)
@@ -121,6 +131,11 @@ def load_marian_config(model_dir):
             f"{model_dir / 'config.json'}: model type '{config.model_type}' is not supported "
             f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)} — MarianMTModel)"
         )
+    if teacher:
+        try:
+            check_teacher(config)
+        except InputError as exc:
+            raise InputError(f"{model_dir}: {exc}") from None
     return config
 
 
@@ -150,12 +165,10 @@ def check_weights(model_dir) -> None:
 
 
 def count_parameters(config) -> int:
-    """Distinct parameters of MarianMTModel(config), counted on the meta device (no memory)."""
-    import torch
-    from transformers import MarianMTModel
+    """Distinct parameters of the model of this config, counted on the meta device (no memory)."""
+    from wdctl.passes import narrow_marian
 
-    with torch.device("meta"):
-        return MarianMTModel(config).num_parameters()
+    return narrow_marian.count_parameters(config)
 
 
 def load_marian(model_dir, *, with_tokenizer: bool = True):
@@ -165,13 +178,13 @@ def load_marian(model_dir, *, with_tokenizer: bool = True):
     """
     from pathlib import Path
 
-    from transformers import AutoTokenizer, MarianMTModel
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
     model_dir = Path(model_dir)
-    load_marian_config(model_dir)
+    load_marian_config(model_dir)  # also registers the narrow model with the Auto classes
     check_weights(model_dir)
     try:
-        model = MarianMTModel.from_pretrained(model_dir, use_safetensors=True, trust_remote_code=False)
+        model = AutoModelForSeq2SeqLM.from_pretrained(model_dir, use_safetensors=True, trust_remote_code=False)
     except Exception as exc:  # noqa: BLE001 - any failure here means a broken directory
         raise InputError(f"{model_dir / 'model.safetensors'}: cannot load weights ({str(exc).splitlines()[0]})") from None
     model.eval()

@@ -20,8 +20,13 @@ from torch import nn
 
 from wdctl.passes.cutoff import cut_teacher
 from wdctl.passes.generator import GeneratedStudent, ParameterGenerator, materialize_student
+from wdctl.passes.narrow_marian import build_model
 from wdctl.passes.phases import Job, run_phase
-from wdctl.passes.training import TrainConfig
+from wdctl.passes.selection import choose_start_layers, importance_start
+from wdctl.passes.training import TrainConfig, collate
+
+IMPORTANCE_BATCHES = 4  # batches of training examples the importance ranking looks at
+IMPORTANCE_BATCH_SIZE = 16
 
 
 def baseline_config(phase1: TrainConfig, phase2: TrainConfig) -> TrainConfig:
@@ -33,7 +38,8 @@ def baseline_config(phase1: TrainConfig, phase2: TrainConfig) -> TrainConfig:
 def run_wd(job: Job) -> nn.Module:
     """Phase 1 trains the parameter generators (teacher frozen), phase 2 the materialized student."""
     def build_generated():
-        return GeneratedStudent(ParameterGenerator(job.teacher.state_dict(), job.plan, seed=job.phase1.seed))
+        return GeneratedStudent(ParameterGenerator(job.teacher.state_dict(), job.plan, seed=job.phase1.seed,
+                                                  start=job.start))
 
     def materialize(model):
         return materialize_student(model.generator, job.student_config)
@@ -44,11 +50,9 @@ def run_wd(job: Job) -> nn.Module:
 
 def run_kd(job: Job) -> nn.Module:
     """Sequence-level KD: a randomly initialised student trained for phase1+phase2 steps."""
-    from transformers import MarianMTModel
-
     def build():
         torch.manual_seed(job.phase1.seed)
-        return MarianMTModel(job.student_config)
+        return build_model(job.student_config)
 
     return run_phase(job, "train", build, baseline_config(job.phase1, job.phase2))
 
@@ -56,9 +60,23 @@ def run_kd(job: Job) -> nn.Module:
 def run_cut_kd(job: Job) -> nn.Module:
     """Cut-off init + KD: the student sliced from the teacher, trained for phase1+phase2 steps."""
     def build():
-        return cut_teacher(job.teacher.state_dict(), job.teacher_config, job.student_config)
+        return cut_teacher(job.teacher.state_dict(), job.teacher_config, job.student_config,
+                           start=job.start, start_layers=job.start_layers)
 
     return run_phase(job, "train", build, baseline_config(job.phase1, job.phase2))
+
+
+def choose_start(job: Job) -> None:
+    """`--start importance`: rank the teacher coordinates on a few training batches
+    (`importance_start`), pick each student layer's teacher layer by the cut student's loss
+    (`choose_start_layers`), and store both on the job (its plan moved to those layers), so wd
+    and cut-kd start from the same slice."""
+    n = IMPORTANCE_BATCH_SIZE
+    examples = job.examples[: IMPORTANCE_BATCHES * n]
+    batches = [collate(examples[i : i + n], job.pad_id, job.start_id) for i in range(0, len(examples), n)]
+    job.start = importance_start(job.plan, job.teacher, batches)
+    job.start_layers = choose_start_layers(job.plan, job.teacher.state_dict(), batches[:1], start=job.start)
+    job.plan = job.plan.with_start_layers(job.start_layers)
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,8 @@ class Job:
     phase2: TrainConfig
     run_dir: Path
     plan: object = None
+    start: dict | None = None  # per projected space, the teacher coordinates to start from (importance)
+    start_layers: dict | None = None  # per (side, student layer), the teacher layer to start from
     teacher: nn.Module | None = None
     tokenizer: object = None
     examples: list = field(default_factory=list)
@@ -88,9 +90,11 @@ def _dev_evaluator(job: Job, to_marian: Callable[[nn.Module], nn.Module]):
 
 
 def _load_student(path: Path):
-    from transformers import MarianMTModel
+    from transformers import AutoModelForSeq2SeqLM
 
-    return MarianMTModel.from_pretrained(path, use_safetensors=True).eval()
+    import wdctl.passes.narrow_marian  # noqa: F401 - registers the narrow model with the Auto classes
+
+    return AutoModelForSeq2SeqLM.from_pretrained(path, use_safetensors=True, trust_remote_code=False).eval()
 
 
 def run_phase(job: Job, name: str, build: Callable[[], nn.Module], cfg: TrainConfig,

@@ -16,7 +16,7 @@ import sacrebleu
 from wdctl.core.corpus import read_parallel
 
 SCHEMA = json.loads((Path(__file__).parent / "report_schema.json").read_text(encoding="utf-8"))
-ALL_BACKENDS = ["torch", "ort", "ort-optimum", "ort-int8", "ct2"]
+ALL_BACKENDS = ["torch", "ort", "ort-optimum", "ort-int8", "ort-graph", "ort-graph-int8", "ct2"]
 
 
 def validate(report: dict) -> None:
@@ -104,20 +104,23 @@ def test_target_tokens_are_counted_with_the_models_tokenizer(quick_bench, tiny_t
 
 
 def test_fp32_backends_agree_with_pytorch(quick_bench):
-    """PyTorch, wdctl's ORT decoder and optimum's generate decode the same tokens in fp32."""
+    """PyTorch, wdctl's ORT decoder, the in-graph translator and optimum's generate decode the
+    same tokens in fp32."""
     _, out = quick_bench
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     for system in ("teacher", "wd-tiny"):
         by_backend = {r["backend"]: lines(out / r["hypotheses"]) for r in report["rows"] if r["system"] == system}
         assert by_backend["ort"] == by_backend["torch"], system
         assert by_backend["ort-optimum"] == by_backend["torch"], system
+        assert by_backend["ort-graph"] == by_backend["torch"], system
 
 
 def test_report_md_plot_and_packages_exist(quick_bench):
     _, out = quick_bench
     md = (out / "report.md").read_text(encoding="utf-8")
     for text in ("# wdctl bench report", "## Settings", "## Machine and versions", "### greedy (beam 1), batch 1",
-                 "| system | backend | BLEU | chrF |", "ORT int8 (wdctl decoder)", "p50 ms", "bleu_vs_speed.png",
+                 "| system | backend | BLEU | chrF |", "ORT int8 (wdctl decoder)",
+                 "ORT fp32 (in-graph search)", "ORT int8 (in-graph search)", "p50 ms", "bleu_vs_speed.png",
                  "| device | cpu |",
                  "nrefs:1"):
         assert text in md, text
@@ -241,7 +244,8 @@ def test_settings_defaults_quick_and_command(tiny_teacher_dir, tiny_corpus, tmp_
     assert (full.device, full.skipped_backends) == ("cpu", ()) and "--device" not in full.command
     monkeypatch.setattr(bench, "check_device", lambda device, backends: None)  # as if on a GPU machine
     gpu = make_settings(tiny_teacher_dir, [tiny_teacher_dir], tiny_corpus, tmp_path / "o", device="cuda")
-    assert gpu.backends == ("torch", "ort", "ort-optimum", "ct2") and gpu.skipped_backends == ("ort-int8",)
+    assert gpu.backends == ("torch", "ort", "ort-optimum", "ct2")
+    assert gpu.skipped_backends == ("ort-int8", "ort-graph", "ort-graph-int8")
     assert "--backends torch,ort,ort-optimum,ct2" in gpu.command and "--device cuda" in gpu.command
     quick = make_settings(tiny_teacher_dir, [tiny_teacher_dir], tiny_corpus, tmp_path / "o", quick=True, beams="4,1,4")
     assert (quick.beams, quick.batch_sizes, quick.repeats, quick.max_sentences) == ((4, 1), (1,), 1, 16)

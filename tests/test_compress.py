@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -39,7 +40,7 @@ def common(corpus, out, train_yaml, cache):
 
 def test_help_explains_presets_and_methods(cli):
     code, out, _ = cli("compress", "--help")
-    flat = " ".join(out.split())
+    flat = " ".join(out.replace("│", " ").split())  # the help's box borders break wrapped lines
     assert code == 0
     assert "half width" in flat and "TINY" in flat and "one d_model" in flat
     for word in ("--method", "cut-kd", "--dry-run", "--phase1-steps", "--kd-weight", "--no-export", "--threads"):
@@ -145,3 +146,82 @@ def test_ctrl_c_then_rerun_resumes_and_matches_an_uninterrupted_run(cli, tiny_te
     code, _, stderr = cli("compress", tiny_teacher_dir, *common(corpus, tmp_path / "c", train_yaml, cache),
                           "--method", "kd", "--run-dir", tmp_path / "b.run")
     assert code == 2 and "different settings (phase1, phase2)" in stderr
+
+
+# ----------------------------------------------------------------------------- #12: TINY, generator, start
+
+
+def test_generator_and_start_flags(cli, tiny_teacher_dir):
+    code, stdout, _ = cli("inspect", tiny_teacher_dir, "--student", "tiny")
+    assert code == 0
+    assert re.search(r"generator sizes: coherent \d+, release \d+", stdout)
+    code, stdout, _ = cli("compress", tiny_teacher_dir, "--student", "small", "--generator", "release", "--dry-run")
+    assert code == 0 and "generator sizes: coherent" in stdout
+    code, _, stderr = cli("compress", tiny_teacher_dir, "--generator", "other", "--dry-run")
+    assert code == 2 and "unknown generator 'other'" in stderr
+    code, _, stderr = cli("compress", tiny_teacher_dir, "--start", "middle", "--dry-run")
+    assert code == 2 and "unknown start 'middle'" in stderr
+    code, out, _ = cli("compress", "--help")
+    flat = " ".join(out.replace("│", " ").split())
+    assert "--generator" in flat and "--start" in flat and "importance" in flat
+
+
+def test_dry_run_reports_generator_sizes(tiny_teacher_dir):
+    from wdctl.passes.narrow_marian import count_parameters
+    from wdctl.recipes.compress import compress_with
+
+    result = compress_with(tiny_teacher_dir, None, None, student="tiny", dry_run=True)
+    assert result["generator"] == "coherent"
+    assert set(result["generator_sizes"]) == {"coherent", "release"}
+    assert result["generator_sizes"]["coherent"] == result["generator_parameters"]
+    assert 0 < result["student_parameters"] < result["teacher_parameters"]
+    release = compress_with(tiny_teacher_dir, None, None, student="tiny", dry_run=True, generator="release")
+    assert release["generator_parameters"] == result["generator_sizes"]["release"]
+    assert count_parameters  # the narrow model's count is the summary's
+
+
+def test_tiny_student_compresses_exports_and_translates(cli, tiny_teacher_dir, corpus, tmp_path, train_yaml):
+    """`--student tiny --method wd`: a wdctl_narrow_marian student that loads with
+    AutoModelForSeq2SeqLM after `import wdctl`, exports (validated), quantizes and translates."""
+    out = tmp_path / "tiny"
+    args = common(corpus, out, train_yaml, tmp_path / "cache")
+    args.remove("--no-export")
+    code, _, stderr = cli("compress", tiny_teacher_dir, "--student", "tiny", "--method", "wd", *args)
+    assert code == 0, stderr
+    assert json.loads((out / "config.json").read_text())["model_type"] == "wdctl_narrow_marian"
+    import wdctl  # noqa: F401 - registers the narrow model
+    from transformers import AutoModelForSeq2SeqLM
+
+    model = AutoModelForSeq2SeqLM.from_pretrained(out)
+    assert type(model).__name__ == "NarrowMarianMTModel"
+    assert model.config.decoder_d_model == model.config.d_model // 2
+    report = json.loads((Path(f"{out}.onnx") / "export_report.json").read_text())
+    assert report["validation"]["passed"]
+    assert any(Path(f"{out}.int8").glob("*.onnx"))
+    src = tmp_path / "src.txt"
+    src.write_text("In the beginning God created the heaven and the earth.\nYes.\n", encoding="utf-8")
+    for package in (Path(f"{out}.int8"), out):
+        code, stdout, stderr = cli("translate", package, "--input", src, "--beams", "2")
+        assert code == 0, stderr
+        assert len(stdout.splitlines()) == 2
+    metrics = json.loads((Path(f"{out}.run") / "metrics.json").read_text())
+    assert metrics["generator"] == "coherent" and metrics["phases"]["phase1"]["probe_loss_before"] is not None
+
+
+@pytest.mark.parametrize("start", ["leading", "importance"])
+def test_coherent_wd_starts_at_or_below_cut_kd(cli, tiny_teacher_dir, corpus, tmp_path, start):
+    """The step-0 probe loss of coherent WD is the cut-off student's (or lower), in `compress` runs."""
+    yaml = tmp_path / "one.yaml"
+    yaml.write_text("max_tokens: 1024\nlog_every: 1\nsave_every: 100\neval_every: 1000\n"
+                    "phase1: {max_steps: 1, warmup: 1}\nphase2: {max_steps: 1, warmup: 1}\n")
+    before = {}
+    for method in ("wd", "cut-kd"):
+        out = tmp_path / method
+        code, _, stderr = cli("compress", tiny_teacher_dir, "--student", "tiny", "--method", method,
+                              "--start", start, *common(corpus, out, yaml, tmp_path / "cache"))
+        assert code == 0, stderr
+        metrics = json.loads((Path(f"{out}.run") / "metrics.json").read_text())
+        phase = metrics["phases"]["phase1" if method == "wd" else "train"]
+        before[method] = phase["probe_loss_before"]
+        assert before[method] is not None
+    assert before["wd"] <= before["cut-kd"] + 1e-4

@@ -43,7 +43,7 @@ def _leftovers(parent: Path, name: str) -> list[str]:
 def test_fp32_package_layout_and_report(exported, tiny_teacher_dir):
     pkg = exported["fp32"]
     onnx_files = sorted(p.name for p in pkg.glob("*.onnx"))
-    assert onnx_files == ["decoder_model_merged.onnx", "encoder_model.onnx"]
+    assert onnx_files == ["decoder_model_merged.onnx", "encoder_model.onnx", "translator.onnx"]
     for name in ("config.json", "generation_config.json", "tokenizer_config.json", "vocab.json", "source.spm"):
         assert (pkg / name).is_file(), name
     report = _report(pkg)
@@ -51,9 +51,47 @@ def test_fp32_package_layout_and_report(exported, tiny_teacher_dir):
     assert check["passed"] and check["max_abs_logit_diff"] < 1e-3
     assert check["greedy"]["agreement"] == 1.0 and check["beam4"]["agreement"] == 1.0
     sizes = report["sizes"]
-    assert sizes["onnx_total"] == sum(p.stat().st_size for p in pkg.glob("*.onnx"))
+    assert sizes["onnx_total"] == sum(p.stat().st_size for p in pkg.glob("*.onnx") if p.name != "translator.onnx")
     assert sizes["four_file_total"] > sizes["onnx_total"] and sizes["saved_by_merged_decoder"] > 0
+    assert sizes["translator"] == (pkg / "translator.onnx").stat().st_size
     assert report["versions"]["onnxruntime"]
+    graph = report["translator"]
+    assert graph["passed"] and graph["sentences"] == 8 and graph["early_stopping"] is True
+    assert graph["greedy"]["agree"] == graph["greedy"]["total"] == 8
+    assert graph["beam4"]["agree"] == graph["beam4"]["total"] == 8
+    assert "translator.onnx" in report["files"]
+
+
+def test_int8_package_has_a_weight_only_int8_translator(exported):
+    from wdctl.export.translator import OnnxTranslator
+
+    pkg = exported["int8"]
+    ops = _op_types(pkg / "translator.onnx")
+    assert "DynamicQuantizeMatMul" in ops and "BeamSearch" in ops and "MatMulInteger" not in ops
+    assert OnnxTranslator(pkg / "translator.onnx").precision == "int8"
+    report = _report(pkg)
+    assert report["translator"]["passed"]  # the fp32 translator it came from was validated
+    assert report["quantization"]["files"]["translator.onnx"]["quantized_matmuls"] > 0
+    graph = report["quality"]["translator"]
+    assert graph["beams"] == 2 and 0 <= graph["identical_sentences"] <= 8 and graph["bleu_int8_vs_fp32"] >= 0
+
+
+def test_translator_disagreeing_with_pytorch_fails_closed(tmp_path, tiny_teacher_dir, cli, monkeypatch):
+    from wdctl.export import build
+
+    real = build.validate_translator
+
+    def disagreeing(*args, **kwargs):
+        report = real(*args, **kwargs)
+        report["beam4"] = {"agree": 7, "total": 8, "agreement": 0.875}
+        report["passed"] = False
+        return report
+
+    monkeypatch.setattr(build, "validate_translator", disagreeing)
+    code, _, err = cli("export", tiny_teacher_dir, "--out", tmp_path / "fp32", "--quantize", "none")
+    assert code == 1 and "in-graph translator disagrees with PyTorch (beam4 agrees on 7/8)" in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "fp32").exists() and not _leftovers(tmp_path, "fp32")
 
 
 def test_fp32_package_loads_in_optimum_with_defaults(exported, tokenizer_for):
@@ -78,7 +116,8 @@ def test_int8_package_loads_in_optimum_and_translates(exported, tokenizer_for):
     from optimum.onnxruntime import ORTModelForSeq2SeqLM
 
     pkg = exported["int8"]
-    assert sorted(p.name for p in pkg.glob("*.onnx")) == ["decoder_model_merged.onnx", "encoder_model.onnx"]
+    assert sorted(p.name for p in pkg.glob("*.onnx")) == ["decoder_model_merged.onnx", "encoder_model.onnx",
+                                                          "translator.onnx"]
     for name in ("encoder_model.onnx", "decoder_model_merged.onnx"):
         assert {"DynamicQuantizeLinear", "MatMulInteger"} <= _op_types(pkg / name), name
     model = ORTModelForSeq2SeqLM.from_pretrained(pkg)  # default file names
@@ -249,6 +288,46 @@ def test_translate_package_and_model_dir_agree_and_keep_empty_lines(exported, ti
     code, out, err = cli("translate", exported["int8"], "--input", src, "--beams", "1")
     assert code == 0, err
     assert len(out.split("\n")[:-1]) == len(lines)
+
+
+def test_translate_package_runs_the_translator_graph(exported, tiny_teacher_dir, bible_pairs, tmp_path, cli,
+                                                     monkeypatch):
+    """Packages are translated by translator.onnx (the numpy decoder is not touched), token for
+    token like PyTorch, greedy and beam 4, in length-sorted batches."""
+    import wdctl.export.decode as decode
+
+    sources = [s for s, _ in bible_pairs["test"][:9]]
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(sources[:4] + [""] + sources[4:]) + "\n", encoding="utf-8")
+    expected = {}
+    for beams in ("1", "4"):
+        code, out, err = cli("translate", tiny_teacher_dir, "--input", src, "--beams", beams, "--batch-size", "3")
+        assert code == 0, err
+        expected[beams] = out
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the numpy decoder was used")
+
+    monkeypatch.setattr(decode, "OrtTranslator", refuse)
+    for beams in ("1", "4"):
+        code, out, err = cli("translate", exported["fp32"], "--input", src, "--beams", beams, "--batch-size", "3")
+        assert code == 0, err
+        assert out == expected[beams], beams
+        assert out.split("\n")[4] == ""
+
+
+def test_translate_refuses_huge_beams_at_once(exported, tiny_teacher_dir):
+    """`echo hi | wdctl translate PACKAGE --beams 100000`: one line, exit 2, before reading input."""
+    import subprocess
+    import sys
+
+    wdctl = Path(sys.executable).with_name("wdctl")
+    for model, beams in ((exported["fp32"], "100000"), (exported["int8"], "65"), (tiny_teacher_dir, "100000")):
+        proc = subprocess.run([str(wdctl), "translate", str(model), "--beams", beams], input="hi\n",
+                              capture_output=True, text=True, timeout=120, check=False)
+        assert proc.returncode == 2, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("wdctl: error: --beams") and "64" in lines[0], proc.stderr
 
 
 def test_translate_errors_name_the_file(exported, tmp_path, cli):

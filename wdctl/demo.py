@@ -29,8 +29,15 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from wdctl.bench.packages import make_systems, prepare_packages
+from wdctl.bench.run import run_bench
+from wdctl.bench.settings import make_settings
+from wdctl.config import TEACHER_SCHEDULES, phase_configs, train_config
 from wdctl.core.atomic import MARKER, atomic_dir, atomic_write_text
+from wdctl.core.corpus import read_parallel
 from wdctl.core.errors import InputError
+from wdctl.recipes.compress import compress_with
+from wdctl.recipes.teacher import train_teacher
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 BUNDLED = EXAMPLES / "data" / "bible"
@@ -51,6 +58,7 @@ class DemoPlan:
     student_pairs: int = 4000  # training pairs the teacher translates for the student
     student: str = "small"
     phase_steps: tuple[int, int] = (200, 400)
+    phase_warmup: tuple[int, int] = (50, 50)  # the defaults (400, 100) are for 2,000-step phases
     distill_beams: int = 4
     eval_sentences: int = 0
     beams: str = "1,4"
@@ -69,7 +77,7 @@ class DemoPlan:
 DEMO = DemoPlan()
 # A seconds-long run of every stage, for tests (`wdctl demo --smoke`): it trains a tiny teacher.
 SMOKE = DemoPlan(train_teacher=True, teacher_preset="tiny", teacher_steps=40, teacher_warmup=None, vocab_size=400,
-                 held_out=8, train_pairs=600, student_pairs=200, phase_steps=(10, 10), distill_beams=1,
+                 held_out=8, train_pairs=600, student_pairs=200, phase_steps=(10, 10), phase_warmup=(5, 5), distill_beams=1,
                  beams="1", batch_sizes="1", bench_sentences=4, backends="ort-int8,ct2")
 
 
@@ -83,8 +91,6 @@ def _write_tsv(path: Path, pairs) -> None:
 
 def stage_data(out: Path, plan: DemoPlan, source: Path = BUNDLED) -> tuple[Path, Path]:
     """`OUT/data-student` (and, to train a teacher, `OUT/data`): TSV splits cut from the corpus."""
-    from wdctl.core.corpus import read_parallel
-
     teacher_data, student_data = out / "data", out / "data-student"
     splits = {split: read_parallel(source, split) for split in ("train", "dev", "test")}
     dev, test = splits["dev"][: plan.held_out], splits["test"][: plan.held_out]
@@ -103,9 +109,6 @@ def stage_data(out: Path, plan: DemoPlan, source: Path = BUNDLED) -> tuple[Path,
 
 def stage_teacher(out: Path, data: Path, plan: DemoPlan, threads: int = 0) -> Path:
     """The bundled teacher, or (`train_teacher`) a small one trained for a few hundred steps."""
-    from wdctl.config import TEACHER_SCHEDULES, train_config
-    from wdctl.recipes.teacher import train_teacher
-
     if not plan.train_teacher:
         return BUNDLED_TEACHER
     teacher = out / "teacher"
@@ -120,23 +123,19 @@ def stage_teacher(out: Path, data: Path, plan: DemoPlan, threads: int = 0) -> Pa
 
 
 def stage_student(out: Path, teacher: Path, data: Path, plan: DemoPlan, threads: int = 0) -> Path:
-    from wdctl.config import phase_configs
-    from wdctl.recipes.compress import compress_with as compress
-
     student = out / f"wd-{plan.student}"
     if _finished(student):
         return student
-    phases = {name: {"max_steps": steps, "max_minutes": 0.0} for name, steps in zip(("phase1", "phase2"), plan.phase_steps)}
+    phases = {name: {"max_steps": steps, "warmup": warmup, "max_minutes": 0.0}
+              for name, steps, warmup in zip(("phase1", "phase2"), plan.phase_steps, plan.phase_warmup)}
     p1, p2 = phase_configs(phases)
-    compress(teacher, str(data), student, student=plan.student, method="wd", phase1=p1, phase2=p2,
+    compress_with(teacher, str(data), student, student=plan.student, method="wd", phase1=p1, phase2=p2,
              export=False, cache_dir=out / "distilled", distill_beams=plan.distill_beams,
              eval_sentences=plan.eval_sentences, threads=threads)
     return student
 
 
 def bench_settings(out: Path, teacher: Path, student: Path, plan: DemoPlan, threads: int):
-    from wdctl.bench.settings import make_settings
-
     return make_settings(teacher, [student], str(out / "data-student"), out / "bench", beams=plan.beams,
                          batch_sizes=plan.batch_sizes, threads=str(threads), backends=plan.backends,
                          max_sentences=plan.bench_sentences, repeats=plan.repeats, packages=out / "packages",
@@ -144,8 +143,6 @@ def bench_settings(out: Path, teacher: Path, student: Path, plan: DemoPlan, thre
 
 
 def stage_packages(settings) -> list[str]:
-    from wdctl.bench.packages import make_systems, prepare_packages
-
     systems = make_systems(settings.teacher, settings.students)
     return prepare_packages(systems, settings.backends, Path(settings.packages))
 
@@ -157,8 +154,6 @@ def bench_finished(out: Path, settings) -> bool:
 
 
 def stage_bench(out: Path, settings) -> Path:
-    from wdctl.bench.run import run_bench
-
     if not bench_finished(out, settings):
         run_bench(settings)
     for name in ("report.md", "bleu_vs_speed.png"):

@@ -21,7 +21,9 @@ from wdctl.export.build import build_package
 from wdctl.export.package import OnnxPackage
 from wdctl.passes.marian import count_parameters, load_marian_config
 
-PACKAGE_OF = {"torch": None, "ort": "fp32", "ort-optimum": "fp32", "ort-int8": "int8", "ct2": "ct2"}
+PACKAGE_OF = {"torch": None, "ort": "fp32", "ort-optimum": "fp32", "ort-int8": "int8", "ort-graph": "fp32",
+              "ort-graph-int8": "int8", "ct2": "ct2"}
+GRAPH_BACKENDS = ("ort-graph", "ort-graph-int8")  # these load the package's translator.onnx
 
 
 @dataclass
@@ -76,8 +78,10 @@ def _weights(stamp: dict) -> dict:
     return {k: stamp.get(k) for k in ("weights_sha256", "config_sha256")}
 
 
-def _package_ready(path: Path) -> bool:
-    return path.is_dir() and (path / MARKER).is_file()
+def _package_ready(path: Path, kind: str = "ct2") -> bool:
+    """A finished package; an ONNX one must hold the in-graph translator (older caches do not)."""
+    ready = path.is_dir() and (path / MARKER).is_file()
+    return ready and (kind == "ct2" or OnnxPackage(path).has_translator())
 
 
 def convert_ct2(model_dir: Path, out: Path, force: bool = False) -> dict:
@@ -134,7 +138,7 @@ def prepare_packages(systems: list[System], backends: tuple[str, ...], cache: Pa
             if kind not in kinds:
                 continue
             path = paths[kind]
-            if fresh and _package_ready(path):
+            if fresh and _package_ready(path, kind):
                 log(f"{system.name}: reusing the {kind} package {path.name}")
             else:
                 log(f"{system.name}: building the {kind} package {path.name}")
@@ -161,4 +165,4 @@ def loaded_files(system: System, backend: str) -> list[Path]:
         return [system.model_dir / "model.safetensors"]
     if backend == "ct2":
         return [system.packages["ct2"] / "model.bin"]
-    return OnnxPackage(system.model_for(backend)).loaded_files()
+    return OnnxPackage(system.model_for(backend)).loaded_files(translator=backend in GRAPH_BACKENDS)

@@ -5,7 +5,7 @@ different libraries in one process (torch, onnxruntime, CTranslate2) distort eac
 timings badly on a 2-core machine, and a fresh process also gives an honest peak RSS.
 
 The spec is a JSON object:
-  backend       torch | ort | ort-int8 | ort-optimum | ct2
+  backend       torch | ort | ort-int8 | ort-optimum | ort-graph | ort-graph-int8 | ct2
   model         the directory this backend loads (MarianMT dir, ONNX package or CT2 model)
   tokenizer     a directory holding the model's tokenizer
   sources       a UTF-8 file, one source sentence per line
@@ -108,6 +108,20 @@ def _ort_backend(spec: dict, tokenizer) -> Translate:
     return run
 
 
+def _graph_backend(spec: dict, tokenizer) -> Translate:
+    """The package's in-graph translator (translator.onnx): one `session.run` per batch."""
+    _limit_torch_threads(1)
+    from wdctl.export.translator import PackageTranslator
+
+    translator = PackageTranslator(spec["model"], threads=spec["threads"], tokenizer=tokenizer)
+
+    def run(sentences: list[str], batch_size: int) -> list[str]:
+        return translator.translate(sentences, beams=spec["beams"], batch_size=batch_size,
+                                    max_length=spec["max_length"], length_penalty=spec["length_penalty"])
+
+    return run
+
+
 class _Evaluable:
     """ORTModelForSeq2SeqLM has no `.eval()`, which `translate_torch` calls; all else is the model's."""
 
@@ -183,7 +197,8 @@ def _ct2_backend(spec: dict, tokenizer) -> Translate:
 
 
 LOADERS = {"torch": _torch_backend, "ort": _ort_backend, "ort-int8": _ort_backend,
-           "ort-optimum": _ort_optimum_backend, "ct2": _ct2_backend}
+           "ort-optimum": _ort_optimum_backend, "ort-graph": _graph_backend, "ort-graph-int8": _graph_backend,
+           "ct2": _ct2_backend}
 
 
 def _one_line(texts: list[str]) -> list[str]:

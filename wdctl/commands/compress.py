@@ -15,9 +15,10 @@ STUDENT_HELP = (
     "Student shape: a preset or a YAML file of shape fields (encoder_layers, decoder_layers, d_model, "
     "encoder_ffn_dim, decoder_ffn_dim, encoder_attention_heads, decoder_attention_heads, optional preset). "
     "Presets: 'small' = the teacher's encoder and width with a 2-layer decoder (the paper's SMALL); "
-    "'tiny' = the teacher's encoder depth and a 1-layer decoder at half width throughout (d_model, FFN, "
-    "heads) — the closest a standard MarianConfig, with one d_model for both sides, can get to the paper's "
-    "TINY, whose encoder keeps full width; it is about a quarter of the teacher, much smaller than TINY. "
+    "'tiny' = the teacher's encoder with a 1-layer decoder at half width (the paper's TINY; a "
+    "wdctl_narrow_marian model, loadable with AutoModelForSeq2SeqLM after `import wdctl`); "
+    "'halved' = a standard MarianConfig, with one d_model for both sides, at half width throughout "
+    "and a 1-layer decoder. "
     "The shape flags below override the preset/file."
 )
 
@@ -28,6 +29,8 @@ DModelOpt = typer.Option(None, "--d-model", help="Student width (<= the teacher'
 FfnDimOpt = typer.Option(None, "--ffn-dim", help="Student FFN size, encoder and decoder.")
 HeadsOpt = typer.Option(None, "--heads", help="Student attention heads, encoder and decoder.")
 SubsetMbOpt = typer.Option(None, "--subset-mb", help="Memory bound of one generator subset in MiB (default 256).")
+GeneratorOpt = typer.Option("coherent", "--generator", help="Parameter generator form (wd): 'coherent' = one projection per student space, starting exactly at the cut-off student (default); 'release' = the paper release's per-tensor random projections.")
+StartOpt = typer.Option("leading", "--start", help="Which teacher slice the student starts from (wd, cut-kd): 'leading' = leading rows/columns and each group's bottom layer; 'importance' = coordinates, heads and layers ranked on a few training batches.")
 
 
 def student_request(student: str, encoder_layers=None, decoder_layers=None, d_model=None, ffn_dim=None,
@@ -53,6 +56,8 @@ def _print_plan(result: dict) -> None:
     typer.echo(f"parameters: teacher {result['teacher_parameters']:,}, student {result['student_parameters']:,} "
                f"({result['student_parameters'] / result['teacher_parameters']:.2f} of the teacher), "
                f"generator {result['generator_parameters']:,}")
+    sizes = result.get("generator_sizes") or {}
+    typer.echo("generator sizes: " + ", ".join(f"{form} {n}" for form, n in sizes.items()))
 
 
 @app.command("compress")
@@ -67,6 +72,8 @@ def compress_command(
     d_model: Optional[int] = DModelOpt,
     ffn_dim: Optional[int] = FfnDimOpt,
     heads: Optional[int] = HeadsOpt,
+    generator: str = GeneratorOpt,
+    start: str = StartOpt,
     method: str = typer.Option("wd", "--method", help="wd: weight distillation (phase 1 trains the parameter generator with the teacher frozen, phase 2 fine-tunes the materialized student). Baselines on the same shape, data and step budget (phase1+phase2 steps, phase-1 schedule): kd = random init; cut-kd = init cut from the teacher (every r-th layer, leading rows/columns)."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML of training options (TrainConfig keys): top-level keys apply to both phases, 'phase1:'/'phase2:' sections to one."),
     phase1_steps: Optional[int] = typer.Option(None, "--phase1-steps", help="Phase-1 (generator) steps [2000]."),
@@ -118,7 +125,7 @@ def compress_command(
     result = compress(CompressSettings(
         teacher_dir, data, out,
         student=student_request(student, encoder_layers, decoder_layers, d_model, ffn_dim, heads),
-        method=method, phase1=p1, phase2=p2, run_dir=run_dir, force=force, export=export, quantize=quantize,
+        method=method, generator=generator, start=start, phase1=p1, phase2=p2, run_dir=run_dir, force=force, export=export, quantize=quantize,
         dry_run=dry_run,
         cache_dir=distill_cache, distill_beams=distill_beams, fast_distill=onnx_distill,
         eval_sentences=eval_sentences, test_sentences=test_sentences,
@@ -152,12 +159,13 @@ def inspect_command(
     ffn_dim: Optional[int] = FfnDimOpt,
     heads: Optional[int] = HeadsOpt,
     subset_mb: Optional[int] = SubsetMbOpt,
+    generator: str = GeneratorOpt,
 ) -> None:
     """Print the weight-grouping plan for a student of this teacher (same as `compress --dry-run`)."""
     from wdctl.recipes.compress import CompressSettings, compress
 
     result = compress(CompressSettings(
-        teacher_dir, None, None, dry_run=True,
+        teacher_dir, None, None, dry_run=True, generator=generator,
         student=student_request(student, encoder_layers, decoder_layers, d_model, ffn_dim, heads),
         subset_bytes=subset_mb * 2**20 if subset_mb else None))
     _print_plan(result)

@@ -48,12 +48,13 @@ from wdctl.export.build import OnnxTeacher, build_package, package_translator
 from wdctl.export.quantize import MODES
 from wdctl.passes.distill import distill
 from wdctl.passes.distributed import check_accum, distributed
-from wdctl.passes.grouping import DEFAULT_SUBSET_BYTES, GroupPlan
-from wdctl.passes.marian import (check_model_dir, count_parameters, generation_config, load_marian,
-                                 load_marian_config, save_marian)
-from wdctl.passes.methods import METHODS
+from wdctl.passes.grouping import DEFAULT_SUBSET_BYTES, GENERATOR_FORMS, GroupPlan, generator_sizes
+from wdctl.passes.marian import check_model_dir, generation_config, load_marian, load_marian_config, save_marian
+from wdctl.passes.methods import METHODS, choose_start
+from wdctl.passes.narrow_marian import count_parameters
+from wdctl.passes.selection import SELECTIONS
 from wdctl.passes.phases import Job, check_memory, claim_run_dir, jsonable, schedule_fingerprint
-from wdctl.passes.student import StudentSpec, check_teacher, resolve_student, student_config
+from wdctl.passes.student import StudentSpec, resolve_student, student_config
 from wdctl.passes.training import TrainConfig
 from wdctl.passes.translate import translate_torch
 from wdctl.passes.vocab import encode_pairs
@@ -73,6 +74,8 @@ class CompressSettings:
     out: Path | None
     student: str | dict | StudentSpec = "small"
     method: str = "wd"
+    generator: str = "coherent"  # grouping.GENERATOR_FORMS
+    start: str = "leading"  # selection.SELECTIONS: the student's start slice of the teacher
     phase1: TrainConfig = field(default_factory=lambda: DEFAULT_PHASE1)
     phase2: TrainConfig = field(default_factory=lambda: DEFAULT_PHASE2)
     run_dir: Path | None = None
@@ -96,6 +99,10 @@ class CompressSettings:
         """A checked copy: paths as Paths, schedules validated (with `threads`), quantize None or a mode."""
         if self.method not in METHODS:
             raise InputError(f"unknown method '{self.method}'; choose one of {', '.join(METHODS)}")
+        if self.generator not in GENERATOR_FORMS:
+            raise InputError(f"unknown generator '{self.generator}'; choose one of {', '.join(GENERATOR_FORMS)}")
+        if self.start not in SELECTIONS:
+            raise InputError(f"unknown start '{self.start}'; choose one of {', '.join(SELECTIONS)}")
         threads = {"threads": self.threads} if self.threads else {}
         quantize = None if self.quantize in ("", "none") else self.quantize
         if self.distill_beams < 1 or self.eval_beams < 1:
@@ -104,16 +111,6 @@ class CompressSettings:
                        run_dir=Path(self.run_dir) if self.run_dir else None, quantize=quantize,
                        phase1=replace(replace(self.phase1).validate(), **threads),
                        phase2=replace(replace(self.phase2).validate(), **threads))
-
-
-def load_teacher_config(teacher_dir: Path):
-    """The teacher's MarianConfig (checked like `load_marian`) and fit to be a WD teacher."""
-    config = load_marian_config(teacher_dir)
-    try:
-        check_teacher(config)
-    except InputError as exc:
-        raise InputError(f"{teacher_dir}: {exc}") from None
-    return config
 
 
 def export_paths(out: Path, quantize: str | None) -> dict[str, Path]:
@@ -128,14 +125,17 @@ def compress(settings: CompressSettings) -> dict:
     """Compress the teacher into a student at `settings.out`; returns the metrics (also in the run dir)."""
     s = settings.validate()
     # 1. validation, cheap and in order of the command line
-    teacher_config = load_teacher_config(s.teacher_dir)
+    teacher_config = load_marian_config(s.teacher_dir, teacher=True)
     spec = resolve_student(s.student, teacher_config)
     s_config = student_config(teacher_config, spec)
-    plan = GroupPlan.build(teacher_config, s_config, subset_bytes=s.subset_bytes or DEFAULT_SUBSET_BYTES)
+    subset_bytes = s.subset_bytes or DEFAULT_SUBSET_BYTES
+    plan = GroupPlan.build(teacher_config, s_config, subset_bytes=subset_bytes, generator=s.generator)
     memory = {"phase1_estimate_bytes": plan.estimate_phase1_bytes(), "available_bytes": available_bytes()}
-    summary = {"method": s.method, "teacher": StudentSpec.from_config(teacher_config).to_dict(),
-               "student": spec.to_dict(), "teacher_parameters": count_parameters(teacher_config),
-               "student_parameters": count_parameters(s_config), "generator_parameters": plan.total_generator_params}
+    summary = {"method": s.method, "generator": s.generator, "start": s.start,
+               "teacher": StudentSpec.from_config(teacher_config).to_dict(), "student": spec.to_dict(),
+               "teacher_parameters": count_parameters(teacher_config), "student_parameters": count_parameters(s_config),
+               "generator_parameters": plan.total_generator_params,
+               "generator_sizes": generator_sizes(teacher_config, s_config, subset_bytes)}
     if s.dry_run:
         return {**summary, "dry_run": True, "plan": plan.to_dict(), "plan_text": plan.format(), **memory}
     if s.data is None or s.out is None:
@@ -161,7 +161,7 @@ def compress(settings: CompressSettings) -> dict:
     fingerprint = jsonable({  # as it reads back from config.json (tuples become lists)
         "teacher_dir": str(s.teacher_dir.resolve()),
         "data": str(Path(s.data).resolve()) if Path(s.data).exists() else str(s.data),
-        "method": s.method, "student": spec.to_dict(),
+        "method": s.method, "generator": s.generator, "start": s.start, "student": spec.to_dict(),
         "distill": {"beams": s.distill_beams, "length_penalty": s.length_penalty, "max_length": MAX_LENGTH,
                     "fast": s.fast_distill},
         "phase1": schedule_fingerprint(s.phase1), "phase2": schedule_fingerprint(s.phase2),
@@ -209,6 +209,8 @@ def compress(settings: CompressSettings) -> dict:
               method=s.method, phase1=s.phase1, phase2=s.phase2, run_dir=run_dir, plan=plan, teacher=teacher,
               tokenizer=tokenizer, examples=examples, probe=probe, dev_pairs=dev_pairs,
               eval_sentences=s.eval_sentences, dist=dist)
+    if s.start == "importance":  # rank the teacher's coordinates and layers on a few training batches
+        choose_start(job)
     model = METHODS[s.method].run(job)
     metrics["phases"] = job.phases
     del job

@@ -1,5 +1,7 @@
-"""`wdctl translate`: lines through an exported ONNX package (wdctl's decoder over onnxruntime)
-or a MarianMT directory (PyTorch); over-long inputs are cut to the model's limit, with a warning."""
+"""`wdctl translate`: lines through an exported ONNX package (its in-graph translator,
+`translator.onnx`: the whole search in one onnxruntime session; packages without one, and
+`--device cuda`, use wdctl's numpy decoder) or a MarianMT directory (PyTorch); over-long inputs
+are cut to the model's limit, with a warning."""
 
 from __future__ import annotations
 
@@ -25,10 +27,25 @@ def translate_lines(model_dir: Path, read: Callable[[], list[str]], *, beams: in
     """One translation per line of `read()` (called once the options are checked); empty lines stay empty."""
     if beams < 1 or batch_size < 1 or threads < 1 or max_length < 2:
         raise InputError("--beams, --batch-size and --threads must be at least 1, --max-length at least 2")
+    from wdctl.export.translator import MAX_BEAMS
+
+    if beams > MAX_BEAMS:  # every backend: a huge beam would allocate before failing
+        raise InputError(f"--beams {beams} is more than {MAX_BEAMS}")
     if not Path(model_dir).is_dir():
         raise InputError(f"{model_dir}: model directory not found")
+    if OnnxPackage.is_package(model_dir) and OnnxPackage(model_dir).has_translator() and device == "cpu":
+        from wdctl.export.translator import PackageTranslator
+
+        # the search settings are refused before the input is read or anything is allocated
+        translator = PackageTranslator(model_dir, threads=threads)
+        translator.check(beams, max_length)
+        lines = read()
+        _warn_truncation(translator.tokenizer, lines, max_length, warn)
+        return translator.translate(lines, beams=beams, batch_size=batch_size, max_length=max_length,
+                                    length_penalty=length_penalty)
     lines = read()
     if OnnxPackage.is_package(model_dir):
+        # packages from before the in-graph translator, and --device cuda: wdctl's numpy decoder
         from wdctl.export.decode import OrtTranslator
 
         translator = OrtTranslator(model_dir, threads=threads, device=device)

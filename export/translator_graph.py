@@ -1,0 +1,336 @@
+"""Assembling the in-graph translator: one ONNX graph that takes token ids and search settings
+and returns token ids (see `wdctl.export.translator` for the overview, quantization and runtime).
+
+- an encoder subgraph (run once by the search op) that returns the cross-attention K/V of every
+  decoder layer, already projected to the decoder width and in (batch, heads, length, head) layout;
+- a fused decoder step (`com.microsoft.MultiHeadAttention` for self-attention with past/present
+  and for cross-attention over the cached K/V with a key padding mask, `SkipLayerNormalization`
+  for every post-LN residual, `QuickGelu(alpha=1)` = swish);
+- `com.microsoft.BeamSearch` with model_type=1 for every beam count (onnxruntime 1.32's
+  `GreedySearch` accepts only GPT-style models; BeamSearch with one beam is greedy search).
+  Each subgraph holds its own weights as initializers (onnxruntime pre-packs those).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from wdctl.export.translator_weights import (
+    AttentionWeights,
+    FeedForwardWeights,
+    LayerNormWeights,
+    MarianWeights,
+    check_weights,
+)
+
+OPSET = 17
+MS_OPSET = 1
+_F32 = np.float32
+
+# --------------------------------------------------------------------------------------------
+# Graph assembly
+# --------------------------------------------------------------------------------------------
+
+class _Graph:
+    """Nodes and weights of one (sub)graph.
+
+    Weights stay initializers of the subgraph that uses them: onnxruntime pre-packs constant
+    MatMul weights, but not outer-scope values (a subgraph reading its weights from the main
+    graph ran about 2x slower).
+    """
+
+    def __init__(self, store: dict, prefix: str):
+        self.nodes = []
+        self.store = store
+        self.prefix = prefix
+        self.count = 0
+
+    def weight(self, name: str, array) -> str:
+        if name not in self.store:
+            self.store[name] = np.ascontiguousarray(array)
+        return name
+
+    def op(self, op_type: str, inputs: Sequence[str], outputs: int | Sequence[str] = 1, domain: str = "",
+           **attrs):
+        from onnx import helper
+
+        self.count += 1
+        base = f"{self.prefix}{op_type}_{self.count}"
+        if isinstance(outputs, int):
+            outputs = [f"{base}_out{i}" for i in range(outputs)]
+        self.nodes.append(helper.make_node(op_type, list(inputs), list(outputs), name=base,
+                                           domain=domain or None, **attrs))
+        return outputs[0] if len(outputs) == 1 else list(outputs)
+
+
+def _activation(g: _Graph, x: str, kind: str) -> str:
+    if kind in ("swish", "silu"):
+        return g.op("QuickGelu", [x], domain="com.microsoft", alpha=1.0)
+    if kind == "relu":
+        return g.op("Relu", [x])
+    return g.op("Gelu", [x], domain="com.microsoft")
+
+
+def _ffn(g: _Graph, h: str, ffn: FeedForwardWeights, ln: LayerNormWeights, name: str, act: str, eps: float) -> str:
+    f = g.op("MatMul", [h, g.weight(f"{name}.fc1.w", ffn.fc1_w)])
+    f = g.op("Add", [f, g.weight(f"{name}.fc1.b", ffn.fc1_b)])
+    f = _activation(g, f, act)
+    f = g.op("MatMul", [f, g.weight(f"{name}.fc2.w", ffn.fc2_w)])
+    return _skip_ln(g, f, h, ln, g.weight(f"{name}.fc2.b", ffn.fc2_b), name + ".final_ln", eps)
+
+
+def _skip_ln(g: _Graph, x: str, residual: str, ln: LayerNormWeights, bias: str, name: str, eps: float) -> str:
+    out = g.op("SkipLayerNormalization",
+               [x, residual, g.weight(name + ".g", ln.gamma), g.weight(name + ".b", ln.beta), bias],
+               domain="com.microsoft", epsilon=eps)
+    return out
+
+
+def _self_attention(g: _Graph, h: str, att: AttentionWeights, heads: int, name: str, mask: str = "",
+                    past: tuple[str, str] | None = None, present: tuple[str, str] | None = None) -> str:
+    d = att.q_w.shape[1]
+    qkv_w = np.concatenate([att.q_w, att.k_w, att.v_w], axis=1)
+    qkv_b = np.concatenate([att.q_b, att.k_b, att.v_b])
+    qkv = g.op("MatMul", [h, g.weight(f"{name}.qkv.w", qkv_w)])
+    q, k, v = g.op("Split", [qkv, g.weight("split3_" + str(d), np.array([d, d, d], dtype=np.int64))], 3, axis=-1)
+    inputs = [q, k, v, g.weight(f"{name}.qkv.b", qkv_b), mask]
+    outputs: list[str] | int = 1
+    if present is not None:
+        inputs += ["", past[0] if past else "", past[1] if past else ""]
+        outputs = [f"{g.prefix}{name}.attn_out", *present]
+    out = g.op("MultiHeadAttention", inputs, outputs, domain="com.microsoft", num_heads=heads)
+    return out if isinstance(out, str) else out[0]
+
+
+def _positions(g: _Graph, table: np.ndarray, name: str, start: str, end: str) -> str:
+    return g.op("Slice", [g.weight(name, table), start, end, g.weight("axis0", np.array([0], dtype=np.int64))])
+
+
+def _initializers(store: dict) -> list:
+    from onnx import numpy_helper
+
+    return [numpy_helper.from_array(np.asarray(v), k) for k, v in store.items()]
+
+
+def _encoder_graph(w: MarianWeights, store: dict):
+    """Inputs encoder_input_ids, encoder_attention_mask; outputs present_{key,value}_cross_i."""
+    from onnx import TensorProto, helper
+
+    g = _Graph(store, "enc/")
+    scale = math.sqrt(w.d_enc) if w.scale_embedding else 1.0
+    h = g.op("Gather", [g.weight("enc.embed", w.encoder_embed * _F32(scale)), "encoder_input_ids"])
+    length = g.op("Shape", ["encoder_input_ids"], start=1, end=2)
+    pos = _positions(g, w.encoder_positions, "enc.positions", g.weight("zero1", np.array([0], dtype=np.int64)), length)
+    h = g.op("Add", [h, pos])
+    for i, layer in enumerate(w.encoder_layers):
+        name = f"enc.{i}"
+        a = _self_attention(g, h, layer.self_attn, w.encoder_heads, name + ".self", mask="encoder_attention_mask")
+        a = g.op("MatMul", [a, g.weight(f"{name}.self.o.w", layer.self_attn.o_w)])
+        h = _skip_ln(g, a, h, layer.self_attn_ln, g.weight(f"{name}.self.o.b", layer.self_attn.o_b),
+                     name + ".self_ln", w.layer_norm_eps)
+        h = _ffn(g, h, layer.ffn, layer.final_ln, name, w.activation, w.layer_norm_eps)
+    # cross-attention K/V of every decoder layer in one MatMul: (B, L, 2 * layers * d_dec)
+    n, heads, d = len(w.decoder_layers), w.decoder_heads, w.d_dec
+    kv_w = np.concatenate([m for layer in w.decoder_layers for m in (layer.cross_attn.k_w, layer.cross_attn.v_w)], 1)
+    kv_b = np.concatenate([b for layer in w.decoder_layers for b in (layer.cross_attn.k_b, layer.cross_attn.v_b)])
+    kv = g.op("MatMul", [h, g.weight("enc.cross_kv.w", kv_w)])
+    kv = g.op("Add", [kv, g.weight("enc.cross_kv.b", kv_b)])
+    kv = g.op("Reshape", [kv, g.weight(f"shape_kv", np.array([0, 0, 2 * n * heads, d // heads], dtype=np.int64))])
+    kv = g.op("Transpose", [kv], perm=[0, 2, 1, 3])  # (B, 2 * n * heads, L, head)
+    names = [f"present_{kind}_cross_{i}" for i in range(n) for kind in ("key", "value")]
+    g.op("Split", [kv, g.weight(f"split_kv", np.full(2 * n, heads, dtype=np.int64))], names, axis=1)
+    inputs = [helper.make_tensor_value_info("encoder_input_ids", TensorProto.INT32, ["batch", "src_len"]),
+              helper.make_tensor_value_info("encoder_attention_mask", TensorProto.INT32, ["batch", "src_len"])]
+    outputs = [helper.make_tensor_value_info(nm, TensorProto.FLOAT, ["batch", heads, "src_len", d // heads])
+               for nm in names]
+    return helper.make_graph(g.nodes, "marian_encoder", inputs, outputs, initializer=_initializers(store))
+
+
+def _decoder_graph(w: MarianWeights, store: dict):
+    """One decoder step: input_ids (B, 1), encoder_attention_mask, past self/cross K/V -> logits, present self."""
+    from onnx import TensorProto, helper
+
+    g = _Graph(store, "dec/")
+    n, heads, d = len(w.decoder_layers), w.decoder_heads, w.d_dec
+    hd = d // heads
+    scale = math.sqrt(d) if w.scale_embedding else 1.0
+    h = g.op("Gather", [g.weight("dec.embed", w.decoder_embed * _F32(scale)), "input_ids"])
+    step = g.op("Shape", ["past_key_self_0"], start=2, end=3)
+    step1 = g.op("Add", [step, g.weight("one1", np.array([1], dtype=np.int64))])
+    h = g.op("Add", [h, _positions(g, w.decoder_positions, "dec.positions", step, step1)])
+    zeros_kv = np.zeros(2 * d, dtype=_F32)
+    for i, layer in enumerate(w.decoder_layers):
+        name = f"dec.{i}"
+        a = _self_attention(g, h, layer.self_attn, heads, name + ".self",
+                            past=(f"past_key_self_{i}", f"past_value_self_{i}"),
+                            present=(f"present_key_self_{i}", f"present_value_self_{i}"))
+        a = g.op("MatMul", [a, g.weight(f"{name}.self.o.w", layer.self_attn.o_w)])
+        h = _skip_ln(g, a, h, layer.self_attn_ln, g.weight(f"{name}.self.o.b", layer.self_attn.o_b),
+                     name + ".self_ln", w.layer_norm_eps)
+        ca = layer.cross_attn
+        q = g.op("MatMul", [h, g.weight(f"{name}.cross.q.w", ca.q_w)])
+        a = g.op("MultiHeadAttention", [q, f"past_key_cross_{i}", f"past_value_cross_{i}",
+                                        g.weight(f"{name}.cross.qkv.b", np.concatenate([ca.q_b, zeros_kv])),
+                                        "encoder_attention_mask"], domain="com.microsoft", num_heads=heads)
+        a = g.op("MatMul", [a, g.weight(f"{name}.cross.o.w", ca.o_w)])
+        h = _skip_ln(g, a, h, layer.cross_attn_ln, g.weight(f"{name}.cross.o.b", ca.o_b),
+                     name + ".cross_ln", w.layer_norm_eps)
+        h = _ffn(g, h, layer.ffn, layer.final_ln, name, w.activation, w.layer_norm_eps)
+    bias = w.final_logits_bias.astype(_F32, copy=True)
+    if w.renormalize_logits:  # banned tokens leave the softmax: transformers' renormalize_logits
+        bias[[w.pad_token_id, *w.bad_token_ids]] = -1e9
+    logits = g.op("MatMul", [h, g.weight("dec.lm_head.w", w.decoder_embed.T)])
+    g.op("Add", [logits, g.weight("dec.final_logits_bias", bias)], ["logits"])
+    inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT32, ["batch", 1]),  # fixed 1: see module doc
+              helper.make_tensor_value_info("encoder_attention_mask", TensorProto.INT32, ["batch", "src_len"])]
+    for i in range(n):
+        for kind in ("key", "value"):
+            inputs.append(helper.make_tensor_value_info(f"past_{kind}_self_{i}", TensorProto.FLOAT,
+                                                        ["batch", heads, "past_len", hd]))
+    for i in range(n):
+        for kind in ("key", "value"):
+            inputs.append(helper.make_tensor_value_info(f"past_{kind}_cross_{i}", TensorProto.FLOAT,
+                                                        ["batch", heads, "src_len", hd]))
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 1, w.vocab_size])]
+    for i in range(n):
+        for kind in ("key", "value"):
+            outputs.append(helper.make_tensor_value_info(f"present_{kind}_self_{i}", TensorProto.FLOAT,
+                                                         ["batch", heads, "total_len", hd]))
+    return helper.make_graph(g.nodes, "marian_decoder", inputs, outputs, initializer=_initializers(store))
+
+
+def _beam_node(w: MarianWeights, encoder, decoder, early_stopping: bool, ids: str, mask: str, out: str, name: str):
+    from onnx import helper
+
+    inputs = [ids, "max_length", "min_length", "num_beams", "num_return_sequences", "length_penalty",
+              "repetition_penalty", "vocab_mask", "", mask]
+    return helper.make_node("BeamSearch", inputs, [out], name=name, domain="com.microsoft",
+                            eos_token_id=w.eos_token_id, pad_token_id=w.pad_token_id,
+                            decoder_start_token_id=w.decoder_start_token_id, model_type=1, encoder=encoder,
+                            decoder=decoder, no_repeat_ngram_size=0, early_stopping=int(bool(early_stopping)))
+
+
+def _per_sentence_loop(w: MarianWeights, encoder, decoder, early_stopping: bool, store: dict):
+    """Nodes running BeamSearch on one sentence at a time (a Loop over the batch) -> `beam_sequences`."""
+    from onnx import TensorProto, helper
+
+    store["zero_i64"] = np.array([0], dtype=np.int64)
+    store["one_i64"] = np.array([1], dtype=np.int64)
+    body_nodes = [
+        helper.make_node("Unsqueeze", ["i", "zero_i64"], ["i1"]),
+        helper.make_node("Add", ["i1", "one_i64"], ["i2"]),
+        helper.make_node("Slice", ["input_ids", "i1", "i2", "zero_i64"], ["one_ids"]),
+        helper.make_node("Slice", ["attention_mask", "i1", "i2", "zero_i64"], ["one_mask"]),
+        _beam_node(w, encoder, decoder, early_stopping, "one_ids", "one_mask", "one_sequences", "BeamSearch_one"),
+        helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+    ]
+    body = helper.make_graph(
+        body_nodes, "per_sentence",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("one_sequences", TensorProto.INT32, [1, 1, "max_length"])])
+    return [
+        helper.make_node("Shape", ["input_ids"], ["batch_1d"], start=0, end=1),
+        helper.make_node("Squeeze", ["batch_1d"], ["batch_n"]),
+        helper.make_node("Loop", ["batch_n", ""], ["stacked_sequences"], body=body),
+        helper.make_node("Squeeze", ["stacked_sequences", "one_i64"], ["beam_sequences"]),
+    ]
+
+
+def build_translator(weights: MarianWeights, path=None, *, early_stopping: bool = True,
+                     batched_beams: bool = False):
+    """Build the translator ModelProto (and save it to `path` when given).
+
+    Graph inputs: `input_ids` int32 (batch, src_len), `attention_mask` int32 (batch, src_len),
+    `max_length`, `min_length`, `num_beams` int32 (1,), `length_penalty`, `repetition_penalty`
+    float (1,). Output: `sequences` int32 (batch, 1, max_length), starting with the decoder start
+    token and right-padded with `<pad>`.
+    `early_stopping` is an attribute of the op, so it is fixed here. True (the default) is what
+    wdctl's `translate_torch` passes to `generate` and reproduces transformers exactly, batched.
+    False (transformers' own default) cannot match transformers exactly: the op's stop test uses
+    the best candidate score including finished (EOS) candidates where transformers uses the best
+    running beam, so the op may search longer and return a higher-scoring hypothesis; its batched
+    stop test also reads another row's scores for batch rows >= 2 (onnxruntime 1.32), so with
+    False beam search runs one sentence at a time inside the graph (a Loop) unless
+    `batched_beams=True`.
+    num_beams 1 is greedy search (BeamSearch with one beam and early_stopping=1).
+    Metadata records the vocabulary size, the position table size and the special ids.
+    """
+    from onnx import TensorProto, helper
+
+    check_weights(weights)
+    store: dict[str, np.ndarray] = {}
+    encoder = _encoder_graph(weights, {})
+    decoder = _decoder_graph(weights, {})
+    vocab_mask = np.ones(weights.vocab_size, dtype=np.int32)
+    vocab_mask[[weights.pad_token_id, *weights.bad_token_ids]] = 0
+    store["vocab_mask"] = vocab_mask
+    store["num_return_sequences"] = np.array([1], dtype=np.int32)
+
+    seq_info = helper.make_tensor_value_info
+    # GreedySearch refuses model_type=1 in onnxruntime 1.32 (GPT only). BeamSearch with one beam
+    # and early_stopping=1 is exactly greedy search (it stops at the first EOS), so with
+    # early_stopping=True one BeamSearch node serves every beam count.
+    if early_stopping:
+        nodes = [_beam_node(weights, encoder, decoder, True, "input_ids", "attention_mask", "sequences",
+                            "BeamSearch")]
+    else:
+        # transformers' early_stopping=False is not greedy with one beam: an If picks a one-beam
+        # early_stopping=1 search for num_beams 1 (the subgraphs, weights included, are stored
+        # twice: outer-scope weights would not be pre-packed).
+        greedy_branch = helper.make_graph(
+            [_beam_node(weights, encoder, decoder, True, "input_ids", "attention_mask", "greedy_sequences",
+                        "BeamSearch_greedy")],
+            "greedy", [], [seq_info("greedy_sequences", TensorProto.INT32, ["batch", 1, "max_length"])])
+        if batched_beams:
+            beam_nodes = [_beam_node(weights, encoder, decoder, False, "input_ids", "attention_mask",
+                                     "beam_sequences", "BeamSearch_beams")]
+        else:
+            # the op's early-stop test (early_stopping=0) reads another sentence's scores for
+            # batch rows >= 2 in onnxruntime 1.32: one sentence at a time keeps rows independent.
+            beam_nodes = _per_sentence_loop(weights, encoder, decoder, False, store)
+        beam_branch = helper.make_graph(beam_nodes, "beams", [],
+                                        [seq_info("beam_sequences", TensorProto.INT32, ["batch", 1, "max_length"])])
+        store["two_i32"] = np.array([2], dtype=np.int32)
+        nodes = [
+            helper.make_node("GreaterOrEqual", ["num_beams", "two_i32"], ["use_beams_1d"]),
+            helper.make_node("Squeeze", ["use_beams_1d"], ["use_beams"]),
+            helper.make_node("If", ["use_beams"], ["sequences"], then_branch=beam_branch, else_branch=greedy_branch),
+        ]
+    inputs = [seq_info("input_ids", TensorProto.INT32, ["batch", "src_len"]),
+              seq_info("attention_mask", TensorProto.INT32, ["batch", "src_len"])]
+    for nm in ("max_length", "min_length", "num_beams"):
+        inputs.append(seq_info(nm, TensorProto.INT32, [1]))
+    for nm in ("length_penalty", "repetition_penalty"):
+        inputs.append(seq_info(nm, TensorProto.FLOAT, [1]))
+    outputs = [seq_info("sequences", TensorProto.INT32, ["batch", 1, "max_length"])]
+    graph = helper.make_graph(nodes, "wdctl_translator", inputs, outputs, initializer=_initializers(store))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET),
+                                                    helper.make_opsetid("com.microsoft", MS_OPSET)],
+                              producer_name="wdctl.export.translator")
+    model.ir_version = 8
+    meta = dict(vocab_size=weights.vocab_size, max_positions=weights.max_positions,
+                pad_token_id=weights.pad_token_id, eos_token_id=weights.eos_token_id,
+                decoder_start_token_id=weights.decoder_start_token_id, early_stopping=int(bool(early_stopping)),
+                d_enc=weights.d_enc, d_dec=weights.d_dec, precision="fp32",
+                batched_beams=int(bool(early_stopping or batched_beams)))
+    helper.set_model_props(model, {f"wdctl.{k}": str(v) for k, v in meta.items()})
+    if path is not None:
+        save_model(model, path)
+    return model
+
+
+def save_model(model, path) -> None:
+    import onnx
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if model.ByteSize() > 1_900_000_000:
+        onnx.save_model(model, path, save_as_external_data=True, location=path.name + ".data")
+    else:
+        onnx.save_model(model, path)
