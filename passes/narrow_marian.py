@@ -128,6 +128,16 @@ def decoder_width(config: MarianConfig) -> int:
     return getattr(config, "decoder_d_model", None) or config.d_model
 
 
+def ct2_unsupported(config: object) -> str | None:
+    """Why CTranslate2 cannot convert a model of this config (one line), or None if it can.
+    Its converter has no loader for this model type, and its Transformer spec has one width for
+    encoder and decoder; the bench skips its ct2 row for such a model with this reason."""
+    if is_narrow(config):
+        return (f"CTranslate2 cannot convert '{NARROW_MODEL_TYPE}' (a decoder narrower than the encoder; "
+                "its converter knows only MarianConfig's single d_model)")
+    return None
+
+
 def register() -> None:
     """Register with transformers' Auto classes (idempotent)."""
     try:

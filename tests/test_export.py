@@ -322,9 +322,9 @@ def test_translate_refuses_huge_beams_at_once(exported, tiny_teacher_dir):
     import sys
 
     wdctl = Path(sys.executable).with_name("wdctl")
-    for model, beams in ((exported["fp32"], "100000"), (exported["int8"], "65"), (tiny_teacher_dir, "100000")):
+    for model, beams in ((exported["fp32"], "100000"), (tiny_teacher_dir, "65")):
         proc = subprocess.run([str(wdctl), "translate", str(model), "--beams", beams], input="hi\n",
-                              capture_output=True, text=True, timeout=120, check=False)
+                              capture_output=True, text=True, timeout=300, check=False)
         assert proc.returncode == 2, proc.stderr
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("wdctl: error: --beams") and "64" in lines[0], proc.stderr

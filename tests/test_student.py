@@ -133,3 +133,38 @@ def test_student_config_keeps_everything_but_the_shape():
     model = MarianMTModel(config)
     assert model.model.decoder.layers[0].fc1.weight.shape == (32, 16)
     assert len(model.model.decoder.layers) == 1
+
+
+def test_narrow_student_loads_but_is_refused_as_teacher(tmp_path):
+    """wdctl_narrow_marian is a supported *student* model type (load_marian, exports), never a teacher;
+    freeze_pad_row keeps the narrow decoder's own <pad> row at zero too."""
+    import torch
+
+    from wdctl.passes.marian import TEACHER_PRESETS, freeze_pad_row, load_marian_config, marian_config
+    from wdctl.passes.narrow_marian import build_model, count_parameters
+
+    teacher = marian_config(TEACHER_PRESETS["tiny"], 50)
+    config = student_config(teacher, resolve_student("tiny", teacher))
+    model = build_model(config)
+    assert count_parameters(config) == model.num_parameters()
+    with torch.no_grad():
+        model.get_decoder().embed_tokens.weight.fill_(1.0)
+    freeze_pad_row(model)
+    pad = config.pad_token_id
+    decoder_embedding = model.get_decoder().embed_tokens.weight
+    assert decoder_embedding is not model.get_input_embeddings().weight
+    assert not decoder_embedding[pad].any() and not model.get_input_embeddings().weight[pad].any()
+    model.save_pretrained(tmp_path, safe_serialization=True)
+    assert load_marian_config(tmp_path).model_type == "wdctl_narrow_marian"
+    with pytest.raises(InputError, match="teacher"):
+        load_marian_config(tmp_path, teacher=True)
+
+
+def test_ct2_reason_names_the_narrow_model():
+    from wdctl.passes.marian import TEACHER_PRESETS, marian_config
+    from wdctl.passes.narrow_marian import ct2_unsupported
+
+    teacher = marian_config(TEACHER_PRESETS["tiny"], 50)
+    assert ct2_unsupported(teacher) is None
+    reason = ct2_unsupported(student_config(teacher, resolve_student("tiny", teacher)))
+    assert "wdctl_narrow_marian" in reason and "\n" not in reason

@@ -411,3 +411,26 @@ def test_narrow_decoder_matches_numpy(tmp_path):
     assert all(r and r[-1] == 0 and w.pad_token_id not in r for r in beams)
     quantize_translator(path, tmp_path / "narrow8.onnx")
     assert len(OnnxTranslator(tmp_path / "narrow8.onnx").generate(sources, beams=4, max_length=MAX_LENGTH)) == SENTENCES
+
+
+def test_narrow_decoder_student_translates_like_pytorch(tmp_path):
+    """The paper's TINY (wdctl's NarrowMarianMTModel, d_dec < d_enc) goes through `marian_weights`."""
+    import test_narrow_marian as narrow
+
+    from wdctl.export.translator import export_translator
+
+    _, student = narrow.tiny_student()
+    student.eval()
+    assert student.config.decoder_d_model < student.config.d_model
+    g = torch.Generator().manual_seed(3)
+    sources = [torch.randint(2, narrow.VOCAB - 1, (n,), generator=g).tolist() + [0] for n in (3, 5, 7, 4)]
+    translator = OnnxTranslator(export_translator(student, tmp_path / "t.onnx"))
+    for beams in (1, 4):
+        for s in sources:
+            ids = torch.tensor([s])
+            with torch.inference_mode():
+                ref = student.generate(input_ids=ids, attention_mask=torch.ones_like(ids), num_beams=beams,
+                                       max_length=12, early_stopping=True)[0].tolist()[1:]
+            while ref and ref[-1] == student.config.pad_token_id:
+                ref.pop()
+            assert translator.generate([s], beams=beams, max_length=12)[0] == ref, (beams, s)

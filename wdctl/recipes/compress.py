@@ -99,10 +99,9 @@ class CompressSettings:
         """A checked copy: paths as Paths, schedules validated (with `threads`), quantize None or a mode."""
         if self.method not in METHODS:
             raise InputError(f"unknown method '{self.method}'; choose one of {', '.join(METHODS)}")
-        if self.generator not in GENERATOR_FORMS:
-            raise InputError(f"unknown generator '{self.generator}'; choose one of {', '.join(GENERATOR_FORMS)}")
-        if self.start not in SELECTIONS:
-            raise InputError(f"unknown start '{self.start}'; choose one of {', '.join(SELECTIONS)}")
+        for name, value, choices in (("generator", self.generator, GENERATOR_FORMS), ("start", self.start, SELECTIONS)):
+            if value not in choices:
+                raise InputError(f"unknown {name} '{value}'; choose one of {', '.join(choices)}")
         threads = {"threads": self.threads} if self.threads else {}
         quantize = None if self.quantize in ("", "none") else self.quantize
         if self.distill_beams < 1 or self.eval_beams < 1:
