@@ -224,12 +224,7 @@ class OrtTranslator:
     @property
     def tokenizer(self):
         if self._tokenizer is None:
-            from transformers import AutoTokenizer
-
-            try:
-                self._tokenizer = AutoTokenizer.from_pretrained(self.package, trust_remote_code=False)
-            except Exception as exc:  # noqa: BLE001
-                raise InputError(f"{self.package}: cannot load tokenizer ({str(exc).splitlines()[0]})") from None
+            self._tokenizer = OnnxPackage(self.package).load_tokenizer()
             hold_torch_threads(1)
         return self._tokenizer
 

@@ -54,6 +54,15 @@ class OnnxPackage:
             raise InputError(f"{self.path}: no .onnx files (export the model first with `wdctl export`)")
         return files
 
+    def load_tokenizer(self):
+        """The package's tokenizer (saved beside the graphs), with a one-line error if it is broken."""
+        from transformers import AutoTokenizer
+
+        try:
+            return AutoTokenizer.from_pretrained(self.path, trust_remote_code=False)
+        except Exception as exc:  # noqa: BLE001 - any failure here means a broken package
+            raise InputError(f"{self.path}: cannot load tokenizer ({str(exc).splitlines()[0]})") from None
+
     def missing(self, names: tuple[str, ...] = OPTIMUM_GRAPHS) -> list[str]:
         """Which of `names` (default: optimum's graphs, what the exporter must write) are absent."""
         return [name for name in names if not (self.path / name).is_file()]

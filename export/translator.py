@@ -1,16 +1,7 @@
 """A self-contained onnxruntime translator: the whole search inside one ONNX graph.
 
-`build_translator(weights)` assembles, from plain numpy weights, one graph that takes token ids
-and search settings and returns token ids:
-
-- an encoder subgraph (run once by the search op) that returns the cross-attention K/V of every
-  decoder layer, already projected to the decoder width and in (batch, heads, length, head) layout;
-- a fused decoder step (`com.microsoft.MultiHeadAttention` for self-attention with past/present
-  and for cross-attention over the cached K/V with a key padding mask, `SkipLayerNormalization`
-  for every post-LN residual, `QuickGelu(alpha=1)` = swish);
-- `com.microsoft.BeamSearch` with model_type=1 for every beam count (onnxruntime 1.32's
-  `GreedySearch` accepts only GPT-style models; BeamSearch with one beam is greedy search).
-  Each subgraph holds its own weights as initializers (onnxruntime pre-packs those).
+`build_translator(weights)` (in `translator_graph`, re-exported here) assembles it from plain
+numpy weights: an encoder subgraph run once, a fused decoder step and the `BeamSearch` op.
 
 `quantize_translator(src, dst)` stores the weight operand of every MatMul (in every subgraph) as
 int8 with per-column scales and runs it with `DynamicQuantizeMatMul`; attention's
@@ -33,6 +24,7 @@ from typing import Sequence
 import numpy as np
 
 from wdctl.core.errors import InputError
+from wdctl.export.package import OnnxPackage
 from wdctl.export.translator_graph import build_translator, save_model
 from wdctl.export.translator_weights import (  # noqa: F401 - the public names, re-exported
     AttentionWeights,
@@ -290,8 +282,6 @@ class PackageTranslator:
     length are checked before the tokenizer is loaded or anything is allocated."""
 
     def __init__(self, package, threads: int = 1, tokenizer=None):
-        from wdctl.export.package import OnnxPackage
-
         package = OnnxPackage(package)
         self.package = package.path
         self.translator = OnnxTranslator(package.translator, threads=threads)
@@ -300,12 +290,7 @@ class PackageTranslator:
     @property
     def tokenizer(self):
         if self._tokenizer is None:
-            from transformers import AutoTokenizer
-
-            try:
-                self._tokenizer = AutoTokenizer.from_pretrained(self.package, trust_remote_code=False)
-            except Exception as exc:  # noqa: BLE001
-                raise InputError(f"{self.package}: cannot load tokenizer ({str(exc).splitlines()[0]})") from None
+            self._tokenizer = OnnxPackage(self.package).load_tokenizer()
         return self._tokenizer
 
     def check(self, beams: int, max_length: int) -> None:

@@ -87,6 +87,15 @@ class ElementwiseGenerator(_Generator):
         return self._affine_tanh(self.teacher_0)
 
 
+def mix_layers(W_L: Tensor, w: Tensor, teachers: list[Tensor]) -> Tensor:
+    """Σ_l alpha_l T_l with alpha = W_L·w, done first: it removes the layer axis in one pass."""
+    alpha = W_L @ w
+    out = alpha[0] * teachers[0]
+    for a, t in zip(alpha[1:], teachers[1:]):
+        out = out + a * t
+    return out
+
+
 class _MixingGenerator(_Generator):
     """Shared part of the matrix and vector forms: the learned mix of the group's layers."""
 
@@ -98,15 +107,6 @@ class _MixingGenerator(_Generator):
         self.W_O = _xavier(entry.teacher_shape[0], entry.student_shape[0], rng)
         self._init_affine()
 
-    def mixed(self) -> Tensor:
-        """Σ_l alpha_l T_l, done first: it removes the layer axis in one pass."""
-        alpha = self.W_L @ self.w
-        teachers = self.teachers()
-        out = alpha[0] * teachers[0]
-        for a, t in zip(alpha[1:], teachers[1:]):
-            out = out + a * t
-        return out
-
 
 class MatrixGenerator(_MixingGenerator):
     def __init__(self, entry: GeneratorEntry, teachers: list[Tensor], rng: torch.Generator):
@@ -115,14 +115,14 @@ class MatrixGenerator(_MixingGenerator):
         self.out_first = matrix_out_first(entry.teacher_shape, entry.student_shape)
 
     def forward(self) -> Tensor:
-        m = self.mixed()
+        m = mix_layers(self.W_L, self.w, self.teachers())
         s = (self.W_O.T @ m) @ self.W_I if self.out_first else self.W_O.T @ (m @ self.W_I)
         return self._affine_tanh(s)
 
 
 class VectorGenerator(_MixingGenerator):
     def forward(self) -> Tensor:
-        return self._affine_tanh(self.W_O.T @ self.mixed())
+        return self._affine_tanh(self.W_O.T @ mix_layers(self.W_L, self.w, self.teachers()))
 
 
 class EmbeddingGenerator(_Generator):
@@ -213,16 +213,8 @@ class SharedGenerator(_CoherentGenerator):
         self.w = nn.Parameter(torch.nn.functional.one_hot(torch.tensor(entry.select), r).float())
         self.out_first = len(entry.student_shape) == 1 or matrix_out_first(entry.teacher_shape, entry.student_shape)
 
-    def mixed(self) -> Tensor:
-        alpha = self.W_L @ self.w
-        teachers = self.teachers()
-        out = alpha[0] * teachers[0]
-        for a, t in zip(alpha[1:], teachers[1:]):
-            out = out + a * t
-        return out
-
     def pre(self, spaces: Spaces) -> Tensor:
-        m = self.mixed()
+        m = mix_layers(self.W_L, self.w, self.teachers())
         p_out = spaces.get(self.entry.out_space) if self.entry.out_space else None
         if m.dim() == 1:
             return m if p_out is None else p_out.T @ m

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from transformers import GenerationConfig, MarianConfig
 
 from wdctl.core.errors import InputError
+from wdctl.passes import narrow_marian  # importing it registers the narrow model with the Auto classes
+from wdctl.passes.student import check_teacher
 
 
 @dataclass(frozen=True)
@@ -117,8 +119,6 @@ def load_marian_config(model_dir, *, teacher: bool = False):
 
     from transformers import AutoConfig
 
-    from wdctl.passes import narrow_marian  # noqa: F401 - registers the narrow model's config
-    from wdctl.passes.student import check_teacher
 
     model_dir = Path(model_dir)
     _require_config(model_dir)
@@ -166,8 +166,6 @@ def check_weights(model_dir) -> None:
 
 def count_parameters(config) -> int:
     """Distinct parameters of the model of this config, counted on the meta device (no memory)."""
-    from wdctl.passes import narrow_marian
-
     return narrow_marian.count_parameters(config)
 
 

@@ -20,6 +20,7 @@ from wdctl.core.errors import WdctlError
 from wdctl.export.build import build_package
 from wdctl.export.package import OnnxPackage
 from wdctl.passes.marian import count_parameters, load_marian_config
+from wdctl.passes.narrow_marian import ct2_unsupported
 
 PACKAGE_OF = {"torch": None, "ort": "fp32", "ort-optimum": "fp32", "ort-int8": "int8", "ort-graph": "fp32",
               "ort-graph-int8": "int8", "ct2": "ct2"}
@@ -134,8 +135,11 @@ def prepare_packages(systems: list[System], backends: tuple[str, ...], cache: Pa
         stale = not fresh and any(paths[k].exists() for k in kinds)
         if not fresh:  # a half-finished rebuild must not look fresh to the next run
             stamp_path.unlink(missing_ok=True)
+        unsupported = ct2_unsupported(load_marian_config(system.model_dir))
+        if "ct2" in kinds and unsupported and f"ct2: skipped, {unsupported}" not in system_notes:
+            system_notes.append(f"ct2: skipped, {unsupported}")
         for kind in ("fp32", "int8", "ct2"):
-            if kind not in kinds:
+            if kind not in kinds or (kind == "ct2" and unsupported):
                 continue
             path = paths[kind]
             if fresh and _package_ready(path, kind):

@@ -75,9 +75,10 @@ class Measurement:
 
 
 def plan_measurements(settings: BenchSettings, systems: list[System], backends: list[str]) -> list[Measurement]:
+    """Every (system, backend) pair whose package exists (a TINY student has no CTranslate2 one)."""
     return [Measurement(s, b, beam, bs, t)
             for t in settings.threads for beam in settings.beams for bs in settings.batch_sizes
-            for s in systems for b in backends]
+            for s in systems for b in backends if PACKAGE_OF[b] is None or PACKAGE_OF[b] in s.packages]
 
 
 def worker_env(threads: int) -> dict[str, str]:
@@ -280,7 +281,7 @@ def _gpu(device: str) -> dict:
 def _measure_all(settings: BenchSettings, systems: list[System], cache: Path, tmp: Path, sources: list[str],
                  references: list[str], log, tqdm) -> dict:
     notes = prepare_packages(systems, settings.backends, cache, log=log)
-    backends = [b for b in settings.backends if PACKAGE_OF[b] is None or all(PACKAGE_OF[b] in s.packages for s in systems)]
+    backends = [b for b in settings.backends if PACKAGE_OF[b] is None or any(PACKAGE_OF[b] in s.packages for s in systems)]
     if settings.device == "cuda" and "ct2" in backends:
         notes.append("ct2: on cuda, int8 weights with float16 activations (compute type int8_float16)")
     hyp_dir, log_dir, work = tmp / "hypotheses", tmp / "logs", tmp / ".work"
