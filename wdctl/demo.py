@@ -109,9 +109,8 @@ def stage_data(out: Path, plan: DemoPlan, source: Path = BUNDLED) -> tuple[Path,
 
 
 def stage_teacher(out: Path, data: Path, plan: DemoPlan, threads: int = 0) -> Path:
-    """The bundled teacher, or (`train_teacher`) a small one trained for a few hundred steps."""
-    if not plan.train_teacher:
-        return BUNDLED_TEACHER
+    """`--train-teacher`: a small teacher trained for a few hundred steps (otherwise the demo
+    uses BUNDLED_TEACHER and never calls this)."""
     teacher = out / "teacher"
     if _finished(teacher):
         return teacher
