@@ -2,15 +2,16 @@
 
 The package (`wdctl.export.package.OnnxPackage`) holds the encoder and one merged decoder (with
 and without KV cache, weights stored once), config, generation config and tokenizer files, so
-`ORTModelForSeq2SeqLM.from_pretrained(package)` loads it with its defaults and `OrtTranslator`
-decodes it. optimum also writes two more decoder files: each stores the decoder weights (and
-the shared embeddings) again, and the merged file serves both uses, so they are deleted; the
-report records how many bytes that saved.
+`ORTModelForSeq2SeqLM.from_pretrained(package)` loads it with its defaults. optimum also writes
+two more decoder files: each stores the decoder weights (and the shared embeddings) again, and
+the merged file serves both uses, so they are deleted; the report records how many bytes that
+saved.
 
-Validation is part of the export: on sample sentences, PyTorch and onnxruntime logits
-(teacher-forced on PyTorch's greedy output) are compared within `LOGIT_ATOL`, and greedy and
-beam-4 outputs must agree token for token on at least `MIN_AGREEMENT` of them (the report keeps
-the exact counts). A failure raises `WdctlError` and leaves nothing at `out`.
+Validation is part of the export: on sample sentences, PyTorch and the package in optimum's
+`generate()` (`wdctl.export.optimum_model`) are compared: logits (teacher-forced on PyTorch's
+greedy output) within `LOGIT_ATOL`, and greedy and beam-4 translations must be identical on at
+least `MIN_AGREEMENT` of them (the report keeps the exact counts). A failure raises
+`WdctlError` and leaves nothing at `out`.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import numpy as np
 from wdctl.core.atomic import atomic_dir, check_output_dir
 from wdctl.core.errors import InputError, WdctlError
 from wdctl.core.runinfo import cpu_info, versions, write_json
-from wdctl.export.decode import OrtTranslator
+from wdctl.export.optimum_model import load_optimum
 from wdctl.export.package import OnnxPackage
 from wdctl.export.session import providers_for
 from wdctl.passes.batching import output_limit
@@ -36,7 +37,7 @@ from wdctl.passes.marian import load_marian
 TASK = "text2text-generation-with-past"
 REPORT = OnnxPackage.EXPORT_REPORT
 LOGIT_ATOL = 1e-3
-# Logits are the strict check. Token agreement tolerates a flip or two: in a barely-trained
+# Logits are the strict check. Translation agreement tolerates a flip or two: in a barely-trained
 # model, beam candidates tie to within float noise, and a 1e-6 difference can pick the other one.
 MIN_AGREEMENT = 0.75
 VALIDATION_BEAMS = 4
@@ -126,19 +127,8 @@ def export_into(model_dir: Path, dest: Path) -> dict:
     }
 
 
-def _ort_logits(tr, input_ids: np.ndarray, mask: np.ndarray, decoder_ids: np.ndarray) -> np.ndarray:
-    """Teacher-forced logits from the ONNX files (decoder's no-cache branch, whole sequence)."""
-    (hidden,) = tr.encoder.run([tr.encoder_output], {"input_ids": input_ids, "attention_mask": mask})
-    n = input_ids.shape[0]
-    feed = {"input_ids": decoder_ids, "encoder_attention_mask": mask, "encoder_hidden_states": hidden,
-            "use_cache_branch": np.zeros(1, dtype=bool)}
-    empty = np.zeros((n, tr.heads, 0, tr.head_dim), dtype=tr.kv_dtype)
-    feed.update({name: empty for name in tr.past_inputs})
-    return tr.decoder.run(["logits"], feed)[0].astype(np.float32)
-
-
 def _strip(seq: Sequence[int], pad: int) -> list[int]:
-    """A `generate()` row as OrtTranslator returns it: no start token, no trailing padding."""
+    """A `generate()` row without its start token and trailing padding."""
     seq = list(seq[1:])
     while seq and seq[-1] == pad:
         seq.pop()
@@ -147,8 +137,12 @@ def _strip(seq: Sequence[int], pad: int) -> list[int]:
 
 def validate_package(model, tokenizer, package: Path, sentences: Sequence[str], *, device: str = "cpu",
                      beams: int = VALIDATION_BEAMS) -> dict:
-    """Compare PyTorch and onnxruntime on `sentences`: logits and greedy / beam token agreement."""
+    """PyTorch against the package in optimum's `generate()` (`load_optimum`) on `sentences`:
+    greedy / beam translations through `translate_torch` (one batch), and logits teacher-forced
+    on PyTorch's greedy output."""
     import torch
+
+    from wdctl.passes.translate import translate_torch
 
     sentences = [s for s in sentences if s.strip()]
     if not sentences:
@@ -158,28 +152,24 @@ def validate_package(model, tokenizer, package: Path, sentences: Sequence[str], 
                     max_length=min(256, tokenizer.model_max_length))
     ids, mask = enc["input_ids"], enc["attention_mask"]
     limit = output_limit(ids.shape[1])
-    translator = OrtTranslator(package, device=device)
+    ort_model = load_optimum(package, device=device)
     report: dict = {"sentences": len(sentences), "max_length": limit}
-    greedy_ref = None
     for name, num_beams in (("greedy", 1), (f"beam{beams}", beams)):
-        extra = {"early_stopping": True} if num_beams > 1 else {}
-        with torch.inference_mode():
-            ref = model.generate(input_ids=ids, attention_mask=mask, num_beams=num_beams, max_length=limit, **extra)
-        if greedy_ref is None:
-            greedy_ref = ref
-        ref_rows = [_strip(row, pad) for row in ref.tolist()]
-        ort_rows = translator.generate(ids.numpy(), mask.numpy(), beams=num_beams, max_length=limit)
-        agree = sum(a == b for a, b in zip(ref_rows, ort_rows))
-        report[name] = {"agree": agree, "total": len(ref_rows), "agreement": round(agree / len(ref_rows), 4)}
+        ref, ours = (translate_torch(m, tokenizer, sentences, beams=num_beams, batch_size=len(sentences))
+                     for m in (model, ort_model))
+        agree = sum(a == b for a, b in zip(ref, ours))
+        report[name] = {"agree": agree, "total": len(ref), "agreement": round(agree / len(ref), 4)}
 
     with torch.inference_mode():
-        torch_logits = model(input_ids=ids, attention_mask=mask, decoder_input_ids=greedy_ref).logits.float().numpy()
-    ort_logits = _ort_logits(translator, ids.numpy(), mask.numpy(), greedy_ref.numpy())
+        greedy = model.generate(input_ids=ids, attention_mask=mask, num_beams=1, max_length=limit)
+        torch_logits = model(input_ids=ids, attention_mask=mask, decoder_input_ids=greedy).logits.float().numpy()
+        on_device = {k: v.to(ort_model.device) for k, v in (("input_ids", ids), ("attention_mask", mask),
+                                                            ("decoder_input_ids", greedy))}
+        ort_logits = ort_model.model(**on_device).logits.float().cpu().numpy()
     # positions up to and including each row's EOS (later ones are padding)
-    valid = np.ones(greedy_ref.shape, dtype=bool)
-    for i, row in enumerate(greedy_ref.tolist()):
-        length = len(_strip(row, pad)) + 1
-        valid[i, length:] = False
+    valid = np.ones(greedy.shape, dtype=bool)
+    for i, row in enumerate(greedy.tolist()):
+        valid[i, len(_strip(row, pad)) + 1:] = False
     diff = np.abs(torch_logits - ort_logits)[valid]
     report["max_abs_logit_diff"] = float(diff.max())
     report["mean_abs_logit_diff"] = float(diff.mean())

@@ -3,14 +3,13 @@
 Measured on the 2-core development machines: onnxruntime's intra-op threads spin while idle
 and fight torch's threads in the same process. With `session.intra_op.allow_spinning=0` and
 torch held to one thread, beam-4 decoding of a tiny int8 student at batch 1 went from 18 to
-211 target tokens/s. Both `OrtTranslator` and the optimum reference path in the benchmark use
-these options, so comparisons are like for like.
+211 target tokens/s. optimum's path (`wdctl.export.optimum_model`: export validation,
+re-scoring, the bench's ort-optimum rows) uses these options.
 """
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from wdctl.core.errors import InputError
 
@@ -53,24 +52,3 @@ def providers_for(device: str) -> list[str]:
             raise InputError(GPU_HINT)
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
-
-
-def make_session(path: Path | str, threads: int = 1, device: str = "cpu"):
-    """An InferenceSession for one ONNX file, with errors that name the file."""
-    import onnxruntime as ort
-
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: ONNX file not found")
-    providers = providers_for(device)
-    try:
-        return ort.InferenceSession(str(path), sess_options=session_options(threads), providers=providers)
-    except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types
-        raise InputError(f"{path}: cannot load ONNX model ({str(exc).splitlines()[0][:200]})") from None
-
-
-def make_session_from_bytes(model: bytes, threads: int = 1, device: str = "cpu"):
-    """An InferenceSession for a small in-memory helper graph."""
-    import onnxruntime as ort
-
-    return ort.InferenceSession(model, sess_options=session_options(threads), providers=providers_for(device))

@@ -16,7 +16,7 @@ import sacrebleu
 from wdctl.core.corpus import read_parallel
 
 SCHEMA = json.loads((Path(__file__).parent / "report_schema.json").read_text(encoding="utf-8"))
-ALL_BACKENDS = ["torch", "ort", "ort-optimum", "ort-int8", "ort-graph", "ort-graph-int8", "ct2"]
+ALL_BACKENDS = ["torch", "ort-optimum", "ort-graph", "ort-graph-int8", "ct2"]
 
 
 def validate(report: dict) -> None:
@@ -104,13 +104,11 @@ def test_target_tokens_are_counted_with_the_models_tokenizer(quick_bench, tiny_t
 
 
 def test_fp32_backends_agree_with_pytorch(quick_bench):
-    """PyTorch, wdctl's ORT decoder, the in-graph translator and optimum's generate decode the
-    same tokens in fp32."""
+    """PyTorch, the in-graph translator and optimum's generate decode the same tokens in fp32."""
     _, out = quick_bench
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     for system in ("teacher", "wd-tiny"):
         by_backend = {r["backend"]: lines(out / r["hypotheses"]) for r in report["rows"] if r["system"] == system}
-        assert by_backend["ort"] == by_backend["torch"], system
         assert by_backend["ort-optimum"] == by_backend["torch"], system
         assert by_backend["ort-graph"] == by_backend["torch"], system
 
@@ -119,7 +117,7 @@ def test_report_md_plot_and_packages_exist(quick_bench):
     _, out = quick_bench
     md = (out / "report.md").read_text(encoding="utf-8")
     for text in ("# wdctl bench report", "## Settings", "## Machine and versions", "### greedy (beam 1), batch 1",
-                 "| system | backend | BLEU | chrF |", "ORT int8 (wdctl decoder)",
+                 "| system | backend | BLEU | chrF |", "ORT fp32 (optimum generate)",
                  "ORT fp32 (in-graph search)", "ORT int8 (in-graph search)", "p50 ms", "bleu_vs_speed.png",
                  "| device | cpu |",
                  "nrefs:1"):
@@ -136,13 +134,13 @@ def test_rerun_with_force_reuses_the_exported_packages(quick_bench, tiny_teacher
                                                         tiny_corpus, cli):
     _, out = quick_bench
     code, _, err = cli("bench", "--teacher", tiny_teacher_dir, "--student", tiny_student_dir, "--data", tiny_corpus,
-                       "--quick", "--backends", "ort-int8", "--max-sentences", 4, "--out", out, "--force")
+                       "--quick", "--backends", "ort-graph-int8", "--max-sentences", 4, "--out", out, "--force")
     assert code == 0, err
     assert "teacher: reusing the int8 package" in err and "wd-tiny: reusing the fp32 package" in err
     assert "building" not in err
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     validate(report)
-    assert [r["backend"] for r in report["rows"]] == ["ort-int8", "ort-int8"]
+    assert [r["backend"] for r in report["rows"]] == ["ort-graph-int8", "ort-graph-int8"]
 
 
 def test_existing_output_without_force_is_refused(quick_bench, tiny_teacher_dir, tiny_corpus, cli):
@@ -171,7 +169,11 @@ def no_gpu(monkeypatch):
     (["--data", "{missing}"], "file not found"),
     (["--student", "{corpus}"], "not a model directory (no config.json)"),
     (["--device", "tpu"], "--device: unknown device 'tpu' (choose from cpu, cuda)"),
-    (["--device", "cuda", "--backends", "torch,ort-int8"], "--backends ort-int8: dynamic int8 ONNX runs on CPU only"),
+    (["--backends", "torch,ort-int8"], "--backends: unknown backend(s) ort-int8 (choose from torch, ort-optimum, "
+                                       "ort-graph, ort-graph-int8, ct2)"),
+    (["--backends", "ort"], "--backends: unknown backend(s) ort (choose from torch, ort-optimum,"),
+    (["--device", "cuda", "--backends", "torch,ort-graph-int8"],
+     "--backends ort-graph-int8: the in-graph translator runs on CPU only; leave it out with --device cuda"),
     (["--device", "cuda"], "--device cuda: onnxruntime-gpu not installed: pip install 'wdctl[gpu]'"),
     (["--device", "cuda", "--backends", "torch"], "--device cuda: PyTorch cannot use CUDA ("),
 ])
@@ -244,9 +246,9 @@ def test_settings_defaults_quick_and_command(tiny_teacher_dir, tiny_corpus, tmp_
     assert (full.device, full.skipped_backends) == ("cpu", ()) and "--device" not in full.command
     monkeypatch.setattr(bench, "check_device", lambda device, backends: None)  # as if on a GPU machine
     gpu = make_settings(tiny_teacher_dir, [tiny_teacher_dir], tiny_corpus, tmp_path / "o", device="cuda")
-    assert gpu.backends == ("torch", "ort", "ort-optimum", "ct2")
-    assert gpu.skipped_backends == ("ort-int8", "ort-graph", "ort-graph-int8")
-    assert "--backends torch,ort,ort-optimum,ct2" in gpu.command and "--device cuda" in gpu.command
+    assert gpu.backends == ("torch", "ort-optimum", "ct2")
+    assert gpu.skipped_backends == ("ort-graph", "ort-graph-int8")
+    assert "--backends torch,ort-optimum,ct2" in gpu.command and "--device cuda" in gpu.command
     quick = make_settings(tiny_teacher_dir, [tiny_teacher_dir], tiny_corpus, tmp_path / "o", quick=True, beams="4,1,4")
     assert (quick.beams, quick.batch_sizes, quick.repeats, quick.max_sentences) == ((4, 1), (1,), 1, 16)
     assert "--beams 4,1 --batch-sizes 1 --threads 1" in quick.command and "--max-sentences 16" in quick.command
@@ -308,7 +310,7 @@ def test_report_renders_groups_by_beam_and_batch(tmp_path):
             for i, (s, b) in enumerate((s, b) for s in ("teacher", "wd-tiny") for b in ("torch", "ct2"))]
     report = {"settings": {"beams": [1, 4], "batch_sizes": [1, 32], "threads": [1], "repeats": 3, "warmup": "w",
                            "max_length": 256, "length_penalty": 1.0, "quick": False, "max_sentences": None,
-                           "device": "cuda", "skipped_backends": ["ort-int8"]},
+                           "device": "cuda", "skipped_backends": ["ort-graph", "ort-graph-int8"]},
               "data": {"spec": "d", "split": "test", "sentences": 30}, "metrics": {"bleu": "b", "chrf": "c"},
               "machine": {"model": "cpu", "cores": 2, "isa_flags": ["avx2"], "gpu": "NVIDIA H100 80GB HBM3"},
               "versions": {"torch": "2"},
@@ -320,7 +322,7 @@ def test_report_renders_groups_by_beam_and_batch(tmp_path):
     assert titles == ["### greedy (beam 1), batch 1", "### greedy (beam 1), batch 32", "### beam 4, batch 1",
                       "### beam 4, batch 32"]
     assert md.count("p50 ms") == 2 and "- a note" in md
-    assert "| device | cuda (ort-int8 left out: CPU only) |" in md and "- GPU: NVIDIA H100 80GB HBM3" in md
+    assert "| device | cuda (ort-graph, ort-graph-int8 left out: CPU only) |" in md and "- GPU: NVIDIA H100 80GB HBM3" in md
     write_report(tmp_path, report)
     assert (tmp_path / "bleu_vs_speed.png").stat().st_size > 10_000
     assert json.loads((tmp_path / "report.json").read_text())["files"]["plot"] == "bleu_vs_speed.png"
@@ -330,7 +332,8 @@ def test_bench_help_explains_device(cli):
     code, out, _ = cli("bench", "--help")
     flat = " ".join(out.replace("│", " ").split())
     assert code == 0
-    assert "--device" in flat and "pip install 'wdctl[gpu]'" in flat and "ort-int8 (a CPU format)" in flat
+    assert "--device" in flat and "pip install 'wdctl[gpu]'" in flat and "ort-int8" not in flat
+    assert "(ort-graph, ort-graph-int8: CPU provider only)" in flat and "(with --device cuda: torch, ort-optimum and ct2)" in flat
 
 
 def test_demo_help_says_where_its_teacher_comes_from(cli):

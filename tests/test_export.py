@@ -164,13 +164,19 @@ def test_quantize_package_keeps_chosen_nodes_fp32(exported, tmp_path):
 
 
 def test_fp16_package_loads_and_translates(exported, tmp_path):
-    from wdctl.export.decode import OrtTranslator
+    """The re-score's translator (optimum's generate) runs an fp16 package, and its translations
+    stay close to the fp32 package's."""
+    from wdctl.core.metrics import chrf
+    from wdctl.export.build import package_translator
+    from wdctl.export.onnx_export import SAMPLE_SENTENCES
     from wdctl.export.quantize import quantize_package
 
     report = quantize_package(exported["fp32"], tmp_path / "fp16", mode="fp16")
     assert report["sizes"]["total_after"] < report["sizes"]["total_before"]
-    out = OrtTranslator(tmp_path / "fp16").translate(["In the beginning."], beams=2)
-    assert len(out) == 1
+    sources = list(SAMPLE_SENTENCES)
+    fp16, fp32 = (package_translator(path)(sources, 2) for path in (tmp_path / "fp16", exported["fp32"]))
+    assert len(fp16) == len(sources) and all(fp16)
+    assert chrf(fp16, fp32).score > 80
 
 
 def test_detect_isa():
@@ -292,9 +298,9 @@ def test_translate_package_and_model_dir_agree_and_keep_empty_lines(exported, ti
 
 def test_translate_package_runs_the_translator_graph(exported, tiny_teacher_dir, bible_pairs, tmp_path, cli,
                                                      monkeypatch):
-    """Packages are translated by translator.onnx (the numpy decoder is not touched), token for
+    """Packages are translated by translator.onnx (optimum's path is not touched), token for
     token like PyTorch, greedy and beam 4, in length-sorted batches."""
-    import wdctl.export.decode as decode
+    import wdctl.export.optimum_model as optimum_model
 
     sources = [s for s, _ in bible_pairs["test"][:9]]
     src = tmp_path / "in.txt"
@@ -306,14 +312,40 @@ def test_translate_package_runs_the_translator_graph(exported, tiny_teacher_dir,
         expected[beams] = out
 
     def refuse(*args, **kwargs):
-        raise AssertionError("the numpy decoder was used")
+        raise AssertionError("optimum's path was used")
 
-    monkeypatch.setattr(decode, "OrtTranslator", refuse)
+    monkeypatch.setattr(optimum_model, "load_optimum", refuse)
     for beams in ("1", "4"):
         code, out, err = cli("translate", exported["fp32"], "--input", src, "--beams", beams, "--batch-size", "3")
         assert code == 0, err
         assert out == expected[beams], beams
         assert out.split("\n")[4] == ""
+
+
+def test_translate_package_without_translator_runs_optimum(exported, tiny_teacher_dir, bible_pairs, tmp_path, cli,
+                                                           monkeypatch):
+    """A package from before the in-graph translator: optimum's generate over its encoder and
+    decoder, the same lines as PyTorch."""
+    import wdctl.export.optimum_model as optimum_model
+
+    old = tmp_path / "old"
+    shutil.copytree(exported["fp32"], old)
+    (old / "translator.onnx").unlink()
+    real, loaded = optimum_model.load_optimum, []
+
+    def spy(package, **kwargs):
+        loaded.append(package)
+        return real(package, **kwargs)
+
+    monkeypatch.setattr(optimum_model, "load_optimum", spy)
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(s for s, _ in bible_pairs["test"][:6]) + "\n", encoding="utf-8")
+    outputs = {}
+    for name, model in (("old", old), ("torch", tiny_teacher_dir)):
+        code, out, err = cli("translate", model, "--input", src, "--beams", "4", "--batch-size", "4")
+        assert code == 0, err
+        outputs[name] = out
+    assert loaded == [old] and outputs["old"] == outputs["torch"] and len(outputs["old"].splitlines()) == 6
 
 
 def test_translate_refuses_huge_beams_at_once(exported, tiny_teacher_dir):

@@ -60,6 +60,7 @@ class DemoPlan:
     phase_steps: tuple[int, int] = (150, 350)
     phase_warmup: tuple[int, int] = (50, 50)  # the defaults (400, 100) are for 2,000-step phases
     distill_beams: int = 4
+    onnx_distill: bool = True  # the teacher's in-graph ONNX translator: PyTorch's output, ~2x faster
     eval_sentences: int = 0
     beams: str = "1,4"
     batch_sizes: str = "1,32"
@@ -131,7 +132,7 @@ def stage_student(out: Path, teacher: Path, data: Path, plan: DemoPlan, threads:
     p1, p2 = phase_configs(phases)
     compress_with(teacher, str(data), student, student=plan.student, method="wd", phase1=p1, phase2=p2,
              export=False, cache_dir=out / "distilled", distill_beams=plan.distill_beams,
-             eval_sentences=plan.eval_sentences, threads=threads)
+             fast_distill=plan.onnx_distill, eval_sentences=plan.eval_sentences, threads=threads)
     return student
 
 

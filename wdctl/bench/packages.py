@@ -22,8 +22,7 @@ from wdctl.export.package import OnnxPackage
 from wdctl.passes.marian import count_parameters, load_marian_config
 from wdctl.passes.narrow_marian import ct2_unsupported
 
-PACKAGE_OF = {"torch": None, "ort": "fp32", "ort-optimum": "fp32", "ort-int8": "int8", "ort-graph": "fp32",
-              "ort-graph-int8": "int8", "ct2": "ct2"}
+PACKAGE_OF = {"torch": None, "ort-optimum": "fp32", "ort-graph": "fp32", "ort-graph-int8": "int8", "ct2": "ct2"}
 GRAPH_BACKENDS = ("ort-graph", "ort-graph-int8")  # these load the package's translator.onnx
 
 

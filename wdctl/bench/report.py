@@ -13,8 +13,7 @@ from wdctl.core.atomic import atomic_write_text
 from wdctl.core.runinfo import write_json
 
 PLOT_NAME = "bleu_vs_speed.png"
-BACKEND_MARKERS = {"torch": "o", "ort": "s", "ort-optimum": "D", "ort-int8": "^", "ort-graph": "v",
-                   "ort-graph-int8": "P", "ct2": "*"}
+BACKEND_MARKERS = {"torch": "o", "ort-optimum": "D", "ort-graph": "v", "ort-graph-int8": "P", "ct2": "*"}
 SHOWN_VERSIONS = ("wdctl", "torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime",
                   "onnxruntime-gpu", "ctranslate2", "sacrebleu", "tokenizers", "sentencepiece")
 

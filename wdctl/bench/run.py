@@ -50,7 +50,6 @@ from wdctl.core.corpus import read_parallel
 from wdctl.core.errors import WdctlError
 from wdctl.core.metrics import bleu, chrf
 from wdctl.core.runinfo import cpu_info, versions
-from wdctl.export.package import OnnxPackage
 
 REPORT_FORMAT = "wdctl-bench/1"
 
@@ -102,9 +101,6 @@ def run_worker(m: Measurement, settings: BenchSettings, sources: Path, work: Pat
         "beams": m.beams, "batch_size": m.batch_size, "threads": m.threads, "repeats": settings.repeats,
         "max_length": settings.max_length, "length_penalty": settings.length_penalty, "device": settings.device,
     }
-    if m.backend in ("ort", "ort-int8", "ort-optimum"):
-        package = OnnxPackage(model)
-        spec["encoder_file"], spec["decoder_file"] = package.encoder.name, package.decoder.name
     spec_path = work / f"{m.id}.spec.json"
     spec_path.write_text(json.dumps(spec, indent=2), encoding="utf-8")
     result_path = Path(spec["result"])

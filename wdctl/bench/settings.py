@@ -18,22 +18,17 @@ from wdctl.core.errors import InputError
 from wdctl.export.session import DEVICES, providers_for
 from wdctl.passes.marian import check_model_dir
 
-BACKENDS = ("torch", "ort", "ort-optimum", "ort-int8", "ort-graph", "ort-graph-int8", "ct2")
+BACKENDS = ("torch", "ort-optimum", "ort-graph", "ort-graph-int8", "ct2")
 BACKEND_LABELS = {
     "torch": "PyTorch fp32",
-    "ort": "ORT fp32 (wdctl decoder)",
     "ort-optimum": "ORT fp32 (optimum generate)",
-    "ort-int8": "ORT int8 (wdctl decoder)",
     "ort-graph": "ORT fp32 (in-graph search)",
     "ort-graph-int8": "ORT int8 (in-graph search)",
     "ct2": "CTranslate2 int8",
 }
-PRECISION = {"torch": "fp32", "ort": "fp32", "ort-optimum": "fp32", "ort-int8": "int8", "ort-graph": "fp32",
-             "ort-graph-int8": "int8", "ct2": "int8"}
-# dynamic int8 ONNX: its integer kernels exist only in the CPU provider; the in-graph translator
-# (`translator.onnx`) runs in the CPU provider only
-CPU_ONLY = ("ort-int8", *GRAPH_BACKENDS)
-ORT_BACKENDS = ("ort", "ort-optimum", "ort-int8", *GRAPH_BACKENDS)
+PRECISION = {"torch": "fp32", "ort-optimum": "fp32", "ort-graph": "fp32", "ort-graph-int8": "int8", "ct2": "int8"}
+CPU_ONLY = GRAPH_BACKENDS  # the in-graph translator (`translator.onnx`) runs in the CPU provider only
+ORT_BACKENDS = ("ort-optimum", *GRAPH_BACKENDS)
 TORCH_BACKENDS = ("torch", "ort-optimum")  # optimum's generate runs torch tensors on the model's device
 QUICK = {"max_sentences": 16, "repeats": 1, "beams": (1,), "batch_sizes": (1,)}
 DEFAULTS = {"beams": (1, 4), "batch_sizes": (1, 32), "threads": (1,), "repeats": 3, "max_sentences": None}
@@ -103,8 +98,7 @@ class BenchSettings:
             raise InputError(f"--device: unknown device '{self.device}' (choose from {', '.join(DEVICES)})")
         cpu_only = [b for b in self.backends if b in CPU_ONLY and self.device != "cpu"]
         if cpu_only:
-            raise InputError(f"--backends {','.join(cpu_only)}: dynamic int8 ONNX runs on CPU only "
-                             "(and so does the in-graph translator); "
+            raise InputError(f"--backends {','.join(cpu_only)}: the in-graph translator runs on CPU only; "
                              f"leave it out with --device {self.device}, or measure it with --device cpu")
         for path in [self.teacher, *self.students]:
             check_model_dir(path)

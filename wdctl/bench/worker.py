@@ -5,7 +5,7 @@ different libraries in one process (torch, onnxruntime, CTranslate2) distort eac
 timings badly on a 2-core machine, and a fresh process also gives an honest peak RSS.
 
 The spec is a JSON object:
-  backend       torch | ort | ort-int8 | ort-optimum | ort-graph | ort-graph-int8 | ct2
+  backend       torch | ort-optimum | ort-graph | ort-graph-int8 | ct2
   model         the directory this backend loads (MarianMT dir, ONNX package or CT2 model)
   tokenizer     a directory holding the model's tokenizer
   sources       a UTF-8 file, one source sentence per line
@@ -13,14 +13,13 @@ The spec is a JSON object:
   result        where to write the result JSON
   beams, batch_size, threads, repeats, max_length, length_penalty
   device        cpu | cuda (default cpu): where the backend runs
-  encoder_file, decoder_file   (ORT backends) the ONNX files to load
 
 The worker loads the backend, runs one warm-up pass over the first batch (at least 8
 sentences), then `repeats` timed passes over all sentences. At batch size 1 every sentence
 is its own call and its latency is recorded. Timings cover translation only (tokenize,
 decode, detokenize), never loading or the token counting done afterwards. On cuda, the
-torch-based backends call `torch.cuda.synchronize()` before a timer stops, so queued GPU work
-is counted; wdctl's ORT decoder and CTranslate2 return host results, which already waits.
+torch-based backends (torch, ort-optimum) call `torch.cuda.synchronize()` before a timer stops,
+so queued GPU work is counted; CTranslate2 returns host results, which already waits.
 
 The result JSON holds: seconds (per timed pass), latencies_ms (batch size 1 only; all
 sentences of all passes), target_tokens (of the hypotheses, counted with the model's target
@@ -41,7 +40,6 @@ from pathlib import Path
 from typing import Callable
 
 from wdctl.core.runinfo import peak_rss_mb
-from wdctl.export.package import OnnxPackage
 from wdctl.passes.batching import length_sorted_batches, output_limit
 
 WARMUP_SENTENCES = 8
@@ -94,20 +92,6 @@ def _torch_backend(spec: dict, tokenizer) -> Translate:
     return _synchronized(run, spec["device"])
 
 
-def _ort_backend(spec: dict, tokenizer) -> Translate:
-    _limit_torch_threads(1)  # torch ops around ORT calls must not compete with ORT's pool
-    from wdctl.export.decode import OrtTranslator
-
-    files = {k: spec[k] for k in ("encoder_file", "decoder_file") if spec.get(k)}
-    translator = OrtTranslator(spec["model"], threads=spec["threads"], device=spec["device"], **files)
-
-    def run(sentences: list[str], batch_size: int) -> list[str]:
-        return translator.translate(sentences, beams=spec["beams"], batch_size=batch_size,
-                                    max_length=spec["max_length"], length_penalty=spec["length_penalty"])
-
-    return run
-
-
 def _graph_backend(spec: dict, tokenizer) -> Translate:
     """The package's in-graph translator (translator.onnx): one `session.run` per batch."""
     _limit_torch_threads(1)
@@ -122,42 +106,15 @@ def _graph_backend(spec: dict, tokenizer) -> Translate:
     return run
 
 
-class _Evaluable:
-    """ORTModelForSeq2SeqLM has no `.eval()`, which `translate_torch` calls; all else is the model's."""
-
-    def __init__(self, model) -> None:
-        self.model = model
-
-    def eval(self):
-        return self
-
-    def __getattr__(self, name):
-        return getattr(self.model, name)
-
-
 def _ort_optimum_backend(spec: dict, tokenizer) -> Translate:
     _limit_torch_threads(1)
-    from optimum.onnxruntime import ORTModelForSeq2SeqLM
-
-    from wdctl.export.session import session_options  # the same options OrtTranslator uses
+    from wdctl.export.optimum_model import load_optimum
     from wdctl.passes.translate import translate_torch
 
-    # optimum takes the merged decoder by its standard name only when no decoder file name is
-    # given (a name sends it looking for decoder_with_past_model.onnx); check it took ours.
-    # On cuda, IO binding keeps inputs, outputs and the cache on the GPU between steps.
-    cuda = spec["device"] == "cuda"
-    model = ORTModelForSeq2SeqLM.from_pretrained(
-        spec["model"], encoder_file_name=spec.get("encoder_file") or OnnxPackage.ENCODER, use_merged=True,
-        session_options=session_options(spec["threads"]),
-        provider="CUDAExecutionProvider" if cuda else "CPUExecutionProvider", use_io_binding=cuda,
-        use_cache=True, local_files_only=True)
-    decoder = Path(str(model.decoder.path)).name
-    if decoder != (spec.get("decoder_file") or OnnxPackage.DECODER):
-        raise RuntimeError(f"optimum loaded {decoder}, not {spec.get('decoder_file')}")
-    wrapped = _Evaluable(model)
+    model = load_optimum(spec["model"], threads=spec["threads"], device=spec["device"])
 
     def run(sentences: list[str], batch_size: int) -> list[str]:
-        return translate_torch(wrapped, tokenizer, sentences, beams=spec["beams"], batch_size=batch_size,
+        return translate_torch(model, tokenizer, sentences, beams=spec["beams"], batch_size=batch_size,
                                max_length=spec["max_length"], length_penalty=spec["length_penalty"])
 
     return _synchronized(run, spec["device"])
@@ -196,9 +153,8 @@ def _ct2_backend(spec: dict, tokenizer) -> Translate:
     return run
 
 
-LOADERS = {"torch": _torch_backend, "ort": _ort_backend, "ort-int8": _ort_backend,
-           "ort-optimum": _ort_optimum_backend, "ort-graph": _graph_backend, "ort-graph-int8": _graph_backend,
-           "ct2": _ct2_backend}
+LOADERS = {"torch": _torch_backend, "ort-optimum": _ort_optimum_backend, "ort-graph": _graph_backend,
+           "ort-graph-int8": _graph_backend, "ct2": _ct2_backend}
 
 
 def _one_line(texts: list[str]) -> list[str]:

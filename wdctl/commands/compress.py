@@ -89,7 +89,7 @@ def compress_command(
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Checkpoints, logs, config and metrics (default: OUT.run). Rerun the same command to resume; finished phases are skipped. A run dir made with other settings is refused, or started over with --force."),
     distill_cache: Optional[Path] = typer.Option(None, "--distill-cache", help="Cache of teacher translations, keyed by teacher, data and settings (default: $WDCTL_CACHE_DIR/distilled or ~/.cache/wdctl/distilled)."),
     distill_beams: int = typer.Option(4, "--distill-beams", help="Beam size of the teacher translating the training data."),
-    onnx_distill: bool = typer.Option(False, "--onnx-distill", help="Translate the training data with the teacher's ONNX export (onnxruntime) instead of PyTorch."),
+    onnx_distill: bool = typer.Option(False, "--onnx-distill", help="Translate the training data with the teacher's in-graph ONNX translator (onnxruntime, CPU; exported once into the cache) instead of PyTorch: the same output, about 2x faster on CPU."),
     eval_sentences: int = typer.Option(200, "--eval-sentences", help="Dev sentences translated (greedy) at each evaluation during training; 0 = none."),
     test_sentences: int = typer.Option(0, "--test-sentences", help="Cap on test sentences for the final BLEU (0 = all)."),
     subset_mb: Optional[int] = SubsetMbOpt,

@@ -44,7 +44,7 @@ def translate_command(
 ) -> None:
     """Translate one sentence per line; empty lines stay empty, so output lines match input lines.
 
-    ONNX packages (from `wdctl export`) run their in-graph translator (translator.onnx: encoder, decoder and greedy/beam search in one onnxruntime graph), the same tokens as transformers' generate in fp32; packages without one (older exports) and --device cuda use wdctl's numpy decoder. MarianMT directories are decoded with PyTorch. --beams is at most 64.
+    ONNX packages (from `wdctl export`) run their in-graph translator (translator.onnx: encoder, decoder and greedy/beam search in one onnxruntime graph), the same tokens as transformers' generate in fp32; packages without one (older exports) and --device cuda run optimum's generate over the package's encoder and decoder. MarianMT directories are decoded with PyTorch. --beams is at most 64.
     """
     from wdctl.core.atomic import atomic_write_text
     from wdctl.recipes.translate import translate_lines

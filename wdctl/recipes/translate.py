@@ -1,7 +1,7 @@
 """`wdctl translate`: lines through an exported ONNX package (its in-graph translator,
 `translator.onnx`: the whole search in one onnxruntime session; packages without one, and
-`--device cuda`, use wdctl's numpy decoder) or a MarianMT directory (PyTorch); over-long inputs
-are cut to the model's limit, with a warning."""
+`--device cuda`, run optimum's `generate()` over the package's encoder and decoder) or a MarianMT
+directory (PyTorch); over-long inputs are cut to the model's limit, with a warning."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Callable
 
 from wdctl.core.errors import InputError
 from wdctl.export.package import OnnxPackage
-from wdctl.passes.translate import count_too_long
+from wdctl.passes.translate import count_too_long, translate_torch
 
 
 def _warn_truncation(tokenizer, lines: list[str], max_length: int, warn: Callable[[str], None]) -> None:
@@ -43,24 +43,22 @@ def translate_lines(model_dir: Path, read: Callable[[], list[str]], *, beams: in
         _warn_truncation(translator.tokenizer, lines, max_length, warn)
         return translator.translate(lines, beams=beams, batch_size=batch_size, max_length=max_length,
                                     length_penalty=length_penalty)
-    lines = read()
     if OnnxPackage.is_package(model_dir):
-        # packages from before the in-graph translator, and --device cuda: wdctl's numpy decoder
-        from wdctl.export.decode import OrtTranslator
+        # packages from before the in-graph translator, and --device cuda: optimum's generate()
+        from wdctl.export.optimum_model import load_optimum
 
-        translator = OrtTranslator(model_dir, threads=threads, device=device)
-        _warn_truncation(translator.tokenizer, lines, max_length, warn)
-        return translator.translate(lines, beams=beams, batch_size=batch_size, max_length=max_length,
-                                    length_penalty=length_penalty)
-    if device != "cpu":
+        model = load_optimum(model_dir, threads=threads, device=device)
+        tokenizer = OnnxPackage(model_dir).load_tokenizer()
+    elif device != "cpu":
         raise InputError("--device cuda applies to ONNX packages only (export the model with `wdctl export`)")
-    import torch
+    else:
+        import torch
 
-    from wdctl.passes.marian import load_marian
-    from wdctl.passes.translate import translate_torch
+        from wdctl.passes.marian import load_marian
 
-    torch.set_num_threads(threads)
-    model, tokenizer = load_marian(model_dir)
+        torch.set_num_threads(threads)
+        model, tokenizer = load_marian(model_dir)
+    lines = read()
     _warn_truncation(tokenizer, lines, max_length, warn)
     return translate_torch(model, tokenizer, lines, beams=beams, batch_size=batch_size, max_length=max_length,
                            length_penalty=length_penalty)
