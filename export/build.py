@@ -31,9 +31,16 @@ Scorer = Callable[[Path, Path], dict]
 
 
 def package_translator(package: Path, *, threads: int = 1, device: str = "cpu", batch_size: int = 16,
-                       max_length: int = 256) -> Translate:
-    """`translate(sentences, beams)` with optimum's `generate()` over the package's encoder and
-    merged decoder: any package, fp16 ones included (the in-graph translator has no fp16 build)."""
+                       max_length: int = 256, graph: bool = False) -> Translate:
+    """`translate(sentences, beams)` over an exported package. With `graph`, its in-graph
+    translator when it has one (what `wdctl translate` runs on the CPU); otherwise optimum's
+    `generate()` over the encoder and merged decoder: any package, fp16 ones included."""
+    if graph and device == "cpu" and OnnxPackage(package).has_translator():
+        from wdctl.export.translator import PackageTranslator
+
+        translator = PackageTranslator(package, threads=threads)
+        return lambda sentences, beams: translator.translate(sentences, beams=beams, batch_size=batch_size,
+                                                             max_length=max_length)
     from wdctl.passes.translate import translate_torch
 
     model = load_optimum(package, threads=threads, device=device)

@@ -206,6 +206,7 @@ def test_tiny_student_compresses_exports_and_translates(cli, tiny_teacher_dir, c
         assert len(stdout.splitlines()) == 2
     metrics = json.loads((Path(f"{out}.run") / "metrics.json").read_text())
     assert metrics["generator"] == "coherent" and metrics["phases"]["phase1"]["probe_loss_before"] is not None
+    assert "int8_test_bleu_beam4" in metrics["exports"]["int8_scores"]  # re-scored by its in-graph translator
 
 
 @pytest.mark.parametrize("start", ["leading", "importance"])

@@ -235,9 +235,11 @@ def compress(settings: CompressSettings) -> dict:
 
 
 def _export(s: CompressSettings, outputs: dict[str, Path], test_pairs: list[Pair] | None) -> dict:
-    """OUT.onnx/ and OUT.<mode>/, the quantized package's test BLEU scored again."""
+    """OUT.onnx/ and OUT.<mode>/, the quantized package's test BLEU scored again, as `wdctl
+    translate` runs it (its in-graph translator)."""
     def score(fp32: Path, quantized: Path) -> dict:
-        translate = package_translator(quantized, threads=s.threads or 1, batch_size=64, max_length=MAX_LENGTH)
+        translate = package_translator(quantized, threads=s.threads or 1, batch_size=64, max_length=MAX_LENGTH,
+                                       graph=True)
         return score_bleu(translate, test_pairs, [s.eval_beams], f"{s.quantize}_test")
 
     built = build_package(s.out, outputs["onnx"], outputs.get(s.quantize), mode=s.quantize or "int8", force=s.force,
