@@ -300,7 +300,7 @@ def export_model(model_dir: Path, out: Path, *, quantize: str | None = None, dev
 class OnnxTeacher:
     """A `wdctl.passes.distill.TeacherBackend`: the teacher exported once (fp32, validated) into
     the distillation cache and decoded by its in-graph translator on the CPU (`compress
-    --onnx-distill`): the same output as PyTorch (validated at export), in about half the time."""
+    --onnx-distill`): the same output as PyTorch (validated at export), one batch per thread."""
 
     name = "onnx"
 
@@ -315,4 +315,4 @@ class OnnxTeacher:
         from wdctl.export.translator import PackageTranslator
 
         self.prepare(teacher_dir, workdir)
-        return PackageTranslator(workdir, threads=threads)
+        return PackageTranslator(workdir, workers=threads)

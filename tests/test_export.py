@@ -371,3 +371,13 @@ def test_translate_errors_name_the_file(exported, tmp_path, cli):
     assert code == 2 and "bad.txt:2" in err
     code, _, err = cli("translate", tmp_path / "nope", "--input", bad)
     assert code == 2 and "nope" in err
+
+
+def test_translator_workers_give_the_same_lines(exported, bible_pairs):
+    """`workers` (used by `compress --onnx-distill`) runs batches side by side: same output, same order."""
+    from wdctl.export.translator import PackageTranslator
+
+    sources = [s for s, _ in bible_pairs["test"][:24]] + [""]
+    one = PackageTranslator(exported["fp32"]).translate(sources, beams=2, batch_size=4)
+    two = PackageTranslator(exported["fp32"], workers=3).translate(sources, beams=2, batch_size=4)
+    assert two == one and one[-1] == "" and all(one[:-1])
