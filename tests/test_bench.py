@@ -380,7 +380,7 @@ def test_demo_runs_its_stages_in_order_and_reuses_finished_ones(tmp_path, monkey
     report = demo.run_demo(out, plan=demo.SMOKE, log=messages.append)
     assert calls == ["teacher", "student", "export", "bench"]
     assert report == out / "report.md" and "--packages" in report.read_text()
-    assert len(read_parallel(out / "data", "train")) == 600 and len(read_parallel(out / "data-student", "train")) == 200
+    assert len(read_parallel(out / "data", "train")) == 600
     assert len(read_parallel(out / "data", "test")) == 8
     first = json.loads((out / "demo.json").read_text())["stages"]
 
@@ -415,11 +415,11 @@ def test_demo_starts_from_the_bundled_teacher_by_default(tmp_path, monkeypatch):
     monkeypatch.setattr(demo, "bench_finished", lambda out, settings: False)
     monkeypatch.setattr(demo, "stage_bench", fake_bench)
     messages = []
-    plan = replace(demo.DEMO, student_pairs=50, held_out=20)
+    plan = replace(demo.DEMO, train_pairs=50, held_out=20)
     demo.run_demo(tmp_path / "demo", plan=plan, log=messages.append)
     assert seen["teacher"] == demo.BUNDLED_TEACHER and seen["bench"] == {"teacher": demo.BUNDLED_TEACHER}
     assert len(read_parallel(seen["data"], "train")) == 50 and len(read_parallel(seen["data"], "test")) == 20
-    assert not (tmp_path / "demo" / "data").exists()  # no teacher training data written
+    assert not (tmp_path / "demo" / "teacher").exists()  # no teacher trained
     assert any("the bundled teacher" in m for m in messages)
 
 

@@ -226,3 +226,18 @@ def test_coherent_wd_starts_at_or_below_cut_kd(cli, tiny_teacher_dir, corpus, tm
         before[method] = phase["probe_loss_before"]
         assert before[method] is not None
     assert before["wd"] <= before["cut-kd"] + 1e-4
+
+
+def test_distill_sentences_translates_a_prefix_and_trains_on_every_original(cli, tiny_teacher_dir, corpus, tmp_path,
+                                                                            train_yaml):
+    """`--distill-sentences N`: the teacher translates the first N sources only; the training
+    pairs are every original pair plus those N translations; a bad N is refused up front."""
+    out = tmp_path / "student"
+    args = common(corpus, out, train_yaml, tmp_path / "cache")
+    code, _, stderr = cli("compress", tiny_teacher_dir, "--method", "cut-kd", "--distill-sentences", 7, *args)
+    assert code == 0, stderr
+    pairs = json.loads((Path(f"{out}.run") / "metrics.json").read_text())["training_pairs"]
+    assert pairs["original"] == 120 and pairs["distilled"] == 7 and 120 <= pairs["union"] <= 127
+    code, _, stderr = cli("compress", tiny_teacher_dir, "--distill-sentences", -1, *common(corpus, tmp_path / "x",
+                                                                                            train_yaml, tmp_path / "c"))
+    assert code == 2 and "--distill-sentences" in stderr and not (tmp_path / "x").exists()

@@ -3,8 +3,9 @@
 Stages, each reused on a rerun when its finished output is there (an interrupted training
 stage resumes from its checkpoints):
 
-1. data     `OUT/data-student/`: the first few thousand training pairs (the teacher translates
-            their sources for distillation) and a few hundred dev and test pairs.
+1. data     `OUT/data/`: the training pairs and a few hundred dev and test pairs; the teacher
+            translates the sources of the first few thousand for distillation, and the student
+            trains on every original pair plus those translations.
 2. teacher  the bundled teacher, `examples/teacher/` (6+6 layers, d 256, trained with
             `wdctl teacher train --preset cpu6`; see its `training/`). With `--train-teacher`
             the demo instead trains a small 3+3 teacher for a few hundred steps at `OUT/teacher/`
@@ -53,9 +54,9 @@ class DemoPlan:
     teacher_steps: int = 450  # ... for a few hundred steps (the full recipe trains ~3,000)
     teacher_warmup: int | None = 400  # reach the peak learning rate within those steps
     vocab_size: int | None = None  # None: the preset's
-    train_pairs: int | None = None  # teacher training pairs; None = the whole training split
+    train_pairs: int | None = None  # training pairs (teacher and student); None = the whole training split
     held_out: int = 300  # dev and test sentences (student eval, bench)
-    student_pairs: int = 3000  # training pairs the teacher translates for the student
+    distill_sentences: int = 3000  # training sources the teacher translates for the student
     student: str = "small"
     phase_steps: tuple[int, int] = (150, 350)
     phase_warmup: tuple[int, int] = (50, 50)  # the defaults (400, 100) are for 2,000-step phases
@@ -72,14 +73,14 @@ class DemoPlan:
 
     def estimate(self) -> str:
         teacher = f"train a teacher for {self.teacher_steps} steps" if self.train_teacher else "the bundled teacher"
-        return (f"{teacher}, distil {self.student_pairs} sentences, {self.phase_steps[0]} + {self.phase_steps[1]} "
+        return (f"{teacher}, distil {self.distill_sentences} sentences, {self.phase_steps[0]} + {self.phase_steps[1]} "
                 f"student steps, bench {self.bench_sentences} sentences")
 
 
 DEMO = DemoPlan()
 # A seconds-long run of every stage, for tests (`wdctl demo --smoke`): it trains a tiny teacher.
 SMOKE = DemoPlan(train_teacher=True, teacher_preset="tiny", teacher_steps=40, teacher_warmup=None, vocab_size=400,
-                 held_out=8, train_pairs=600, student_pairs=200, phase_steps=(10, 10), phase_warmup=(5, 5), distill_beams=1,
+                 held_out=8, train_pairs=600, distill_sentences=200, phase_steps=(10, 10), phase_warmup=(5, 5), distill_beams=1,
                  beams="1", batch_sizes="1", bench_sentences=4, backends="ort-graph-int8,ct2")
 
 
@@ -91,22 +92,17 @@ def _write_tsv(path: Path, pairs) -> None:
     path.write_text("".join(f"{s}\t{t}\n" for s, t in pairs), encoding="utf-8")
 
 
-def stage_data(out: Path, plan: DemoPlan, source: Path = BUNDLED) -> tuple[Path, Path]:
-    """`OUT/data-student` (and, to train a teacher, `OUT/data`): TSV splits cut from the corpus."""
-    teacher_data, student_data = out / "data", out / "data-student"
+def stage_data(out: Path, plan: DemoPlan, source: Path = BUNDLED) -> Path:
+    """`OUT/data`: TSV splits cut from the corpus, for the student (and a `--train-teacher` teacher)."""
+    data = out / "data"
+    if _finished(data):
+        return data
     splits = {split: read_parallel(source, split) for split in ("train", "dev", "test")}
-    dev, test = splits["dev"][: plan.held_out], splits["test"][: plan.held_out]
-    wanted = [(student_data, splits["train"][: plan.student_pairs])]
-    if plan.train_teacher:
-        wanted.append((teacher_data, splits["train"][: plan.train_pairs] if plan.train_pairs else splits["train"]))
-    for path, train_pairs in wanted:
-        if _finished(path):
-            continue
-        with atomic_dir(path, force=False) as tmp:
-            _write_tsv(tmp / "train.en-es.tsv", train_pairs)
-            _write_tsv(tmp / "dev.en-es.tsv", dev)
-            _write_tsv(tmp / "test.en-es.tsv", test)
-    return teacher_data, student_data
+    with atomic_dir(data, force=False) as tmp:
+        _write_tsv(tmp / "train.en-es.tsv", splits["train"][: plan.train_pairs])
+        _write_tsv(tmp / "dev.en-es.tsv", splits["dev"][: plan.held_out])
+        _write_tsv(tmp / "test.en-es.tsv", splits["test"][: plan.held_out])
+    return data
 
 
 def stage_teacher(out: Path, data: Path, plan: DemoPlan, threads: int = 0) -> Path:
@@ -132,12 +128,13 @@ def stage_student(out: Path, teacher: Path, data: Path, plan: DemoPlan, threads:
     p1, p2 = phase_configs(phases)
     compress_with(teacher, str(data), student, student=plan.student, method="wd", phase1=p1, phase2=p2,
              export=False, cache_dir=out / "distilled", distill_beams=plan.distill_beams,
+             distill_sentences=plan.distill_sentences,
              fast_distill=plan.onnx_distill, eval_sentences=plan.eval_sentences, threads=threads)
     return student
 
 
 def bench_settings(out: Path, teacher: Path, student: Path, plan: DemoPlan, threads: int):
-    return make_settings(teacher, [student], str(out / "data-student"), out / "bench", beams=plan.beams,
+    return make_settings(teacher, [student], str(out / "data"), out / "bench", beams=plan.beams,
                          batch_sizes=plan.batch_sizes, threads=str(threads), backends=plan.backends,
                          max_sentences=plan.bench_sentences, repeats=plan.repeats, packages=out / "packages",
                          force=(out / "bench").exists())
@@ -204,14 +201,14 @@ def run_demo(out: Path | str = Path("runs/demo"), threads: int = 1, train_thread
         return result
 
     log(f"demo: writing to {out} ({plan.estimate()}); rerun the same command to resume")
-    teacher_data, student_data = stage("data", _finished(out / "data-student"), lambda: stage_data(out, plan))
+    data = stage("data", _finished(out / "data"), lambda: stage_data(out, plan))
     if plan.train_teacher:
-        teacher = stage("teacher", _finished(out / "teacher"), lambda: stage_teacher(out, teacher_data, plan, train_threads))
+        teacher = stage("teacher", _finished(out / "teacher"), lambda: stage_teacher(out, data, plan, train_threads))
     else:
         teacher = BUNDLED_TEACHER
         log(f"demo: teacher: the bundled teacher, {teacher}")
     student = stage(f"student (wd-{plan.student})", _finished(out / f"wd-{plan.student}"),
-                    lambda: stage_student(out, teacher, student_data, plan, train_threads))
+                    lambda: stage_student(out, teacher, data, plan, train_threads))
     settings = bench_settings(out, teacher, student, plan, threads)
     stage("export", False, lambda: stage_packages(settings))
     report = stage("bench", bench_finished(out, settings), lambda: stage_bench(out, settings))

@@ -89,6 +89,7 @@ def compress_command(
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Checkpoints, logs, config and metrics (default: OUT.run). Rerun the same command to resume; finished phases are skipped. A run dir made with other settings is refused, or started over with --force."),
     distill_cache: Optional[Path] = typer.Option(None, "--distill-cache", help="Cache of teacher translations, keyed by teacher, data and settings (default: $WDCTL_CACHE_DIR/distilled or ~/.cache/wdctl/distilled)."),
     distill_beams: int = typer.Option(4, "--distill-beams", help="Beam size of the teacher translating the training data."),
+    distill_sentences: int = typer.Option(0, "--distill-sentences", help="Teacher-translate only the first N training sources (0 = all); the students still train on every original pair plus those N translations."),
     onnx_distill: bool = typer.Option(False, "--onnx-distill", help="Translate the training data with the teacher's in-graph ONNX translator (onnxruntime, CPU; exported once into the cache) instead of PyTorch: the same output, about 2x faster on CPU."),
     eval_sentences: int = typer.Option(200, "--eval-sentences", help="Dev sentences translated (greedy) at each evaluation during training; 0 = none."),
     test_sentences: int = typer.Option(0, "--test-sentences", help="Cap on test sentences for the final BLEU (0 = all)."),
@@ -127,7 +128,8 @@ def compress_command(
         student=student_request(student, encoder_layers, decoder_layers, d_model, ffn_dim, heads),
         method=method, generator=generator, start=start, phase1=p1, phase2=p2, run_dir=run_dir, force=force, export=export, quantize=quantize,
         dry_run=dry_run,
-        cache_dir=distill_cache, distill_beams=distill_beams, fast_distill=onnx_distill,
+        cache_dir=distill_cache, distill_beams=distill_beams, distill_sentences=distill_sentences,
+        fast_distill=onnx_distill,
         eval_sentences=eval_sentences, test_sentences=test_sentences,
         subset_bytes=subset_mb * 2**20 if subset_mb else None, threads=threads or 0,
     ))

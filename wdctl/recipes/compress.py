@@ -85,6 +85,7 @@ class CompressSettings:
     dry_run: bool = False
     cache_dir: Path | None = None
     distill_beams: int = 4
+    distill_sentences: int = 0  # the teacher translates the first N training sources (0 = all)
     distill_batch_size: int = 32
     length_penalty: float = 1.0
     fast_distill: bool = False  # the teacher distils through its ONNX export
@@ -106,6 +107,8 @@ class CompressSettings:
         quantize = None if self.quantize in ("", "none") else self.quantize
         if self.distill_beams < 1 or self.eval_beams < 1:
             raise InputError("beam sizes must be >= 1")
+        if self.distill_sentences < 0:
+            raise InputError(f"--distill-sentences must be >= 0 (got {self.distill_sentences})")
         return replace(self, teacher_dir=Path(self.teacher_dir), out=Path(self.out) if self.out else None,
                        run_dir=Path(self.run_dir) if self.run_dir else None, quantize=quantize,
                        phase1=replace(replace(self.phase1).validate(), **threads),
@@ -162,7 +165,7 @@ def compress(settings: CompressSettings) -> dict:
         "data": str(Path(s.data).resolve()) if Path(s.data).exists() else str(s.data),
         "method": s.method, "generator": s.generator, "start": s.start, "student": spec.to_dict(),
         "distill": {"beams": s.distill_beams, "length_penalty": s.length_penalty, "max_length": MAX_LENGTH,
-                    "fast": s.fast_distill},
+                    "fast": s.fast_distill, "sentences": s.distill_sentences},
         "phase1": schedule_fingerprint(s.phase1), "phase2": schedule_fingerprint(s.phase2),
         "subset_bytes": plan.subset_bytes,
     })
@@ -188,7 +191,7 @@ def compress(settings: CompressSettings) -> dict:
     started = time.perf_counter()
     metrics: dict = {**summary, "memory_check": memory}
     torch_threads = torch.get_num_threads()  # the ONNX backend holds torch to one thread
-    distilled = distill(s.teacher_dir, train_pairs, s.cache_dir or default_cache_dir(), beams=s.distill_beams,
+    distilled = distill(s.teacher_dir, train_pairs[: s.distill_sentences or None], s.cache_dir or default_cache_dir(), beams=s.distill_beams,
                         batch_size=s.distill_batch_size, max_length=MAX_LENGTH, length_penalty=s.length_penalty,
                         backend=OnnxTeacher() if s.fast_distill else None, threads=s.threads or 1,
                         device=s.phase1.device, progress=s.progress)
