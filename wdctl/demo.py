@@ -61,14 +61,14 @@ class DemoPlan:
     phase_steps: tuple[int, int] = (150, 350)
     phase_warmup: tuple[int, int] = (50, 50)  # the defaults (400, 100) are for 2,000-step phases
     distill_beams: int = 4
-    onnx_distill: bool = True  # the teacher's in-graph ONNX translator: PyTorch's output, ~2x faster
+    onnx_distill: bool = True  # the teacher's in-graph ONNX translator: PyTorch's output, faster
     eval_sentences: int = 0
     beams: str = "1,4"
     batch_sizes: str = "1,32"
     bench_sentences: int = 300
     repeats: int = 1
-    # onnxruntime int8 with the in-graph search against CTranslate2 int8; PyTorch, the numpy
-    # decoder and optimum's generate() are left out to fit the time budget (`wdctl bench` runs them)
+    # onnxruntime int8 with the in-graph search against CTranslate2 int8; PyTorch, fp32 and
+    # optimum's generate() are left out to fit the time budget (`wdctl bench` runs them)
     backends: str | None = "ort-graph-int8,ct2"
 
     def estimate(self) -> str:
