@@ -191,9 +191,9 @@ def compress(settings: CompressSettings) -> dict:
     started = time.perf_counter()
     metrics: dict = {**summary, "memory_check": memory}
     torch_threads = torch.get_num_threads()  # the ONNX backend holds torch to one thread
-    distilled = distill(s.teacher_dir, train_pairs[: s.distill_sentences or None], s.cache_dir or default_cache_dir(), beams=s.distill_beams,
-                        batch_size=s.distill_batch_size, max_length=MAX_LENGTH, length_penalty=s.length_penalty,
-                        backend=OnnxTeacher() if s.fast_distill else None, threads=s.threads or 1,
+    distilled = distill(s.teacher_dir, train_pairs[: s.distill_sentences or None], s.cache_dir or default_cache_dir(),
+                        beams=s.distill_beams, batch_size=s.distill_batch_size, max_length=MAX_LENGTH, length_penalty=s.length_penalty,
+                        backend=OnnxTeacher() if s.fast_distill else None, threads=s.threads or torch_threads,
                         device=s.phase1.device, progress=s.progress)
     metrics["distill"] = {"cache": str(distilled.path), "reused": distilled.reused, "translated": distilled.translated,
                           "seconds": round(distilled.seconds, 2), "backend": distilled.backend,
