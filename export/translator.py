@@ -328,12 +328,3 @@ class PackageTranslator:
                 for i, text in zip(idx, tok.batch_decode(rows, skip_special_tokens=True)):
                     out[i] = text
         return out
-        tok = self.tokenizer
-        for idx in batches:
-            ids = tok([sentences[i] for i in idx], truncation=True,
-                      max_length=min(max_length, tok.model_max_length))["input_ids"]
-            limit = min(max_length, output_limit(max(len(row) for row in ids)))
-            rows = self.translator.generate(ids, beams=beams, max_length=limit, length_penalty=length_penalty)
-            for i, text in zip(idx, tok.batch_decode(rows, skip_special_tokens=True)):
-                out[i] = text
-        return out
