@@ -1,14 +1,19 @@
 """Assembling the in-graph translator: one ONNX graph that takes token ids and search settings
 and returns token ids (see `wdctl.export.translator` for the overview, quantization and runtime).
 
-- an encoder subgraph (run once by the search op) that returns the cross-attention K/V of every
-  decoder layer, already projected to the decoder width and in (batch, heads, length, head) layout;
+- the encoder, in the graph that holds the search node, run once per sentence on the search's
+  own inputs: it leaves, for every decoder layer, the cross-attention keys and values (batch,
+  heads, length, head), and the shape that groups a sentence's beams;
 - a fused decoder step (`com.microsoft.MultiHeadAttention` for self-attention with past/present
-  and for cross-attention over the cached K/V with a key padding mask, `SkipLayerNormalization`
-  for every post-LN residual, `QuickGelu(alpha=1)` = swish);
+  and for cross-attention, `SkipLayerNormalization` for every post-LN residual,
+  `QuickGelu(alpha=1)` = swish) whose cross-attention reads those encoder values from the
+  enclosing scope, a sentence's beams grouped as if they were query positions, so the keys and
+  values are stored and read once per sentence, not once per beam;
 - `com.microsoft.BeamSearch` with model_type=1 for every beam count (onnxruntime 1.32's
-  `GreedySearch` accepts only GPT-style models; BeamSearch with one beam is greedy search).
-  Each subgraph holds its own weights as initializers (onnxruntime pre-packs those).
+  `GreedySearch` accepts only GPT-style models; BeamSearch with one beam is greedy search). Its
+  encoder subgraph is only a placeholder the op requires (a one-position zero K/V per layer, which
+  the op copies over the beams and the decoder never reads).
+  Each (sub)graph holds its own weights as initializers (onnxruntime pre-packs those).
 """
 
 from __future__ import annotations
@@ -116,19 +121,22 @@ def _initializers(store: dict) -> list:
     return [numpy_helper.from_array(np.asarray(v), k) for k, v in store.items()]
 
 
-def _encoder_graph(w: MarianWeights, store: dict):
-    """Inputs encoder_input_ids, encoder_attention_mask; outputs present_{key,value}_cross_i."""
-    from onnx import TensorProto, helper
+def _cross_names(scope: str, i: int) -> tuple[str, str]:
+    return f"{scope}cross_key_{i}", f"{scope}cross_value_{i}"
 
-    g = _Graph(store, "enc/")
+
+def _encoder_nodes(w: MarianWeights, g: _Graph, ids: str, mask: str, scope: str) -> None:
+    """The encoder on (ids, mask), adding to `g` the values the decoder reads from the enclosing
+    scope: `{scope}cross_key_i` and `{scope}cross_value_i` (B, heads, L, head) for each decoder
+    layer, `{scope}cross_mask` (the int32 key padding mask) and `{scope}cross_q_shape` = [B, -1, d]."""
     scale = math.sqrt(w.d_enc) if w.scale_embedding else 1.0
-    h = g.op("Gather", [g.weight("enc.embed", w.encoder_embed * _F32(scale)), "encoder_input_ids"])
-    length = g.op("Shape", ["encoder_input_ids"], start=1, end=2)
+    h = g.op("Gather", [g.weight("enc.embed", w.encoder_embed * _F32(scale)), ids])
+    length = g.op("Shape", [ids], start=1, end=2)
     pos = _positions(g, w.encoder_positions, "enc.positions", g.weight("zero1", np.array([0], dtype=np.int64)), length)
     h = g.op("Add", [h, pos])
     for i, layer in enumerate(w.encoder_layers):
         name = f"enc.{i}"
-        a = _self_attention(g, h, layer.self_attn, w.encoder_heads, name + ".self", mask="encoder_attention_mask")
+        a = _self_attention(g, h, layer.self_attn, w.encoder_heads, name + ".self", mask=mask)
         a = g.op("MatMul", [a, g.weight(f"{name}.self.o.w", layer.self_attn.o_w)])
         h = _skip_ln(g, a, h, layer.self_attn_ln, g.weight(f"{name}.self.o.b", layer.self_attn.o_b),
                      name + ".self_ln", w.layer_norm_eps)
@@ -139,21 +147,57 @@ def _encoder_graph(w: MarianWeights, store: dict):
     kv_b = np.concatenate([b for layer in w.decoder_layers for b in (layer.cross_attn.k_b, layer.cross_attn.v_b)])
     kv = g.op("MatMul", [h, g.weight("enc.cross_kv.w", kv_w)])
     kv = g.op("Add", [kv, g.weight("enc.cross_kv.b", kv_b)])
-    kv = g.op("Reshape", [kv, g.weight(f"shape_kv", np.array([0, 0, 2 * n * heads, d // heads], dtype=np.int64))])
+    kv = g.op("Reshape", [kv, g.weight("shape_kv", np.array([0, 0, 2 * n * heads, d // heads], dtype=np.int64))])
     kv = g.op("Transpose", [kv], perm=[0, 2, 1, 3])  # (B, 2 * n * heads, L, head)
-    names = [f"present_{kind}_cross_{i}" for i in range(n) for kind in ("key", "value")]
-    g.op("Split", [kv, g.weight(f"split_kv", np.full(2 * n, heads, dtype=np.int64))], names, axis=1)
-    inputs = [helper.make_tensor_value_info("encoder_input_ids", TensorProto.INT32, ["batch", "src_len"]),
-              helper.make_tensor_value_info("encoder_attention_mask", TensorProto.INT32, ["batch", "src_len"])]
-    outputs = [helper.make_tensor_value_info(nm, TensorProto.FLOAT, ["batch", heads, "src_len", d // heads])
-               for nm in names]
-    return helper.make_graph(g.nodes, "marian_encoder", inputs, outputs, initializer=_initializers(store))
+    g.op("Split", [kv, g.weight("split_kv", np.full(2 * n, heads, dtype=np.int64))],
+         [name for i in range(n) for name in _cross_names(scope, i)], axis=1)
+    g.op("Identity", [mask], [f"{scope}cross_mask"])
+    batch = g.op("Shape", [ids], start=0, end=1)
+    g.op("Concat", [batch, g.weight("q_shape_tail", np.array([-1, d], dtype=np.int64))],
+         [f"{scope}cross_q_shape"], axis=0)
 
 
-def _decoder_graph(w: MarianWeights, store: dict):
-    """One decoder step: input_ids (B, 1), encoder_attention_mask, past self/cross K/V -> logits, present self."""
+def _placeholder_encoder_graph(w: MarianWeights):
+    """The encoder subgraph the op requires (inputs encoder_input_ids, encoder_attention_mask;
+    outputs present_{key,value}_cross_i): zeros of one position, which tell the op the heads and
+    head size; the op expands them over the beams and the decoder leaves them unread."""
     from onnx import TensorProto, helper
 
+    n, heads, hd = len(w.decoder_layers), w.decoder_heads, w.d_dec // w.decoder_heads
+    store: dict = {}
+    g = _Graph(store, "placeholder/")
+    batch = g.op("Shape", ["encoder_input_ids"], start=0, end=1)
+    shape = g.op("Concat", [batch, g.weight("tail", np.array([heads, 1, hd], dtype=np.int64))], axis=0)
+    zeros = g.op("ConstantOfShape", [shape], value=helper.make_tensor("zero", TensorProto.FLOAT, [1], [0.0]))
+    names = [f"present_{kind}_cross_{i}" for i in range(n) for kind in ("key", "value")]
+    for nm in names:
+        g.op("Identity", [zeros], [nm])
+    inputs = [helper.make_tensor_value_info("encoder_input_ids", TensorProto.INT32, ["batch", "src_len"]),
+              helper.make_tensor_value_info("encoder_attention_mask", TensorProto.INT32, ["batch", "src_len"])]
+    outputs = [helper.make_tensor_value_info(nm, TensorProto.FLOAT, ["batch", heads, 1, hd]) for nm in names]
+    return helper.make_graph(g.nodes, "placeholder_encoder", inputs, outputs, initializer=_initializers(store))
+
+
+def _cross_attention(g: _Graph, h: str, ca: AttentionWeights, heads: int, d: int, name: str, i: int,
+                     scope: str) -> str:
+    """Attention over the encoder's K/V of the enclosing scope, a sentence's beams grouped: the
+    (B * beams, 1, d) queries become (B, beams, d), beams taking the place of query positions,
+    so MultiHeadAttention reads each sentence's K/V once for all of its beams."""
+    q = g.op("MatMul", [h, g.weight(f"{name}.cross.q.w", ca.q_w)])
+    q = g.op("Reshape", [q, f"{scope}cross_q_shape"])
+    key, value = _cross_names(scope, i)
+    bias = g.weight(f"{name}.cross.qkv.b", np.concatenate([ca.q_b, np.zeros(2 * d, dtype=_F32)]))
+    a = g.op("MultiHeadAttention", [q, key, value, bias, f"{scope}cross_mask"], domain="com.microsoft",
+             num_heads=heads)
+    return g.op("Reshape", [a, g.weight("shape_rows", np.array([-1, 1, d], dtype=np.int64))])
+
+
+def _decoder_graph(w: MarianWeights, scope: str):
+    """One decoder step: input_ids (B * beams, 1), the op's masks and past K/V -> logits, present
+    self K/V; the cross-attention reads `{scope}cross_*` from the enclosing graph."""
+    from onnx import TensorProto, helper
+
+    store: dict = {}
     g = _Graph(store, "dec/")
     n, heads, d = len(w.decoder_layers), w.decoder_heads, w.d_dec
     hd = d // heads
@@ -162,7 +206,6 @@ def _decoder_graph(w: MarianWeights, store: dict):
     step = g.op("Shape", ["past_key_self_0"], start=2, end=3)
     step1 = g.op("Add", [step, g.weight("one1", np.array([1], dtype=np.int64))])
     h = g.op("Add", [h, _positions(g, w.decoder_positions, "dec.positions", step, step1)])
-    zeros_kv = np.zeros(2 * d, dtype=_F32)
     for i, layer in enumerate(w.decoder_layers):
         name = f"dec.{i}"
         a = _self_attention(g, h, layer.self_attn, heads, name + ".self",
@@ -172,10 +215,7 @@ def _decoder_graph(w: MarianWeights, store: dict):
         h = _skip_ln(g, a, h, layer.self_attn_ln, g.weight(f"{name}.self.o.b", layer.self_attn.o_b),
                      name + ".self_ln", w.layer_norm_eps)
         ca = layer.cross_attn
-        q = g.op("MatMul", [h, g.weight(f"{name}.cross.q.w", ca.q_w)])
-        a = g.op("MultiHeadAttention", [q, f"past_key_cross_{i}", f"past_value_cross_{i}",
-                                        g.weight(f"{name}.cross.qkv.b", np.concatenate([ca.q_b, zeros_kv])),
-                                        "encoder_attention_mask"], domain="com.microsoft", num_heads=heads)
+        a = _cross_attention(g, h, ca, heads, d, name, i, scope)
         a = g.op("MatMul", [a, g.weight(f"{name}.cross.o.w", ca.o_w)])
         h = _skip_ln(g, a, h, layer.cross_attn_ln, g.weight(f"{name}.cross.o.b", ca.o_b),
                      name + ".cross_ln", w.layer_norm_eps)
@@ -191,10 +231,10 @@ def _decoder_graph(w: MarianWeights, store: dict):
         for kind in ("key", "value"):
             inputs.append(helper.make_tensor_value_info(f"past_{kind}_self_{i}", TensorProto.FLOAT,
                                                         ["batch", heads, "past_len", hd]))
-    for i in range(n):
+    for i in range(n):  # the placeholder's zeros, required by the op, unread
         for kind in ("key", "value"):
             inputs.append(helper.make_tensor_value_info(f"past_{kind}_cross_{i}", TensorProto.FLOAT,
-                                                        ["batch", heads, "src_len", hd]))
+                                                        ["batch", heads, 1, hd]))
     outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 1, w.vocab_size])]
     for i in range(n):
         for kind in ("key", "value"):
@@ -203,29 +243,37 @@ def _decoder_graph(w: MarianWeights, store: dict):
     return helper.make_graph(g.nodes, "marian_decoder", inputs, outputs, initializer=_initializers(store))
 
 
-def _beam_node(w: MarianWeights, encoder, decoder, early_stopping: bool, ids: str, mask: str, out: str, name: str):
+def _search(w: MarianWeights, early_stopping: bool, ids: str, mask: str, out: str, scope: str):
+    """(nodes, initializers) of one search over (ids, mask) -> `out`: the encoder's nodes, then
+    the BeamSearch node, for the graph that will hold them (`scope` keeps names apart)."""
     from onnx import helper
 
+    store: dict = {}
+    g = _Graph(store, f"{scope}enc/")
+    _encoder_nodes(w, g, ids, mask, scope)
     inputs = [ids, "max_length", "min_length", "num_beams", "num_return_sequences", "length_penalty",
               "repetition_penalty", "vocab_mask", "", mask]
-    return helper.make_node("BeamSearch", inputs, [out], name=name, domain="com.microsoft",
+    node = helper.make_node("BeamSearch", inputs, [out], name=f"{scope}BeamSearch", domain="com.microsoft",
                             eos_token_id=w.eos_token_id, pad_token_id=w.pad_token_id,
-                            decoder_start_token_id=w.decoder_start_token_id, model_type=1, encoder=encoder,
-                            decoder=decoder, no_repeat_ngram_size=0, early_stopping=int(bool(early_stopping)))
+                            decoder_start_token_id=w.decoder_start_token_id, model_type=1,
+                            encoder=_placeholder_encoder_graph(w), decoder=_decoder_graph(w, scope),
+                            no_repeat_ngram_size=0, early_stopping=int(bool(early_stopping)))
+    return [*g.nodes, node], store
 
 
-def _per_sentence_loop(w: MarianWeights, encoder, decoder, early_stopping: bool, store: dict):
-    """Nodes running BeamSearch on one sentence at a time (a Loop over the batch) -> `beam_sequences`."""
+def _per_sentence_loop(w: MarianWeights, early_stopping: bool, store: dict):
+    """Nodes running the search on one sentence at a time (a Loop over the batch) -> `beam_sequences`."""
     from onnx import TensorProto, helper
 
     store["zero_i64"] = np.array([0], dtype=np.int64)
     store["one_i64"] = np.array([1], dtype=np.int64)
+    search_nodes, search_store = _search(w, early_stopping, "one_ids", "one_mask", "one_sequences", "one/")
     body_nodes = [
         helper.make_node("Unsqueeze", ["i", "zero_i64"], ["i1"]),
         helper.make_node("Add", ["i1", "one_i64"], ["i2"]),
         helper.make_node("Slice", ["input_ids", "i1", "i2", "zero_i64"], ["one_ids"]),
         helper.make_node("Slice", ["attention_mask", "i1", "i2", "zero_i64"], ["one_mask"]),
-        _beam_node(w, encoder, decoder, early_stopping, "one_ids", "one_mask", "one_sequences", "BeamSearch_one"),
+        *search_nodes,
         helper.make_node("Identity", ["cond_in"], ["cond_out"]),
     ]
     body = helper.make_graph(
@@ -233,7 +281,8 @@ def _per_sentence_loop(w: MarianWeights, encoder, decoder, early_stopping: bool,
         [helper.make_tensor_value_info("i", TensorProto.INT64, []),
          helper.make_tensor_value_info("cond_in", TensorProto.BOOL, [])],
         [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("one_sequences", TensorProto.INT32, [1, 1, "max_length"])])
+         helper.make_tensor_value_info("one_sequences", TensorProto.INT32, [1, 1, "max_length"])],
+        initializer=_initializers(search_store))
     return [
         helper.make_node("Shape", ["input_ids"], ["batch_1d"], start=0, end=1),
         helper.make_node("Squeeze", ["batch_1d"], ["batch_n"]),
@@ -265,8 +314,6 @@ def build_translator(weights: MarianWeights, path=None, *, early_stopping: bool 
 
     check_weights(weights)
     store: dict[str, np.ndarray] = {}
-    encoder = _encoder_graph(weights, {})
-    decoder = _decoder_graph(weights, {})
     vocab_mask = np.ones(weights.vocab_size, dtype=np.int32)
     vocab_mask[[weights.pad_token_id, *weights.bad_token_ids]] = 0
     store["vocab_mask"] = vocab_mask
@@ -277,25 +324,27 @@ def build_translator(weights: MarianWeights, path=None, *, early_stopping: bool 
     # and early_stopping=1 is exactly greedy search (it stops at the first EOS), so with
     # early_stopping=True one BeamSearch node serves every beam count.
     if early_stopping:
-        nodes = [_beam_node(weights, encoder, decoder, True, "input_ids", "attention_mask", "sequences",
-                            "BeamSearch")]
+        nodes, search_store = _search(weights, True, "input_ids", "attention_mask", "sequences", "")
+        store.update(search_store)
     else:
         # transformers' early_stopping=False is not greedy with one beam: an If picks a one-beam
-        # early_stopping=1 search for num_beams 1 (the subgraphs, weights included, are stored
-        # twice: outer-scope weights would not be pre-packed).
+        # early_stopping=1 search for num_beams 1 (each branch holds its own encoder and
+        # decoder, weights included: outer-scope weights would not be pre-packed).
+        greedy_nodes, greedy_store = _search(weights, True, "input_ids", "attention_mask", "greedy_sequences",
+                                             "greedy/")
         greedy_branch = helper.make_graph(
-            [_beam_node(weights, encoder, decoder, True, "input_ids", "attention_mask", "greedy_sequences",
-                        "BeamSearch_greedy")],
-            "greedy", [], [seq_info("greedy_sequences", TensorProto.INT32, ["batch", 1, "max_length"])])
+            greedy_nodes, "greedy", [], [seq_info("greedy_sequences", TensorProto.INT32, ["batch", 1, "max_length"])],
+            initializer=_initializers(greedy_store))
         if batched_beams:
-            beam_nodes = [_beam_node(weights, encoder, decoder, False, "input_ids", "attention_mask",
-                                     "beam_sequences", "BeamSearch_beams")]
+            beam_nodes, beam_store = _search(weights, False, "input_ids", "attention_mask", "beam_sequences",
+                                             "beams/")
         else:
             # the op's early-stop test (early_stopping=0) reads another sentence's scores for
             # batch rows >= 2 in onnxruntime 1.32: one sentence at a time keeps rows independent.
-            beam_nodes = _per_sentence_loop(weights, encoder, decoder, False, store)
+            beam_nodes, beam_store = _per_sentence_loop(weights, False, store), {}
         beam_branch = helper.make_graph(beam_nodes, "beams", [],
-                                        [seq_info("beam_sequences", TensorProto.INT32, ["batch", 1, "max_length"])])
+                                        [seq_info("beam_sequences", TensorProto.INT32, ["batch", 1, "max_length"])],
+                                        initializer=_initializers(beam_store))
         store["two_i32"] = np.array([2], dtype=np.int32)
         nodes = [
             helper.make_node("GreaterOrEqual", ["num_beams", "two_i32"], ["use_beams_1d"]),

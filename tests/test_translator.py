@@ -186,16 +186,28 @@ def test_plain_inference_session_runs_the_whole_search(models):
 
     model, path, sources = models["copy"]
     proto = onnx.load(str(path))
-    (search,) = proto.graph.node  # one BeamSearch serves greedy (1 beam, early_stopping=1) and beams
+    # the encoder runs in the main graph, once per sentence; one BeamSearch node, last, serves
+    # greedy (1 beam, early_stopping=1) and beams
+    *encoder_nodes, search = proto.graph.node
+    assert [n.op_type for n in encoder_nodes].count("MultiHeadAttention") == 2  # the 2 encoder layers
+    assert "BeamSearch" not in [n.op_type for n in encoder_nodes]
     attrs = {a.name: a for a in search.attribute}
     assert search.op_type == "BeamSearch" and attrs["model_type"].i == 1 and attrs["early_stopping"].i == 1
-    decoder, encoder = attrs["decoder"].g, attrs["encoder"].g
+    decoder, placeholder = attrs["decoder"].g, attrs["encoder"].g
     assert decoder.input[0].type.tensor_type.shape.dim[1].dim_value == 1  # the trap: fixed 1, not symbolic
     ops = [n.op_type for n in decoder.node]
+    # self- and cross-attention fused; the cross-attention reads the encoder's K/V from the main
+    # graph (one copy per sentence, not per beam)
     assert ops.count("MultiHeadAttention") == 4 and ops.count("SkipLayerNormalization") == 6
-    assert len(ops) < 40
-    assert [o.name for o in encoder.output] == ["present_key_cross_0", "present_value_cross_0",
-                                                "present_key_cross_1", "present_value_cross_1"]
+    assert len(ops) < 45
+    outer = {o for n in encoder_nodes for o in n.output}
+    read_from_outside = {i for n in decoder.node for i in n.input} - {o for n in decoder.node for o in n.output} \
+        - {t.name for t in decoder.initializer} - {i.name for i in decoder.input} - {""}
+    assert read_from_outside == {"cross_key_0", "cross_value_0", "cross_key_1", "cross_value_1", "cross_mask",
+                                 "cross_q_shape"} and read_from_outside <= outer
+    assert [o.name for o in placeholder.output] == ["present_key_cross_0", "present_value_cross_0",
+                                                    "present_key_cross_1", "present_value_cross_1"]
+    assert "MatMul" not in [n.op_type for n in placeholder.node]  # only zeros the op requires
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     width = max(len(s) for s in sources)
