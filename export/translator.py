@@ -1,7 +1,8 @@
 """A self-contained onnxruntime translator: the whole search inside one ONNX graph.
 
 `build_translator(weights)` (in `translator_graph`, re-exported here) assembles it from plain
-numpy weights: an encoder subgraph run once, a fused decoder step and the `BeamSearch` op.
+numpy weights: the encoder, run once per sentence beside the `BeamSearch` op, and a fused
+decoder step that the op runs and that reads the encoder's K/V once per sentence, not per beam.
 
 `quantize_translator(src, dst)` stores the weight operand of every MatMul (in every subgraph) as
 int8 with per-column scales and runs it with `DynamicQuantizeMatMul`; attention's
