@@ -452,3 +452,18 @@ def test_readme_pivot_has_a_row_per_system_and_backend(quick_bench):
         if row["status"] == "ok":
             assert any(f"| {row['system']} | {row['backend_label']} |" in line and f"{row['bleu']:.2f} / " in line
                        for line in table)
+
+
+def test_workers_without_torch_are_told_so(monkeypatch):
+    """Workers of the torch-free backends start without torch (transformers is told USE_TORCH=0);
+    the torch-based ones keep it, and every worker gets the thread limits."""
+    from wdctl.bench.run import TORCH_FREE_BACKENDS, worker_env
+
+    monkeypatch.delenv("USE_TORCH", raising=False)
+    assert TORCH_FREE_BACKENDS == {"ort-graph", "ort-graph-int8", "ct2"}
+    for backend in ("ort-graph", "ort-graph-int8", "ct2"):
+        env = worker_env(1, backend)
+        assert env["USE_TORCH"] == "0" and env["OMP_NUM_THREADS"] == "1"
+    for backend in ("torch", "ort-optimum"):
+        env = worker_env(2, backend)
+        assert "USE_TORCH" not in env and env["OMP_NUM_THREADS"] == "2"

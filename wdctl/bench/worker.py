@@ -47,7 +47,12 @@ WARMUP_SENTENCES = 8
 Translate = Callable[[list[str], int], list[str]]
 
 
-def _limit_torch_threads(n: int) -> None:
+def _limit_torch_threads(n: int, only_if_imported: bool = False) -> None:
+    """Hold torch to `n` threads (and one inter-op thread). `only_if_imported`: for backends that
+    do not use torch, where transformers imports it unless told not to (`USE_TORCH=0`, which
+    `wdctl bench` sets for them) — not importing it saves seconds of start-up."""
+    if only_if_imported and "torch" not in sys.modules:
+        return
     import torch
 
     torch.set_num_threads(n)
@@ -94,7 +99,7 @@ def _torch_backend(spec: dict, tokenizer) -> Translate:
 
 def _graph_backend(spec: dict, tokenizer) -> Translate:
     """The package's in-graph translator (translator.onnx): one `session.run` per batch."""
-    _limit_torch_threads(1)
+    _limit_torch_threads(1, only_if_imported=True)
     from wdctl.export.translator import PackageTranslator
 
     translator = PackageTranslator(spec["model"], threads=spec["threads"], tokenizer=tokenizer)
@@ -123,7 +128,7 @@ def _ort_optimum_backend(spec: dict, tokenizer) -> Translate:
 def _ct2_backend(spec: dict, tokenizer) -> Translate:
     import ctranslate2
 
-    _limit_torch_threads(1)  # imported by transformers; idle, but kept off the second core
+    _limit_torch_threads(1, only_if_imported=True)  # idle, but kept off the second core
 
     # int8 weights either way; on the GPU the layers that are not int8 run in float16, the usual
     # CTranslate2 setting there
