@@ -55,6 +55,9 @@ class _Graph:
         self.count = 0
 
     def weight(self, name: str, array) -> str:
+        """An initializer of this graph, named with the graph's prefix: a nested graph must not
+        define a name its enclosing graph defines."""
+        name = self.prefix + name
         if name not in self.store:
             self.store[name] = np.ascontiguousarray(array)
         return name

@@ -208,6 +208,12 @@ def test_plain_inference_session_runs_the_whole_search(models):
     assert [o.name for o in placeholder.output] == ["present_key_cross_0", "present_value_cross_0",
                                                     "present_key_cross_1", "present_value_cross_1"]
     assert "MatMul" not in [n.op_type for n in placeholder.node]  # only zeros the op requires
+    # no initializer or node output is defined twice anywhere in the file (nested graphs included)
+    from wdctl.export.translator import _subgraphs
+
+    defined = [name for g, _ in _subgraphs(proto.graph)
+               for name in [*(t.name for t in g.initializer), *(o for n in g.node for o in n.output)]]
+    assert len(defined) == len(set(defined))
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     width = max(len(s) for s in sources)
