@@ -249,7 +249,10 @@ class OnnxTranslator:
                 results[i] = row
         return results
 
-    def _run(self, sources, beams, max_length, length_penalty):
+    def raw_sequences(self, sources, beams: int, max_length: int, length_penalty: float = 1.0) -> np.ndarray:
+        """One `session.run` on one batch of id lists: the op's own `sequences`, (batch, 1,
+        max_length - 1) int32, decoder start token first, right-padded with `<pad>`, no EOS on
+        finished rows (what any other onnxruntime binding gets from the same feeds)."""
         width = max(len(s) for s in sources)
         ids = np.full((len(sources), width), self.pad_token_id, dtype=np.int32)
         mask = np.zeros((len(sources), width), dtype=np.int32)
@@ -265,6 +268,10 @@ class OnnxTranslator:
             "repetition_penalty": np.array([1.0], dtype=np.float32),
         }
         (sequences,) = self.session.run(["sequences"], feeds)
+        return sequences
+
+    def _run(self, sources, beams, max_length, length_penalty):
+        sequences = self.raw_sequences(sources, beams, max_length, length_penalty)
         rows = []
         for seq in sequences[:, 0, :].tolist():
             row = seq[1:]  # drop the decoder start token

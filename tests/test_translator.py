@@ -475,15 +475,6 @@ def test_translator_runs_in_node(models, beams):
                           capture_output=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     node_rows = json.loads(done.stdout)["sequences"]
-    session = _translator(path).session
-    width = max(len(s) for s in sources)
-    ids = np.full((len(sources), width), pad, dtype=np.int32)
-    mask = np.zeros_like(ids)
-    for r, s in enumerate(sources):
-        ids[r, :len(s)], mask[r, :len(s)] = s, 1
-    (sequences,) = session.run(["sequences"], {
-        "input_ids": ids, "attention_mask": mask, "max_length": np.array([MAX_LENGTH - 1], dtype=np.int32),
-        "min_length": np.array([0], dtype=np.int32), "num_beams": np.array([beams], dtype=np.int32),
-        "length_penalty": np.array([1.0], dtype=np.float32), "repetition_penalty": np.array([1.0], dtype=np.float32)})
+    sequences = _translator(path).raw_sequences(sources, beams, MAX_LENGTH)
     assert node_rows == sequences[:, 0, :].tolist()
     assert len({tuple(r) for r in node_rows}) > 1  # real, different translations, not one repeated row
