@@ -24,7 +24,8 @@
 #   DATA=examples/data/bible  ROOT=runs/wd-table  RESULTS=examples/results  TABLE=wd_table (file name)
 #   PHASE1_STEPS=300  PHASE2_STEPS=300  PHASE1_WARMUP=50  PHASE2_WARMUP=50  THREADS=2
 #   PRESETS="tiny small"  SYSTEMS="kd cut-kd wd-release wd-coherent"  BENCH_SENTENCES=200
-#   EXTRA="--eval-sentences 0"   (more `wdctl compress` flags, e.g. --start importance)
+#   EXTRA="--eval-sentences 0 --precision fp32"   (more `wdctl compress` flags, e.g. --start importance;
+#   the committed table was trained in fp32, before `--precision auto` became the default)
 # On 2 CPU cores: ~12 min to distil the 27,928 training sources (beam 4), then about
 # (P1+P2) x 0.6-1.5 s per run plus ~1.5 min of test decoding, eight runs, and ~5 min of bench.
 set -euo pipefail
@@ -43,7 +44,7 @@ THREADS=${THREADS:-2}
 PRESETS=${PRESETS:-tiny small}
 SYSTEMS=${SYSTEMS:-kd cut-kd wd-release wd-coherent}
 BENCH_SENTENCES=${BENCH_SENTENCES:-200}
-EXTRA=${EXTRA:---eval-sentences 0}
+EXTRA=${EXTRA:---eval-sentences 0 --precision fp32}
 WDCTL=${WDCTL:-$( [ -x .venv/bin/wdctl ] && echo .venv/bin/wdctl || echo wdctl )}
 PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 export OMP_NUM_THREADS=$THREADS HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false

@@ -318,3 +318,53 @@ def test_a_bad_start_selection_is_an_input_error():
     teacher_state, plan, _ = setup("halved", generator="coherent")
     with pytest.raises(InputError, match="start of space residual must be 16 distinct teacher coordinates"):
         ParameterGenerator(teacher_state, plan, start={"residual": torch.zeros(16, dtype=torch.long)})
+
+
+@pytest.mark.parametrize("preset", ["small", "tiny"])
+def test_bf16_training_on_cpu_runs_eager_attention_and_restores_it(preset, tmp_path, monkeypatch):
+    """Phase 1 and phase 2 through the shared loop under CPU bf16 autocast: the loss falls, the
+    weights stay fp32, and every model inside is back on its own attention implementation."""
+    from wdctl.passes import training
+    from wdctl.passes.training import TrainConfig, train
+
+    teacher_state, plan, s_config = setup(preset, generator="coherent")
+    data = batch()
+    examples = [(ids[ids != PAD].tolist(), lab.tolist()) for ids, lab in zip(data["input_ids"], data["labels"])] * 4
+    seen, model = [], None
+    real_loss = training.sequence_loss
+
+    def loss(*args, **kwargs):  # what the loop runs under, seen from inside a step
+        config = model.skeleton.config if isinstance(model, GeneratedStudent) else model.config
+        seen.append((torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu"), config._attn_implementation))
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(training, "sequence_loss", loss)
+    cfg = TrainConfig(max_steps=15, max_tokens=64, lr=1e-2, warmup=2, log_every=1, save_every=100, precision="bf16")
+    model = phase1 = GeneratedStudent(ParameterGenerator(teacher_state, plan, seed=0))
+    before = phase1.skeleton.config._attn_implementation
+    assert before != "eager"
+    result = train(phase1, examples, cfg, tmp_path / "p1", pad_id=PAD, start_id=PAD)
+    assert set(seen) == {(torch.bfloat16, "eager")}
+    assert result.history[-1]["loss"] < result.history[0]["loss"] - 0.3, result.history
+    assert phase1.skeleton.config._attn_implementation == before
+    assert all(p.dtype == torch.float32 for p in phase1.generator.parameters())
+    model = phase2 = materialize_student(phase1.generator, s_config)
+    seen.clear()
+    result = train(phase2, examples, cfg, tmp_path / "p2", pad_id=PAD, start_id=PAD)
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
+    assert set(seen) == {(torch.bfloat16, "eager")}
+    assert phase2.config._attn_implementation == before
+    assert all(torch.isfinite(p).all() and p.dtype == torch.float32 for p in phase2.parameters())
+
+
+def test_auto_precision_is_bf16_only_on_a_cpu_with_hardware_bf16(monkeypatch):
+    from wdctl.passes import training
+    from wdctl.passes.training import TrainConfig
+
+    monkeypatch.setattr(training, "native_bf16", lambda: True)
+    assert TrainConfig(precision="auto").validate().precision == "bf16"
+    monkeypatch.setattr(training, "native_bf16", lambda: False)
+    assert TrainConfig(precision="auto").validate().precision == "fp32"
+    assert TrainConfig(precision="bf16").validate().precision == "bf16"
+    with pytest.raises(InputError, match="precision must be one of auto, fp32, bf16, fp16"):
+        TrainConfig(precision="int8").validate()

@@ -56,9 +56,9 @@ def train_config(base: TrainConfig, overrides: dict, where: str = "training opti
 # (phase 2) on GPU-sized batches; on a 2-core CPU wdctl keeps the lr and the 4:1 warm-up ratio
 # at a tenth of the length. Pass --phase1-warmup 4000 --phase2-warmup 1000 for the paper's.
 DEFAULT_PHASE1 = TrainConfig(max_steps=2000, max_tokens=2500, lr=7e-4, warmup=400, eval_every=500,
-                             save_every=100, log_every=20)
+                             save_every=100, log_every=20, precision="auto")
 DEFAULT_PHASE2 = TrainConfig(max_steps=2000, max_tokens=2500, lr=7e-4, warmup=100, eval_every=500,
-                             save_every=100, log_every=20)
+                             save_every=100, log_every=20, precision="auto")
 PHASES = ("phase1", "phase2")
 
 

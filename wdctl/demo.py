@@ -58,8 +58,9 @@ class DemoPlan:
     held_out: int = 300  # dev and test sentences (student eval, bench)
     distill_sentences: int = 3000  # training sources the teacher translates for the student
     student: str = "small"
-    phase_steps: tuple[int, int] = (150, 350)
+    phase_steps: tuple[int, int] = (150, 500)
     phase_warmup: tuple[int, int] = (50, 50)  # the defaults (400, 100) are for 2,000-step phases
+    save_every: int = 250  # a checkpoint costs a few seconds here; Ctrl-C loses at most this many steps
     distill_beams: int = 4
     onnx_distill: bool = True  # the teacher's in-graph ONNX translator: PyTorch's output, faster
     eval_sentences: int = 0
@@ -123,7 +124,7 @@ def stage_student(out: Path, teacher: Path, data: Path, plan: DemoPlan, threads:
     student = out / f"wd-{plan.student}"
     if _finished(student):
         return student
-    phases = {name: {"max_steps": steps, "warmup": warmup, "max_minutes": 0.0}
+    phases = {name: {"max_steps": steps, "warmup": warmup, "max_minutes": 0.0, "save_every": plan.save_every}
               for name, steps, warmup in zip(("phase1", "phase2"), plan.phase_steps, plan.phase_warmup)}
     p1, p2 = phase_configs(phases)
     compress_with(teacher, str(data), student, student=plan.student, method="wd", phase1=p1, phase2=p2,
