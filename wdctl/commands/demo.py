@@ -19,7 +19,7 @@ def demo_command(
 ) -> None:
     """Compress the bundled teacher with WD into the paper's SMALL student, export and quantize both, and benchmark them: writes OUT/report.md.
 
-    The bundled teacher (examples/teacher: 6+6 layers, d 256, trained on the bundled English-Spanish Bible corpus) translates the sources of 3,000 training pairs (beam 4); the student (the teacher's encoder, a 2-layer decoder) trains on the original and translated pairs for 150 + 350 steps (phase 1: generator, phase 2: student); both are exported to ONNX (fp32, int8, with the in-graph search) and CTranslate2 (int8), and the bench times onnxruntime int8 and CTranslate2 int8, greedy and beam 4, batch 1 and 32, over the first 300 test sentences. Budgets are steps: a busy machine takes longer but ends at the same student.
+    The bundled teacher (examples/teacher: 6+6 layers, d 256, trained on the bundled English-Spanish Bible corpus) translates the sources of 3,000 training pairs (beam 4); the student (the teacher's encoder, a 2-layer decoder) trains on the original and translated pairs for 150 + 450 steps (phase 1: generator, phase 2: student; bf16 autocast on a CPU with hardware bf16, fp32 elsewhere); both are exported to ONNX (fp32, int8, with the in-graph search), and the bench times the teacher against the student in onnxruntime int8, greedy and beam 4, batch 1 and 32, over the first 300 test sentences (`wdctl bench` adds CTranslate2 and the other backends). Budgets are steps: a busy machine takes longer but ends at the same student.
 
     Finished stages (data, teacher, student, packages, bench) are reused when the command is run again; an interrupted training stage resumes from its checkpoints.
     """
