@@ -81,7 +81,8 @@ def plan_measurements(settings: BenchSettings, systems: list[System], backends: 
 
 
 # Backends whose workers use transformers for the tokenizer only: told so, transformers does not
-# import torch, which saves about 3 s of start-up per measurement.
+# import torch. The reports' load_seconds of ort-graph-int8: 3.5-3.6 s before (examples/results/
+# bench at 71b3b71), 2.4-3.1 s after (examples/results/demo at 5d4ae8a).
 TORCH_FREE_BACKENDS = frozenset({"ort-graph", "ort-graph-int8", "ct2"})
 
 

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Callable
 
 from wdctl.core.runinfo import peak_rss_mb
+from wdctl.export.session import hold_torch_threads
 from wdctl.passes.batching import length_sorted_batches, output_limit
 
 WARMUP_SENTENCES = 8
@@ -47,12 +48,8 @@ WARMUP_SENTENCES = 8
 Translate = Callable[[list[str], int], list[str]]
 
 
-def _limit_torch_threads(n: int, only_if_imported: bool = False) -> None:
-    """Hold torch to `n` threads (and one inter-op thread). `only_if_imported`: for backends that
-    do not use torch, where transformers imports it unless told not to (`USE_TORCH=0`, which
-    `wdctl bench` sets for them) — not importing it saves seconds of start-up."""
-    if only_if_imported and "torch" not in sys.modules:
-        return
+def _limit_torch_threads(n: int) -> None:
+    """Hold torch, which this backend uses, to `n` threads (and one inter-op thread)."""
     import torch
 
     torch.set_num_threads(n)
@@ -99,7 +96,7 @@ def _torch_backend(spec: dict, tokenizer) -> Translate:
 
 def _graph_backend(spec: dict, tokenizer) -> Translate:
     """The package's in-graph translator (translator.onnx): one `session.run` per batch."""
-    _limit_torch_threads(1, only_if_imported=True)
+    hold_torch_threads(1)  # only if imported: `wdctl bench` starts this worker with USE_TORCH=0
     from wdctl.export.translator import PackageTranslator
 
     translator = PackageTranslator(spec["model"], threads=spec["threads"], tokenizer=tokenizer)
@@ -128,7 +125,7 @@ def _ort_optimum_backend(spec: dict, tokenizer) -> Translate:
 def _ct2_backend(spec: dict, tokenizer) -> Translate:
     import ctranslate2
 
-    _limit_torch_threads(1, only_if_imported=True)  # idle, but kept off the second core
+    hold_torch_threads(1)  # only if imported (USE_TORCH=0 here); idle, but kept off the second core
 
     # int8 weights either way; on the GPU the layers that are not int8 run in float16, the usual
     # CTranslate2 setting there
