@@ -54,14 +54,13 @@ def main(argv=None) -> int:
     import onnxruntime as ort
 
     from wdctl.core.corpus import read_parallel
+    from wdctl.export.session import session_options
     from wdctl.export.translator import PackageTranslator
     from wdctl.passes.batching import length_sorted_batches, output_limit
 
     package = PackageTranslator(args.package, threads=args.threads)
     translator = package.translator
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads = args.threads, 1
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts = session_options(args.threads)  # the translator's own settings, plus the profiler
     opts.enable_profiling = True
     opts.profile_file_prefix = str(Path(tempfile.mkdtemp(prefix="translator-profile-")) / "profile")
     translator.session = ort.InferenceSession(str(translator.path), opts, providers=["CPUExecutionProvider"])

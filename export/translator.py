@@ -26,6 +26,7 @@ import numpy as np
 
 from wdctl.core.errors import InputError
 from wdctl.export.package import OnnxPackage
+from wdctl.export.session import session_options
 from wdctl.export.translator_graph import build_translator, save_model
 from wdctl.export.translator_weights import (  # noqa: F401 - the public names, re-exported
     AttentionWeights,
@@ -186,13 +187,8 @@ class OnnxTranslator:
             raise InputError(f"{path}: translator file not found")
         if not isinstance(threads, int) or threads < 1:
             raise InputError(f"threads must be a positive integer (got {threads!r})")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
-            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - a broken file is the user's input
             raise InputError(f"{path}: cannot load translator ({str(exc).splitlines()[0]})") from None
         meta = self.session.get_modelmeta().custom_metadata_map
