@@ -274,22 +274,23 @@ class _StopFlag:
 
 @contextlib.contextmanager
 def attention_implementation(modules: list[nn.Module | None], implementation: str | None):
-    """Run the transformers models inside `modules` with another attention implementation and
-    restore theirs after. CPU bf16 training needs "eager": SDPA's bf16 backward on CPU is slow
+    """Run the transformers models inside `modules` with another attention implementation (None:
+    leave them as they are) and restore theirs after. CPU bf16 training needs "eager": SDPA's bf16 backward on CPU is slow
     (`benchmarks/train_precision.py`: bf16 with SDPA 1.18x fp32, with eager attention 1.72x)."""
     from transformers import PreTrainedModel
 
+    if implementation is None:  # keep what the models have
+        yield
+        return
     models = [m for module in modules if module is not None for m in module.modules() if isinstance(m, PreTrainedModel)]
     previous = [m.config._attn_implementation for m in models]
-    if implementation is not None:
-        for m in models:
-            m.set_attn_implementation(implementation)
+    for m in models:
+        m.set_attn_implementation(implementation)
     try:
         yield
     finally:
-        if implementation is not None:
-            for m, name in zip(models, previous):
-                m.set_attn_implementation(name)
+        for m, name in zip(models, previous):
+            m.set_attn_implementation(name)
 
 
 # --- the loop ----------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -28,8 +29,10 @@ def versions() -> dict[str, str]:
     return found
 
 
-def _cpuinfo() -> tuple[str, list[str]]:
-    """The CPU's model name and feature flags from /proc/cpuinfo (Linux; elsewhere no flags)."""
+@functools.cache
+def _cpuinfo() -> tuple[str, tuple[str, ...]]:
+    """The CPU's model name and feature flags from /proc/cpuinfo (Linux; elsewhere no flags),
+    read once per process (every TrainConfig.validate asks for the flags)."""
     model, flags = platform.processor(), []
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -39,7 +42,7 @@ def _cpuinfo() -> tuple[str, list[str]]:
                 flags = line.split(":", 1)[1].split()
     except OSError:
         pass
-    return model, flags
+    return model, tuple(flags)
 
 
 def native_bf16() -> bool:
