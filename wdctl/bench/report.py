@@ -121,7 +121,8 @@ def render_markdown(report: dict) -> str:
         ["beams", ", ".join(map(str, s["beams"]))],
         ["batch sizes", ", ".join(map(str, s["batch_sizes"]))],
         ["threads", ", ".join(map(str, s["threads"])) + " (OMP_NUM_THREADS, ORT intra-op without spinning, "
-                                                         "torch 1 thread in ORT processes, CTranslate2 intra_threads)"],
+                                                         "CTranslate2 intra_threads; the in-graph and CTranslate2 "
+                                                         "workers never load torch, optimum's holds it to 1 thread)"],
         ["timing", f"{repeats} timed pass{'es' if repeats != 1 else ''} over all sentences after {s['warmup']}; "
                    "one fresh process per row; figures are the median pass (min–max over passes)"],
         ["output length", f"at most min({s['max_length']}, 1.5 × source tokens + 10); length penalty "
