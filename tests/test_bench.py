@@ -14,6 +14,7 @@ import pytest
 import sacrebleu
 
 from wdctl.core.corpus import read_parallel
+from wdctl.core.errors import InputError
 
 SCHEMA = json.loads((Path(__file__).parent / "report_schema.json").read_text(encoding="utf-8"))
 ALL_BACKENDS = ["torch", "ort-optimum", "ort-graph", "ort-graph-int8", "ct2"]
@@ -421,6 +422,41 @@ def test_demo_starts_from_the_bundled_teacher_by_default(tmp_path, monkeypatch):
     assert len(read_parallel(seen["data"], "train")) == 50 and len(read_parallel(seen["data"], "test")) == 20
     assert not (tmp_path / "demo" / "teacher").exists()  # no teacher trained
     assert any("the bundled teacher" in m for m in messages)
+
+
+def test_demo_phase2_steps_sets_the_budget_and_refuses_nonsense(cli, tmp_path, monkeypatch):
+    import wdctl.demo as demo
+
+    seen = {}
+    monkeypatch.setattr(demo, "run_demo", lambda out, plan, **kwargs: seen.setdefault("plan", plan) and out / "report.md")
+    code, _, _ = cli("demo", "--phase2-steps", "1800", "--out", tmp_path / "long")
+    assert code == 0 and seen["plan"].phase_steps == (demo.DEMO.phase_steps[0], 1800)
+    seen.clear()
+    code, _, _ = cli("demo", "--out", tmp_path / "default")
+    assert code == 0 and seen["plan"].phase_steps == demo.DEMO.phase_steps
+    monkeypatch.undo()
+    code, _, err = cli("demo", "--phase2-steps", "0", "--out", tmp_path / "zero")
+    assert code != 0 and "--phase2-steps must be at least 1 (got 0)" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "zero").exists()
+
+
+def test_demo_reuses_a_finished_student_only_with_the_same_budget(tmp_path):
+    """A student finished with 150 + 450 steps is not passed off as a 150 + 1800 one."""
+    import wdctl.demo as demo
+    from wdctl.core.atomic import atomic_dir
+
+    student = tmp_path / "wd-small"
+    with atomic_dir(student) as tmp:
+        (tmp / "config.json").write_text("{}")
+    plan = replace(demo.DEMO, phase_steps=(150, 1800))
+    with pytest.raises(InputError, match="no readable run config"):
+        demo.stage_student(tmp_path, demo.BUNDLED_TEACHER, tmp_path / "data", plan)
+    run = tmp_path / "wd-small.run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"phase1": {"max_steps": 150}, "phase2": {"max_steps": 450}}))
+    with pytest.raises(InputError, match=r"finished with 150 \+ 450 steps, not 150 \+ 1800"):
+        demo.stage_student(tmp_path, demo.BUNDLED_TEACHER, tmp_path / "data", plan)
+    assert demo.stage_student(tmp_path, demo.BUNDLED_TEACHER, tmp_path / "data", replace(plan, phase_steps=(150, 450))) == student
 
 
 @pytest.mark.skipif(not __import__("os").environ.get("WDCTL_SLOW_TESTS"), reason="set WDCTL_SLOW_TESTS=1 (a few minutes)")

@@ -12,7 +12,8 @@ stage resumes from its checkpoints):
             (the old path: far from a usable translator, but no bundled model needed).
 3. student  `OUT/wd-small/`: `wdctl compress --student small --method wd` (the paper's SMALL:
             the teacher's encoder, a 2-layer decoder), budgets in steps, so a busy machine only
-            takes longer and ends at the same student.
+            takes longer and ends at the same student (`--phase2-steps` sets phase 2's; a
+            finished student is reused only if it was trained with the same budgets).
 4. export   `OUT/packages/`: ONNX fp32 and int8 packages of both (the int8 one is benchmarked).
 5. bench    `OUT/bench/`: `wdctl bench` over the first test sentences in onnxruntime int8 with
             the in-graph search, greedy and beam 4, batch sizes 1 and 32, one timed pass each;
@@ -125,6 +126,11 @@ def stage_teacher(out: Path, data: Path, plan: DemoPlan, threads: int = 0) -> Pa
 def stage_student(out: Path, teacher: Path, data: Path, plan: DemoPlan, threads: int = 0) -> Path:
     student = out / f"wd-{plan.student}"
     if _finished(student):
+        trained = _trained_steps(student)
+        if trained != plan.phase_steps:
+            what = f"{trained[0]} + {trained[1]} steps" if trained else "an unknown budget (no readable run config)"
+            raise InputError(f"{student}: finished with {what}, not {plan.phase_steps[0]} + {plan.phase_steps[1]}; "
+                             "choose another --out (or delete it) to train with these")
         return student
     phases = {name: {"max_steps": steps, "warmup": warmup, "max_minutes": 0.0, "save_every": plan.save_every}
               for name, steps, warmup in zip(("phase1", "phase2"), plan.phase_steps, plan.phase_warmup)}
@@ -134,6 +140,16 @@ def stage_student(out: Path, teacher: Path, data: Path, plan: DemoPlan, threads:
              distill_sentences=plan.distill_sentences,
              fast_distill=plan.onnx_distill, eval_sentences=plan.eval_sentences, threads=threads)
     return student
+
+
+def _trained_steps(student: Path) -> tuple[int, int] | None:
+    """The phase budgets a finished student was trained with, from its run directory's config
+    (written by `wdctl compress` before training)."""
+    try:
+        config = json.loads((student.with_name(student.name + ".run") / "config.json").read_text(encoding="utf-8"))
+        return int(config["phase1"]["max_steps"]), int(config["phase2"]["max_steps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def bench_settings(out: Path, teacher: Path, student: Path, plan: DemoPlan, threads: int):
@@ -181,6 +197,8 @@ def run_demo(out: Path | str = Path("runs/demo"), threads: int = 1, train_thread
     out = Path(out)
     if threads < 1:
         raise InputError(f"--threads must be at least 1 (got {threads})")
+    if min(plan.phase_steps) < 1:
+        raise InputError(f"--phase2-steps must be at least 1 (got {plan.phase_steps[1]})")
     if train_threads < 0:
         raise InputError(f"--train-threads must be 0 (all cores) or more (got {train_threads})")
     if out.exists() and not out.is_dir():
