@@ -197,7 +197,7 @@ def run_demo(out: Path | str = Path("runs/demo"), threads: int = 1, train_thread
     out = Path(out)
     if threads < 1:
         raise InputError(f"--threads must be at least 1 (got {threads})")
-    if min(plan.phase_steps) < 1:
+    if plan.phase_steps[1] < 1:
         raise InputError(f"--phase2-steps must be at least 1 (got {plan.phase_steps[1]})")
     if train_threads < 0:
         raise InputError(f"--train-threads must be 0 (all cores) or more (got {train_threads})")
