@@ -36,7 +36,7 @@ from wdctl.bench.packages import make_systems, prepare_packages
 from wdctl.bench.run import run_bench
 from wdctl.bench.settings import make_settings
 from wdctl.config import TEACHER_SCHEDULES, phase_configs, train_config
-from wdctl.core.atomic import MARKER, atomic_dir, atomic_write_text
+from wdctl.core.atomic import MARKER, atomic_dir, atomic_write_text, run_dir_of
 from wdctl.core.corpus import read_parallel
 from wdctl.core.errors import InputError
 from wdctl.recipes.compress import compress_with
@@ -146,7 +146,7 @@ def _trained_steps(student: Path) -> tuple[int, int] | None:
     """The phase budgets a finished student was trained with, from its run directory's config
     (written by `wdctl compress` before training)."""
     try:
-        config = json.loads((student.with_name(student.name + ".run") / "config.json").read_text(encoding="utf-8"))
+        config = json.loads((run_dir_of(student) / "config.json").read_text(encoding="utf-8"))
         return int(config["phase1"]["max_steps"]), int(config["phase2"]["max_steps"])
     except (OSError, ValueError, KeyError, TypeError):
         return None

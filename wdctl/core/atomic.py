@@ -18,6 +18,13 @@ from wdctl.core.errors import InputError
 MARKER = ".wdctl"
 
 
+def run_dir_of(out: Path | str) -> Path:
+    """Where a training command keeps the checkpoints, logs and config of the output `out`
+    (its default `--run-dir`): `OUT.run` beside it."""
+    out = Path(out)
+    return out.with_name(out.name + ".run")
+
+
 def check_output_dir(path: Path, force: bool) -> None:
     """Refuse an existing output unless `force` and it is one wdctl wrote."""
     path = Path(path)

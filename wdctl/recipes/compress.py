@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 
 from wdctl.config import DEFAULT_PHASE1, DEFAULT_PHASE2, default_cache_dir
-from wdctl.core.atomic import atomic_dir, check_output_dir
+from wdctl.core.atomic import atomic_dir, check_output_dir, run_dir_of
 from wdctl.core.corpus import Pair, optional_split, read_parallel, require_pairs
 from wdctl.core.errors import InputError
 from wdctl.core.metrics import score_bleu
@@ -145,7 +145,7 @@ def compress(settings: CompressSettings) -> dict:
     dist = distributed(s.phase1.device)
     check_accum(s.phase1.accum, dist.world, "phase1")
     check_accum(s.phase2.accum, dist.world, "phase2")
-    run_dir = s.run_dir or s.out.with_name(s.out.name + ".run")
+    run_dir = s.run_dir or run_dir_of(s.out)
     check_model_dir(s.teacher_dir)
     outputs = {"model": s.out, **(export_paths(s.out, s.quantize) if s.export else {})}
     for path in outputs.values():

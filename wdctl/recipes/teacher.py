@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
-from wdctl.core.atomic import atomic_dir, check_output_dir
+from wdctl.core.atomic import atomic_dir, check_output_dir, run_dir_of
 from wdctl.core.corpus import read_parallel, require_pairs
 from wdctl.core.errors import InputError
 from wdctl.core.metrics import score_bleu
@@ -61,7 +61,7 @@ def train_teacher(
     cfg.validate()
     dist = distributed(cfg.device)
     check_accum(cfg.accum, dist.world, "teacher")
-    run_dir = Path(run_dir) if run_dir else out.with_name(out.name + ".run")
+    run_dir = Path(run_dir) if run_dir else run_dir_of(out)
     train_pairs = require_pairs(read_parallel(data, "train"), 2, str(data))
     dev_pairs = held_out(data, "dev", dev)
     test_pairs = read_parallel(data, "test") if Path(data).is_dir() else None
