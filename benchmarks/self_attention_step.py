@@ -23,14 +23,14 @@ import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
+from wdctl.export.session import session_options  # the translator's settings: 1 thread, no spinning
+
 
 def _session(nodes, inputs, initializers=()):
     outputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in ("out", "present_k", "present_v")]
     graph = helper.make_graph(nodes, "step", inputs, outputs, list(initializers))
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)])
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = options.inter_op_num_threads = 1
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model.SerializeToString(), session_options(1), providers=["CPUExecutionProvider"])
 
 
 def build(rows: int, heads: int, head_size: int):
