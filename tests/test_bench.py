@@ -428,7 +428,12 @@ def test_demo_phase2_steps_sets_the_budget_and_refuses_nonsense(cli, tmp_path, m
     import wdctl.demo as demo
 
     seen = {}
-    monkeypatch.setattr(demo, "run_demo", lambda out, plan, **kwargs: seen.setdefault("plan", plan) and out / "report.md")
+
+    def fake_run_demo(out, plan, **kwargs):
+        seen["plan"] = plan
+        return out / "report.md"
+
+    monkeypatch.setattr(demo, "run_demo", fake_run_demo)
     code, _, _ = cli("demo", "--phase2-steps", "1800", "--out", tmp_path / "long")
     assert code == 0 and seen["plan"].phase_steps == (demo.DEMO.phase_steps[0], 1800)
     seen.clear()
