@@ -39,6 +39,7 @@ from wdctl.export.translator_weights import (  # noqa: F401 - the public names, 
 )
 
 MAX_BEAMS = 64
+ROWS_PER_RUN = 16  # sentences x beams per search: see PackageTranslator
 
 
 def export_translator(model, path, *, early_stopping: bool = True, int8_path=None):
@@ -286,12 +287,24 @@ class PackageTranslator:
     in their place. The beam count and length are checked before the tokenizer is loaded or
     anything is allocated. `workers` > 1 runs that many batches at once on one session of one
     intra-op thread each (onnxruntime releases the GIL): for throughput jobs such as distillation,
-    where one search on two threads gained only ~1.25x."""
+    where one search on two threads gained only ~1.25x.
 
-    def __init__(self, package, threads: int = 1, tokenizer=None, workers: int = 1):
+    A batch runs as searches of at most `rows_per_run` rows (sentences x beams; 0: no limit).
+    onnxruntime's CPU search copies every layer's K/V cache each step and keeps decoding a
+    batch's finished sentences, so past ~16 rows its time per token climbs: the bundled
+    teacher, int8, beam 4, 256 test sentences, 1 thread: 1,216 tok/s in searches of 4
+    sentences, 846 in searches of 32 (`benchmarks/translator_speed.py`). CTranslate2 offers
+    the same split as `max_batch_size`; the batches being length-sorted, a split batch is the
+    same as smaller batches."""
+
+    def __init__(self, package, threads: int = 1, tokenizer=None, workers: int = 1,
+                 rows_per_run: int = ROWS_PER_RUN):
         package = OnnxPackage(package)
+        if rows_per_run < 0:
+            raise InputError(f"rows per run must be 0 (no limit) or more (got {rows_per_run})")
         self.package = package.path
         self.workers = workers
+        self.rows_per_run = rows_per_run
         self.translator = OnnxTranslator(package.translator, threads=1 if workers > 1 else threads)
         self._tokenizer = tokenizer  # None: the package's, loaded when first needed
 
@@ -318,7 +331,8 @@ class PackageTranslator:
         out = [""] * len(sentences)
         tok = self.tokenizer
         jobs = []  # tokenized in this thread; only session.run goes to the workers
-        for idx in length_sorted_batches(sentences, batch_size):
+        per_search = min(batch_size, max(1, self.rows_per_run // beams)) if self.rows_per_run else batch_size
+        for idx in length_sorted_batches(sentences, per_search):
             ids = tok([sentences[i] for i in idx], truncation=True,
                       max_length=min(max_length, tok.model_max_length))["input_ids"]
             jobs.append((idx, ids, min(max_length, output_limit(max(len(row) for row in ids)))))

@@ -5,7 +5,7 @@ and returns token ids (see `wdctl.export.translator` for the overview, quantizat
   own inputs: it leaves, for every decoder layer, the cross-attention keys and values (batch,
   heads, length, head), and the shape that groups a sentence's beams;
 - a fused decoder step (`com.microsoft.MultiHeadAttention` for self-attention with past/present
-  and for cross-attention, `SkipLayerNormalization` for every post-LN residual,
+  and for cross-attention, `Sum` + `LayerNormalization` for every post-LN residual,
   `QuickGelu(alpha=1)` = swish) whose cross-attention reads those encoder values from the
   enclosing scope, a sentence's beams grouped as if they were query positions, so the keys and
   values are stored and read once per sentence, not once per beam;
@@ -88,14 +88,18 @@ def _ffn(g: _Graph, h: str, ffn: FeedForwardWeights, ln: LayerNormWeights, name:
     f = g.op("Add", [f, g.weight(f"{name}.fc1.b", ffn.fc1_b)])
     f = _activation(g, f, act)
     f = g.op("MatMul", [f, g.weight(f"{name}.fc2.w", ffn.fc2_w)])
-    return _skip_ln(g, f, h, ln, g.weight(f"{name}.fc2.b", ffn.fc2_b), name + ".final_ln", eps)
+    return _residual_ln(g, f, h, ln, g.weight(f"{name}.fc2.b", ffn.fc2_b), name + ".final_ln", eps)
 
 
-def _skip_ln(g: _Graph, x: str, residual: str, ln: LayerNormWeights, bias: str, name: str, eps: float) -> str:
-    out = g.op("SkipLayerNormalization",
-               [x, residual, g.weight(name + ".g", ln.gamma), g.weight(name + ".b", ln.beta), bias],
-               domain="com.microsoft", epsilon=eps)
-    return out
+def _residual_ln(g: _Graph, x: str, residual: str, ln: LayerNormWeights, bias: str, name: str, eps: float) -> str:
+    """LayerNorm(x + bias + residual) as `Sum` + `LayerNormalization`, not the contrib
+    `SkipLayerNormalization`, whose CPU kernel (onnxruntime 1.32) is a scalar loop: this pair is
+    1.3x faster on one row, 3-6x on 4-128 (`benchmarks/layer_norm_step.py`). `Sum`, not `Add`:
+    onnxruntime fuses Add + LayerNormalization back into the slow op where it knows the shapes
+    (as in that benchmark); it leaves Sum alone, and one Sum does the work of two Adds."""
+    s = g.op("Sum", [x, bias, residual])
+    return g.op("LayerNormalization", [s, g.weight(name + ".g", ln.gamma), g.weight(name + ".b", ln.beta)],
+                axis=-1, epsilon=eps)
 
 
 def _self_attention(g: _Graph, h: str, att: AttentionWeights, heads: int, name: str, mask: str = "",
@@ -141,7 +145,7 @@ def _encoder_nodes(w: MarianWeights, g: _Graph, ids: str, mask: str, scope: str)
         name = f"enc.{i}"
         a = _self_attention(g, h, layer.self_attn, w.encoder_heads, name + ".self", mask=mask)
         a = g.op("MatMul", [a, g.weight(f"{name}.self.o.w", layer.self_attn.o_w)])
-        h = _skip_ln(g, a, h, layer.self_attn_ln, g.weight(f"{name}.self.o.b", layer.self_attn.o_b),
+        h = _residual_ln(g, a, h, layer.self_attn_ln, g.weight(f"{name}.self.o.b", layer.self_attn.o_b),
                      name + ".self_ln", w.layer_norm_eps)
         h = _ffn(g, h, layer.ffn, layer.final_ln, name, w.activation, w.layer_norm_eps)
     # cross-attention K/V of every decoder layer in one MatMul: (B, L, 2 * layers * d_dec)
@@ -215,12 +219,12 @@ def _decoder_graph(w: MarianWeights, scope: str):
                             past=(f"past_key_self_{i}", f"past_value_self_{i}"),
                             present=(f"present_key_self_{i}", f"present_value_self_{i}"))
         a = g.op("MatMul", [a, g.weight(f"{name}.self.o.w", layer.self_attn.o_w)])
-        h = _skip_ln(g, a, h, layer.self_attn_ln, g.weight(f"{name}.self.o.b", layer.self_attn.o_b),
+        h = _residual_ln(g, a, h, layer.self_attn_ln, g.weight(f"{name}.self.o.b", layer.self_attn.o_b),
                      name + ".self_ln", w.layer_norm_eps)
         ca = layer.cross_attn
         a = _cross_attention(g, h, ca, heads, d, name, i, scope)
         a = g.op("MatMul", [a, g.weight(f"{name}.cross.o.w", ca.o_w)])
-        h = _skip_ln(g, a, h, layer.cross_attn_ln, g.weight(f"{name}.cross.o.b", ca.o_b),
+        h = _residual_ln(g, a, h, layer.cross_attn_ln, g.weight(f"{name}.cross.o.b", ca.o_b),
                      name + ".cross_ln", w.layer_norm_eps)
         h = _ffn(g, h, layer.ffn, layer.final_ln, name, w.activation, w.layer_norm_eps)
     bias = w.final_logits_bias.astype(_F32, copy=True)

@@ -381,3 +381,27 @@ def test_translator_workers_give_the_same_lines(exported, bible_pairs):
     one = PackageTranslator(exported["fp32"]).translate(sources, beams=2, batch_size=4)
     two = PackageTranslator(exported["fp32"], workers=3).translate(sources, beams=2, batch_size=4)
     assert two == one and one[-1] == "" and all(one[:-1])
+
+
+def test_translator_searches_at_most_rows_per_run(exported, bible_pairs, monkeypatch):
+    """A batch runs as searches of at most `rows_per_run` sentences x beams (onnxruntime's CPU
+    search slows past ~16 rows): a batch of 32 at 2 beams with 8 rows a run gives the searches,
+    and the lines, of batches of 4."""
+    from wdctl.export.translator import PackageTranslator
+
+    sources = [s for s, _ in bible_pairs["test"][:24]] + [""]
+    split = PackageTranslator(exported["fp32"], rows_per_run=8)
+    sizes = []
+    generate = split.translator.generate
+
+    def counting(ids, **kwargs):
+        sizes.append(len(ids))
+        return generate(ids, **kwargs)
+
+    monkeypatch.setattr(split.translator, "generate", counting)
+    got = split.translate(sources, beams=2, batch_size=32)
+    assert sizes == [4] * 6  # the 24 non-empty sentences
+    assert got == PackageTranslator(exported["fp32"], rows_per_run=0).translate(sources, beams=2, batch_size=4)
+    assert got[-1] == "" and all(got[:-1])
+    with pytest.raises(InputError, match="rows per run"):
+        PackageTranslator(exported["fp32"], rows_per_run=-1)
