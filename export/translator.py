@@ -292,8 +292,8 @@ class PackageTranslator:
     A batch runs as searches of at most `rows_per_run` rows (sentences x beams; 0: no limit).
     onnxruntime's CPU search copies every layer's K/V cache each step and keeps decoding a
     batch's finished sentences, so past ~16 rows its time per token climbs: the bundled
-    teacher, int8, beam 4, 256 test sentences, 1 thread: 1,216 tok/s in searches of 4
-    sentences, 846 in searches of 32 (`benchmarks/translator_speed.py`). CTranslate2 offers
+    teacher, int8, beam 4, 256 test sentences, 1 thread: 1,100 tok/s in searches of 4
+    sentences, 704 in searches of 32 (`benchmarks/search_rows.py`). CTranslate2 offers
     the same split as `max_batch_size`; the batches being length-sorted, a split batch is the
     same as smaller batches."""
 
