@@ -146,7 +146,7 @@ def _encoder_nodes(w: MarianWeights, g: _Graph, ids: str, mask: str, scope: str)
         a = _self_attention(g, h, layer.self_attn, w.encoder_heads, name + ".self", mask=mask)
         a = g.op("MatMul", [a, g.weight(f"{name}.self.o.w", layer.self_attn.o_w)])
         h = _residual_ln(g, a, h, layer.self_attn_ln, g.weight(f"{name}.self.o.b", layer.self_attn.o_b),
-                     name + ".self_ln", w.layer_norm_eps)
+                         name + ".self_ln", w.layer_norm_eps)
         h = _ffn(g, h, layer.ffn, layer.final_ln, name, w.activation, w.layer_norm_eps)
     # cross-attention K/V of every decoder layer in one MatMul: (B, L, 2 * layers * d_dec)
     n, heads, d = len(w.decoder_layers), w.decoder_heads, w.d_dec
@@ -220,12 +220,12 @@ def _decoder_graph(w: MarianWeights, scope: str):
                             present=(f"present_key_self_{i}", f"present_value_self_{i}"))
         a = g.op("MatMul", [a, g.weight(f"{name}.self.o.w", layer.self_attn.o_w)])
         h = _residual_ln(g, a, h, layer.self_attn_ln, g.weight(f"{name}.self.o.b", layer.self_attn.o_b),
-                     name + ".self_ln", w.layer_norm_eps)
+                         name + ".self_ln", w.layer_norm_eps)
         ca = layer.cross_attn
         a = _cross_attention(g, h, ca, heads, d, name, i, scope)
         a = g.op("MatMul", [a, g.weight(f"{name}.cross.o.w", ca.o_w)])
         h = _residual_ln(g, a, h, layer.cross_attn_ln, g.weight(f"{name}.cross.o.b", ca.o_b),
-                     name + ".cross_ln", w.layer_norm_eps)
+                         name + ".cross_ln", w.layer_norm_eps)
         h = _ffn(g, h, layer.ffn, layer.final_ln, name, w.activation, w.layer_norm_eps)
     bias = w.final_logits_bias.astype(_F32, copy=True)
     if w.renormalize_logits:  # banned tokens leave the softmax: transformers' renormalize_logits

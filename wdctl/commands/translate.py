@@ -36,7 +36,7 @@ def translate_command(
     input: Optional[Path] = typer.Option(None, "--input", "-i", help="Text file, one sentence per line (default: standard input)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Where to write translations, one per input line (default: standard output)."),
     beams: int = typer.Option(4, "--beams", help="Beam size (1 = greedy)."),
-    batch_size: int = typer.Option(32, "--batch-size", help="Sentences per batch (batches are length-sorted). An ONNX package searches at most 16 sentences x beams at once: onnxruntime's search slows down beyond that."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Sentences per batch (batches are length-sorted). An ONNX package splits a batch into searches of a few sentences x beams, where onnxruntime's CPU search is fastest."),
     threads: int = typer.Option(1, "--threads", help="Intra-op threads (onnxruntime for packages, torch otherwise)."),
     max_length: int = typer.Option(256, "--max-length", help="Longest output in tokens (also capped at 1.5 x source + 10)."),
     length_penalty: float = typer.Option(1.0, "--length-penalty", help="Beam-search length penalty (score / length ** penalty)."),
