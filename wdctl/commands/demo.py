@@ -14,7 +14,7 @@ def demo_command(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="Directory for every stage's output; rerun the same command to resume."),
     threads: int = typer.Option(1, "--threads", help="Threads per benchmark measurement."),
     train_threads: int = typer.Option(0, "--train-threads", help="Torch threads for training and distillation (0 = all cores)."),
-    phase2_steps: int | None = typer.Option(None, "--phase2-steps", help="Phase-2 steps of the student (default 450; the time goes here: ~0.7 s a step on 2 cores with bf16). 450 keeps the whole job near 13 min; 1800 takes about 30 min and ends about 2 BLEU below the teacher at beam 4 (README). A finished student with another budget is not reused."),
+    phase2_steps: int | None = typer.Option(None, "--phase2-steps", help="Phase-2 steps of the student (default 450; the time goes here: ~0.7 s a step on 2 cores with bf16). 450 keeps the whole job near 12 min; 1800 takes about 30 min and ends about 2 BLEU below the teacher at beam 4 (README). A finished student with another budget is not reused."),
     train_teacher: bool = typer.Option(False, "--train-teacher", help="Train a small 3+3 teacher for 450 steps first instead of using the bundled one (not a usable translator; shows that path)."),
     smoke: bool = typer.Option(False, "--smoke", hidden=True, help="Seconds-long run of every stage (tests)."),
 ) -> None:
