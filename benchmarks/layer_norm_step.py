@@ -3,8 +3,8 @@
     .venv/bin/python benchmarks/layer_norm_step.py [--rows 1,4,16,128] [--hidden 256]
         [--chain 18] [--calls 200] [--rounds 3]
 
-- `SkipLayerNormalization` (com.microsoft), which onnxruntime also makes of every Add followed
-  by `LayerNormalization` (its SkipLayerNormFusion);
+- `SkipLayerNormalization` (com.microsoft), which onnxruntime also makes of an Add followed by
+  `LayerNormalization` where it knows the shapes (its SkipLayerNormFusion);
 - `Sum` + `LayerNormalization`, which it leaves as they are: what the translator's graph uses.
 
 Each session holds --chain of them in a row (18: a 6-layer decoder step's three per layer) on

@@ -234,9 +234,9 @@ def test_plain_inference_session_runs_the_whole_search(models):
 
 
 def test_onnxruntime_keeps_the_fast_layer_norm(models, tmp_path):
-    """onnxruntime fuses Add + LayerNormalization into SkipLayerNormalization, whose CPU kernel is
-    a scalar loop (3-6x slower from 4 rows on); the graph's Sum + LayerNormalization must survive
-    its optimizer, in the encoder and in the decoder step the search runs."""
+    """onnxruntime can fuse Add + LayerNormalization into SkipLayerNormalization, whose CPU kernel
+    is a scalar loop (3-6x slower from 4 rows on); the graph's Sum + LayerNormalization must
+    survive its optimizer, in the encoder and in the decoder step the search runs."""
     import onnx
     import onnxruntime as ort
 
