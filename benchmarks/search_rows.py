@@ -7,10 +7,10 @@ in-graph translator and, with --ct2, a CTranslate2 model of the same system:
 PACKAGE is an ONNX package with `translator.onnx` (`wdctl export`, or the bench's package cache);
 CT2_DIR a `ct2-transformers-converter --quantization int8` output. The first --sentences test
 sentences of the bundled corpus run in length-sorted batches of each size, one search per
-batch (the translator's `rows_per_run` limit off; CTranslate2's `max_batch_size` 0), with
-wdctl's per-batch output limit; one warm-up batch, then one timed pass per size. Prints the
-seconds and target tokens per second (EOS not counted, the bench's count) per size. This is the
-measurement behind `PackageTranslator`'s `rows_per_run` default.
+batch (the translator's `rows_per_run` limit off; CTranslate2 through the bench's own loader,
+`max_batch_size` 0), with wdctl's per-batch output limit; one warm-up batch, then one timed
+pass per size. Prints the seconds and target tokens per second (EOS not counted, the bench's
+count) per size. This is the measurement behind `PackageTranslator`'s `rows_per_run` default.
 """
 
 from __future__ import annotations
@@ -21,28 +21,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def ct2_translate(model_dir: str, tokenizer, threads: int):
-    import ctranslate2
-
-    from wdctl.passes.batching import length_sorted_batches, output_limit
-
-    translator = ctranslate2.Translator(model_dir, device="cpu", compute_type="int8", intra_threads=threads,
-                                        inter_threads=1)
-
-    def translate(sentences, beams, batch_size):
-        out = [""] * len(sentences)
-        for idx in length_sorted_batches(sentences, batch_size):
-            ids = tokenizer([sentences[i] for i in idx])["input_ids"]
-            results = translator.translate_batch(
-                [tokenizer.convert_ids_to_tokens(x) for x in ids], beam_size=beams, max_batch_size=0,
-                max_decoding_length=output_limit(max(len(x) for x in ids)) - 2)  # as the bench's ct2 rows
-            for i, r in zip(idx, results):
-                out[i] = tokenizer.decode(tokenizer.convert_tokens_to_ids(r.hypotheses[0]), skip_special_tokens=True)
-        return out
-
-    return translate
 
 
 def main(argv=None) -> int:
@@ -62,18 +40,22 @@ def main(argv=None) -> int:
     texts = [s for s, _ in read_parallel(REPO / "examples" / "data" / "bible", "test")][:args.sentences]
     package = PackageTranslator(args.package, threads=args.threads, rows_per_run=0)
     tokenizer = package.tokenizer
-    systems = {"onnxruntime (in-graph)": lambda s, b, n: package.translate(s, beams=b, batch_size=n)}
-    if args.ct2:
-        systems["CTranslate2"] = ct2_translate(args.ct2, tokenizer, args.threads)
+    systems = {"onnxruntime (in-graph)": lambda s, n: package.translate(s, beams=args.beams, batch_size=n)}
+    if args.ct2:  # the bench's own CTranslate2 rows: length-sorted batches, max_batch_size 0
+        from wdctl.bench.worker import LOADERS
+
+        spec = {"model": args.ct2, "device": "cpu", "threads": args.threads, "beams": args.beams,
+                "max_length": 256, "length_penalty": 1.0}
+        systems["CTranslate2"] = LOADERS["ct2"](spec, tokenizer)
 
     print(f"{args.package}: beams {args.beams}, {len(texts)} sentences, {args.threads} thread(s)\n")
     print("| system | sentences per search | rows (x beams) | seconds | tok/s |")
     print("|---|---:|---:|---:|---:|")
     for name, translate in systems.items():
-        translate(texts[:8], args.beams, 8)  # warm-up
+        translate(texts[:8], 8)  # warm-up
         for size in (int(x) for x in args.batch_sizes.split(",")):
             start = time.perf_counter()
-            out = translate(texts, args.beams, size)
+            out = translate(texts, size)
             seconds = time.perf_counter() - start
             tokens = sum(len(x) for x in tokenizer(text_target=out, add_special_tokens=False)["input_ids"])
             print(f"| {name} | {size} | {size * args.beams} | {seconds:.2f} | {tokens / seconds:,.0f} |", flush=True)
