@@ -1,9 +1,9 @@
 """The one training loop: teacher training, WD phase 1 and phase 2 all run through `train`.
 
 Read it top to bottom: batches of about `max_tokens` tokens → label-smoothed cross-entropy
-(plus an optional word-level KD term) → gradient accumulation → Adam with an inverse-sqrt
-schedule → periodic dev evaluation and checkpoints. A checkpoint holds the trainable tensors
-(safetensors), the optimizer, the data position and the RNG state, so a run stopped by
+(plus an optional word-level KD term) → gradient accumulation → Adam with an inverse-sqrt (or
+linear-decay) schedule → periodic dev evaluation and checkpoints. A checkpoint holds the trainable
+tensors (safetensors), the optimizer, the data position and the RNG state, so a run stopped by
 Ctrl-C/SIGTERM resumes where it stopped and ends where an uninterrupted run would have.
 
 The model is any `nn.Module` called as `model(input_ids=, attention_mask=,
@@ -62,6 +62,7 @@ class TrainConfig:
     # "fp32", or autocast "bf16" / "fp16" (fp16 with loss scaling); "auto": bf16 on a CPU with
     # hardware bf16 (AMX, AVX-512 BF16), fp32 elsewhere. validate() resolves "auto".
     precision: str = "fp32"
+    schedule: str = "inverse-sqrt"  # SCHEDULES: "inverse-sqrt" (the release's) or "linear" (to zero at max_steps)
 
     def validate(self) -> "TrainConfig":
         positive = ("max_steps", "max_tokens", "accum", "warmup", "eval_every", "save_every", "log_every", "average_last")
@@ -70,6 +71,8 @@ class TrainConfig:
                 raise InputError(f"training option {name} must be positive, got {getattr(self, name)}")
         if self.lr <= 0 or not 0 <= self.label_smoothing < 1 or not 0 <= self.kd_weight <= 1:
             raise InputError("training options: lr must be > 0, label_smoothing in [0, 1), kd_weight in [0, 1]")
+        if self.schedule not in SCHEDULES:
+            raise InputError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if self.precision not in PRECISIONS:
             raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.precision == "auto":
@@ -92,7 +95,7 @@ class TrainResult:
 
 # Options that change what a resumed run computes; the others (step budget, logging) may change.
 RESUME_MUST_MATCH = ("max_tokens", "accum", "lr", "warmup", "adam_betas", "weight_decay", "clip_norm",
-                     "label_smoothing", "kd_weight", "seed")
+                     "label_smoothing", "kd_weight", "seed", "schedule")
 
 
 class TrainingInterrupted(WdctlError):
@@ -156,6 +159,20 @@ def collate(batch: list[Example], pad_id: int, start_id: int) -> dict[str, torch
 def inverse_sqrt(warmup: int) -> Callable[[int], float]:
     """Linear warm-up to the peak, then decay with 1/sqrt(step) (the release's schedule)."""
     return lambda step: min((step + 1) / warmup, math.sqrt(warmup / (step + 1)))
+
+
+def linear_decay(warmup: int, total: int) -> Callable[[int], float]:
+    """Linear warm-up to the peak, then a straight line to zero at `total` steps: for a short,
+    fixed budget (the demo's 450 phase-2 steps) it ended +0.5 BLEU (beam 4) above inverse-sqrt
+    in two seeds each (README)."""
+    return lambda step: min((step + 1) / warmup, max(0.0, (total - step) / max(1, total - warmup)))
+
+
+# Learning-rate multiplier per optimizer step, by TrainConfig.schedule.
+SCHEDULES: dict[str, Callable[["TrainConfig"], Callable[[int], float]]] = {
+    "inverse-sqrt": lambda cfg: inverse_sqrt(cfg.warmup),
+    "linear": lambda cfg: linear_decay(cfg.warmup, cfg.max_steps),
+}
 
 
 def sequence_loss(logits, labels, label_smoothing, kd_weight=0.0, teacher_logits=None) -> torch.Tensor:
@@ -330,7 +347,7 @@ def train(
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, inverse_sqrt(cfg.warmup))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, SCHEDULES[cfg.schedule](cfg))
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
     stream = BatchStream(examples, cfg.max_tokens, cfg.seed)

@@ -227,3 +227,25 @@ def test_stop_flag_asked_twice_stops_at_once_unless_patient():
         os.kill(os.getpid(), signal.SIGTERM)
         assert stop.signal == signal.SIGINT
     assert signal.getsignal(signal.SIGINT) == before
+
+
+class _Finite(_Exploding):
+    def forward(self, input_ids, attention_mask, decoder_input_ids):
+        return type("Out", (), {"logits": self.proj(decoder_input_ids)})
+
+
+@pytest.mark.parametrize("schedule", ["inverse-sqrt", "linear"])
+def test_schedules_warm_up_then_decay_and_linear_ends_at_zero(tmp_path, schedule):
+    examples = [([3, 4, 0], [5, 6, 0])] * 8
+    cfg = TrainConfig(max_steps=10, max_tokens=6, warmup=2, lr=0.01, log_every=1, save_every=100, schedule=schedule)
+    result = train(_Finite(), examples, cfg, tmp_path, pad_id=19, start_id=19)
+    lrs = [r["lr"] for r in result.history if "lr" in r]
+    assert len(lrs) == 10 and max(lrs) == pytest.approx(0.01)
+    after_peak = lrs[len(lrs) - 1 - lrs[::-1].index(max(lrs)):]  # from the last step at the peak
+    assert all(a > b for a, b in zip(after_peak, after_peak[1:]))
+    assert (lrs[-1] == 0.0) == (schedule == "linear")
+
+
+def test_unknown_schedule_is_refused():
+    with pytest.raises(InputError, match="schedule must be one of inverse-sqrt, linear, got 'cosine'"):
+        TrainConfig(schedule="cosine").validate()

@@ -62,6 +62,7 @@ class DemoPlan:
     student: str = "small"
     phase_steps: tuple[int, int] = (150, 450)
     phase_warmup: tuple[int, int] = (50, 50)  # the defaults (400, 100) are for 2,000-step phases
+    phase2_schedule: str = "linear"  # to zero at the last step: +0.5 BLEU (beam 4) over inverse-sqrt here
     save_every: int = 250  # a checkpoint costs a few seconds here; Ctrl-C loses at most this many steps
     distill_beams: int = 4
     onnx_distill: bool = True  # the teacher's in-graph ONNX translator: PyTorch's output, faster
@@ -126,14 +127,16 @@ def stage_teacher(out: Path, data: Path, plan: DemoPlan, threads: int = 0) -> Pa
 def stage_student(out: Path, teacher: Path, data: Path, plan: DemoPlan, threads: int = 0) -> Path:
     student = out / f"wd-{plan.student}"
     if _finished(student):
-        trained = _trained_steps(student)
-        if trained != plan.phase_steps:
-            what = f"{trained[0]} + {trained[1]} steps" if trained else "an unknown budget (no readable run config)"
-            raise InputError(f"{student}: finished with {what}, not {plan.phase_steps[0]} + {plan.phase_steps[1]}; "
+        trained, wanted = _trained_budget(student), (*plan.phase_steps, plan.phase2_schedule)
+        if trained != wanted:
+            what = f"{trained[0]} + {trained[1]} steps ({trained[2]})" if trained else \
+                "an unknown budget (no readable run config)"
+            raise InputError(f"{student}: finished with {what}, not {wanted[0]} + {wanted[1]} steps ({wanted[2]}); "
                              "choose another --out (or delete it) to train with these")
         return student
     phases = {name: {"max_steps": steps, "warmup": warmup, "max_minutes": 0.0, "save_every": plan.save_every}
               for name, steps, warmup in zip(("phase1", "phase2"), plan.phase_steps, plan.phase_warmup)}
+    phases["phase2"]["schedule"] = plan.phase2_schedule
     p1, p2 = phase_configs(phases)
     compress_with(teacher, str(data), student, student=plan.student, method="wd", phase1=p1, phase2=p2,
              export=False, cache_dir=out / "distilled", distill_beams=plan.distill_beams,
@@ -142,13 +145,15 @@ def stage_student(out: Path, teacher: Path, data: Path, plan: DemoPlan, threads:
     return student
 
 
-def _trained_steps(student: Path) -> tuple[int, int] | None:
-    """The phase budgets a finished student was trained with, from its run directory's config
-    (written by `wdctl compress` before training)."""
+def _trained_budget(student: Path) -> tuple[int, int, str] | None:
+    """The phase budgets and phase-2 schedule a finished student was trained with, from its run
+    directory's config (written by `wdctl compress` before training; runs from before schedules
+    were an option used inverse-sqrt)."""
     try:
         config = json.loads((run_dir_of(student) / "config.json").read_text(encoding="utf-8"))
-        return int(config["phase1"]["max_steps"]), int(config["phase2"]["max_steps"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return (int(config["phase1"]["max_steps"]), int(config["phase2"]["max_steps"]),
+                str(config["phase2"].get("schedule", "inverse-sqrt")))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
 
 
