@@ -461,13 +461,15 @@ def test_demo_reuses_a_finished_student_only_with_the_same_budget(tmp_path):
     run.mkdir()
     # a run config from before schedules were an option: inverse-sqrt
     (run / "config.json").write_text(json.dumps({"phase1": {"max_steps": 150}, "phase2": {"max_steps": 450}}))
-    with pytest.raises(InputError, match=r"finished with 150 \+ 450 steps \(inverse-sqrt\), not 150 \+ 1800 steps \(linear\)"):
+    with pytest.raises(InputError, match=r"finished with 150 \+ 450 steps \(inverse-sqrt\), not 150 \+ 1800 steps \(inverse-sqrt\)"):
         demo.stage_student(tmp_path, demo.BUNDLED_TEACHER, tmp_path / "data", plan)
+    linear = replace(plan, phase_steps=(150, 450), phase2_schedule="linear")
     with pytest.raises(InputError, match=r"\(inverse-sqrt\), not 150 \+ 450 steps \(linear\)"):
-        demo.stage_student(tmp_path, demo.BUNDLED_TEACHER, tmp_path / "data", replace(plan, phase_steps=(150, 450)))
+        demo.stage_student(tmp_path, demo.BUNDLED_TEACHER, tmp_path / "data", linear)
+    assert demo.stage_student(tmp_path, demo.BUNDLED_TEACHER, tmp_path / "data", replace(plan, phase_steps=(150, 450))) == student
     (run / "config.json").write_text(json.dumps({"phase1": {"max_steps": 150},
                                                  "phase2": {"max_steps": 450, "schedule": "linear"}}))
-    assert demo.stage_student(tmp_path, demo.BUNDLED_TEACHER, tmp_path / "data", replace(plan, phase_steps=(150, 450))) == student
+    assert demo.stage_student(tmp_path, demo.BUNDLED_TEACHER, tmp_path / "data", linear) == student
 
 
 @pytest.mark.skipif(not __import__("os").environ.get("WDCTL_SLOW_TESTS"), reason="set WDCTL_SLOW_TESTS=1 (a few minutes)")
