@@ -13,8 +13,21 @@ import sys
 
 from wdctl.core.errors import InputError
 
+# Rows (sentences x beams) per search up to which onnxruntime's int8 products run faster on
+# AVX-512 VNNI than on AMX (`wdctl.core.amx`): per product, 1-4 rows are 10-25% slower on AMX,
+# 8 and more faster (`benchmarks/int8_rows.py`).
+AMX_SLOWER_UP_TO_ROWS = 4
 GPU_HINT = "onnxruntime-gpu not installed: pip install 'wdctl[gpu]'"
 DEVICES = ("cpu", "cuda")
+
+
+def settle_int8_kernels(rows: int) -> bool:
+    """For a process about to decode searches of `rows` rows (and nothing else): keep its int8
+    products off AMX where that is faster. Must run before the process's first onnxruntime
+    session. Returns whether AMX was refused (False on CPUs without it, or above the threshold)."""
+    from wdctl.core import amx
+
+    return rows <= AMX_SLOWER_UP_TO_ROWS and amx.cpu_has_amx() and amx.deny_amx()
 
 
 def hold_torch_threads(threads: int = 1) -> None:

@@ -280,6 +280,11 @@ class OnnxTranslator:
         return rows
 
 
+def sentences_per_search(beams: int, batch_size: int, rows_per_run: int = ROWS_PER_RUN) -> int:
+    """How many sentences `PackageTranslator` puts in one search (rows = that x beams)."""
+    return min(batch_size, max(1, rows_per_run // beams)) if rows_per_run else batch_size
+
+
 class PackageTranslator:
     """Text in, text out over a package's `translator.onnx` and tokenizer (`wdctl translate`, the
     bench, `--onnx-distill`): length-sorted batches (`passes.batching`), each with
@@ -331,7 +336,7 @@ class PackageTranslator:
         out = [""] * len(sentences)
         tok = self.tokenizer
         jobs = []  # tokenized in this thread; only session.run goes to the workers
-        per_search = min(batch_size, max(1, self.rows_per_run // beams)) if self.rows_per_run else batch_size
+        per_search = sentences_per_search(beams, batch_size, self.rows_per_run)
         for idx in length_sorted_batches(sentences, per_search):
             ids = tok([sentences[i] for i in idx], truncation=True,
                       max_length=min(max_length, tok.model_max_length))["input_ids"]

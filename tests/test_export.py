@@ -405,3 +405,39 @@ def test_translator_searches_at_most_rows_per_run(exported, bible_pairs, monkeyp
     assert got[-1] == "" and all(got[:-1])
     with pytest.raises(InputError, match="rows per run"):
         PackageTranslator(exported["fp32"], rows_per_run=-1)
+
+
+def test_int8_translator_gives_the_same_lines_without_amx(exported, tiny_corpus):
+    """Integer products are exact on either kernel: in a process refused Intel AMX
+    (`wdctl.core.amx`) the int8 translator returns what it returns where onnxruntime chose its
+    kernels, greedy and beam 4. A filter is permanent, so both sides run in child processes."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from wdctl.core import amx
+
+    if not amx.supported():
+        pytest.skip("seccomp filters: Linux x86-64 only")
+    code = textwrap.dedent("""
+        import json, sys
+        from pathlib import Path
+        from wdctl.core import amx
+        if sys.argv[1] == "deny" and not amx.deny_amx():
+            print("null"); sys.exit(0)
+        from wdctl.core.corpus import read_parallel
+        from wdctl.export.translator import PackageTranslator
+        sources = [s for s, _ in read_parallel(Path(sys.argv[3]), "test")][:12]
+        translator = PackageTranslator(sys.argv[2])
+        print(json.dumps([translator.translate(sources, beams=b, batch_size=1) for b in (1, 4)]))
+    """)
+    outs = []
+    for mode in ("default", "deny"):
+        proc = subprocess.run([sys.executable, "-c", code, mode, str(exported["int8"]), str(tiny_corpus)],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        outs.append(proc.stdout.strip().splitlines()[-1])
+    if outs[1] == "null":
+        pytest.skip("this kernel or container refuses seccomp filters")
+    greedy, beams = json.loads(outs[0])
+    assert outs[0] == outs[1] and len(greedy) == 12 and any(greedy) and any(beams)

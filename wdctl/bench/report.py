@@ -11,6 +11,7 @@ from pathlib import Path
 
 from wdctl.core.atomic import atomic_write_text
 from wdctl.core.runinfo import write_json
+from wdctl.export.session import AMX_SLOWER_UP_TO_ROWS
 
 PLOT_NAME = "bleu_vs_speed.png"
 BACKEND_MARKERS = {"torch": "o", "ort-optimum": "D", "ort-graph": "v", "ort-graph-int8": "P", "ct2": "*"}
@@ -148,6 +149,11 @@ def render_markdown(report: dict) -> str:
             line += (" — **other processes were running: the speed figures are unreliable; rerun on an idle "
                      "machine**")
         lines.append(line)
+    refused = sum(r.get("amx") == "refused" for r in rows)
+    if refused:
+        lines.append(f"- Intel AMX refused to {refused} measurement(s): the in-graph translator's int8 products run on "
+                     f"AVX-512 VNNI in searches of at most {AMX_SLOWER_UP_TO_ROWS} rows, where AMX is slower "
+                     "(`wdctl.core.amx`)")
     versions = report.get("versions", {})
     shown = [f"{name} {versions[name]}" for name in SHOWN_VERSIONS if name in versions]
     lines += ["- " + " · ".join(shown), ""]

@@ -168,6 +168,7 @@ def summarize(m: Measurement, result: dict, settings: BenchSettings, n_sentences
         "bleu": None, "chrf": None, "bleu_signature": None, "chrf_signature": None,
         "target_tokens": None, "seconds": None, "sentences_per_s": None, "tokens_per_s": None,
         "latency_ms": None, "peak_rss_mb": None, "load_seconds": None, "stable": None, "load_avg": None,
+        "amx": None,
         "size_mb": None, "size_files": [],
         "speedup_vs_teacher_same_backend": None, "speedup_vs_teacher_torch": None,
         "hypotheses": None, "log": log_rel,
@@ -193,7 +194,7 @@ def summarize(m: Measurement, result: dict, settings: BenchSettings, n_sentences
         "tokens_per_s": _spread(tokens / med, tokens / hi, tokens / lo, 1),
         "peak_rss_mb": round(result["peak_rss_mb"], 1), "load_seconds": round(result["load_seconds"], 2),
         "load_avg": max(result["load_avg"]) if result.get("load_avg") else None,
-        "stable": result["stable"], "hypotheses": hyp_rel,
+        "stable": result["stable"], "hypotheses": hyp_rel, "amx": result.get("amx"),
     })
     lat = result.get("latencies_ms") or []
     if m.batch_size == 1 and lat:

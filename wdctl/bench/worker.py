@@ -25,8 +25,9 @@ The result JSON holds: seconds (per timed pass), latencies_ms (batch size 1 only
 sentences of all passes), target_tokens (of the hypotheses, counted with the model's target
 tokenizer, special tokens excluded), peak_rss_mb (this process's high-water mark), load_seconds,
 stable (all timed passes produced the same hypotheses), threads, load_avg (the 1-minute load
-average before and after the timed passes). On failure it holds
-`error` and the process exits 1.
+average before and after the timed passes), amx (`wdctl.core.amx.state()`: "refused" where the
+in-graph translator's few-row searches kept it off, "in use" where a library took it). On
+failure it holds `error` and the process exits 1.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
+from wdctl.core import amx
 from wdctl.core.runinfo import peak_rss_mb
 from wdctl.export.session import hold_torch_threads
 from wdctl.passes.batching import length_sorted_batches, output_limit
@@ -97,8 +99,11 @@ def _torch_backend(spec: dict, tokenizer) -> Translate:
 def _graph_backend(spec: dict, tokenizer) -> Translate:
     """The package's in-graph translator (translator.onnx): one `session.run` per batch."""
     hold_torch_threads(1)  # only if imported: `wdctl bench` starts this worker with USE_TORCH=0
-    from wdctl.export.translator import PackageTranslator
+    from wdctl.export.session import settle_int8_kernels
+    from wdctl.export.translator import PackageTranslator, sentences_per_search
 
+    # as `wdctl translate` does: few rows a search keep the int8 products off AMX (the result's "amx")
+    settle_int8_kernels(sentences_per_search(spec["beams"], spec["batch_size"]) * spec["beams"])
     translator = PackageTranslator(spec["model"], threads=spec["threads"], tokenizer=tokenizer)
 
     def run(sentences: list[str], batch_size: int) -> list[str]:
@@ -223,6 +228,7 @@ def measure(spec: dict) -> dict:
         # work on the machine shows up here and makes the timings unreliable
         "load_avg": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "env_threads": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")},
+        "amx": amx.state(),  # whether this process's int8 products could use Intel AMX
     }
 
 
