@@ -44,7 +44,7 @@ def translate_command(
 ) -> None:
     """Translate one sentence per line; empty lines stay empty, so output lines match input lines.
 
-    ONNX packages (from `wdctl export`) run their in-graph translator (translator.onnx: encoder, decoder and greedy/beam search in one onnxruntime graph), the same tokens as transformers' generate in fp32; packages without one (older exports) and --device cuda run optimum's generate over the package's encoder and decoder. MarianMT directories are decoded with PyTorch. --beams is at most 64.
+    ONNX packages (from `wdctl export`) run their in-graph translator (translator.onnx: encoder, decoder and greedy/beam search in one onnxruntime graph), the same tokens as transformers' generate in fp32; packages without one (older exports) and --device cuda run optimum's generate over the package's encoder and decoder. MarianMT directories are decoded with PyTorch. --beams is at most 64. On CPUs with Intel AMX, searches of at most 4 sentences x beams (e.g. --batch-size 1, --beams 4) run the package's int8 products on AVX-512 VNNI, which is faster there: this process is refused AMX (a seccomp filter, Linux x86-64).
     """
     from wdctl.core.atomic import atomic_write_text
     from wdctl.recipes.translate import translate_lines
