@@ -3,7 +3,8 @@
 onnxruntime's MLAS sends every u8 x s8 product (`DynamicQuantizeMatMul`) to its AMX kernel
 whenever the CPU has AMX-INT8 and Linux grants the process the tile state. AMX works on tiles
 of 16 rows, so on the 1-4 rows of a decoder step at batch 1 it is slower than MLAS's own
-AVX-512 VNNI kernel (`benchmarks/int8_rows.py`); from 8 rows on AMX wins. onnxruntime has no
+AVX-512 VNNI kernel (`benchmarks/int8_rows.py`: most of all for a wide output projection);
+at 16 rows AMX wins. onnxruntime has no
 switch for this. MLAS asks the kernel for the tile state once, with
 `arch_prctl(ARCH_REQ_XCOMP_PERM, XTILEDATA)`, and falls back to VNNI when that is refused, so
 `deny_amx()` installs a seccomp filter that refuses exactly that call (EPERM) for every thread
