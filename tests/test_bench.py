@@ -319,6 +319,10 @@ def test_report_renders_groups_by_beam_and_batch(tmp_path):
                           {"name": "wd-tiny", "role": "student", "parameters": 5, "model_dir": "s", "packages": {}}],
               "backends": {"torch": "PyTorch fp32", "ct2": "CTranslate2 int8"}, "notes": ["a note"], "rows": rows}
     md = render_markdown(report)
+    assert "AMX" not in md  # no row refused it
+    rows[0]["amx"] = rows[1]["amx"] = "refused"
+    rows[2]["amx"] = "in use"
+    assert "- Intel AMX refused in 2 in-graph measurement(s)" in render_markdown(report)
     titles = [line for line in md.splitlines() if line.startswith("### ")]
     assert titles == ["### greedy (beam 1), batch 1", "### greedy (beam 1), batch 32", "### beam 4, batch 1",
                       "### beam 4, batch 32"]

@@ -151,8 +151,8 @@ def render_markdown(report: dict) -> str:
         lines.append(line)
     refused = sum(r.get("amx") == "refused" for r in rows)
     if refused:
-        lines.append(f"- Intel AMX refused to {refused} measurement(s): the in-graph translator's int8 products run on "
-                     f"AVX-512 VNNI in searches of at most {AMX_SLOWER_UP_TO_ROWS} rows, where AMX is slower "
+        lines.append(f"- Intel AMX refused in {refused} in-graph measurement(s), those with searches of at most "
+                     f"{AMX_SLOWER_UP_TO_ROWS} rows: their int8 products run on AVX-512 VNNI, faster there "
                      "(`wdctl.core.amx`)")
     versions = report.get("versions", {})
     shown = [f"{name} {versions[name]}" for name in SHOWN_VERSIONS if name in versions]
