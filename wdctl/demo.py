@@ -39,6 +39,7 @@ from wdctl.config import TEACHER_SCHEDULES, phase_configs, train_config
 from wdctl.core.atomic import MARKER, atomic_dir, atomic_write_text, run_dir_of
 from wdctl.core.corpus import read_parallel
 from wdctl.core.errors import InputError
+from wdctl.passes.training import TrainConfig
 from wdctl.recipes.compress import compress_with
 from wdctl.recipes.teacher import train_teacher
 
@@ -64,7 +65,7 @@ class DemoPlan:
     phase_warmup: tuple[int, int] = (50, 50)  # the defaults (400, 100) are for 2,000-step phases
     # linear decay (TrainConfig.schedule) lowered the probe loss but ended 0.25 BLEU lower at
     # beam 4 in this demo (README): within the noise, so the release's schedule stays
-    phase2_schedule: str = "inverse-sqrt"
+    phase2_schedule: str = TrainConfig.schedule
     save_every: int = 250  # a checkpoint costs a few seconds here; Ctrl-C loses at most this many steps
     distill_beams: int = 4
     onnx_distill: bool = True  # the teacher's in-graph ONNX translator: PyTorch's output, faster
@@ -154,7 +155,7 @@ def _trained_budget(student: Path) -> tuple[int, int, str] | None:
     try:
         config = json.loads((run_dir_of(student) / "config.json").read_text(encoding="utf-8"))
         return (int(config["phase1"]["max_steps"]), int(config["phase2"]["max_steps"]),
-                str(config["phase2"].get("schedule", "inverse-sqrt")))
+                str(config["phase2"].get("schedule", TrainConfig.schedule)))
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
 

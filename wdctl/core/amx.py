@@ -19,6 +19,8 @@ import errno
 import platform
 import sys
 
+from wdctl.core.runinfo import cpu_info
+
 _SYS_ARCH_PRCTL = 158  # x86-64 syscall numbers
 _SYS_SECCOMP = 317
 _ARCH_GET_XCOMP_PERM = 0x1022
@@ -58,13 +60,7 @@ def supported() -> bool:
 
 
 def cpu_has_amx() -> bool:
-    if not supported():
-        return False
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            return any(line.startswith("flags") and " amx_int8" in line for line in f)
-    except OSError:
-        return False
+    return supported() and "amx_int8" in cpu_info()["isa_flags"]
 
 
 def _libc():
