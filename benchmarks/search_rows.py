@@ -2,7 +2,7 @@
 in-graph translator and, with --ct2, a CTranslate2 model of the same system:
 
     .venv/bin/python benchmarks/search_rows.py PACKAGE [--ct2 CT2_DIR] [--beams 4]
-        [--batch-sizes 1,4,8,16,32] [--sentences 256] [--threads 1]
+        [--batch-sizes 1,4,8,16,32] [--sentences 256] [--threads 1] [--no-amx]
 
 PACKAGE is an ONNX package with `translator.onnx` (`wdctl export`, or the bench's package cache);
 CT2_DIR a `ct2-transformers-converter --quantization int8` output. The first --sentences test
@@ -10,7 +10,9 @@ sentences of the bundled corpus run in length-sorted batches of each size, one s
 batch (the translator's `rows_per_run` limit off; CTranslate2 through the bench's own loader,
 `max_batch_size` 0), with wdctl's per-batch output limit; one warm-up batch, then one timed
 pass per size. Prints the seconds and target tokens per second (EOS not counted, the bench's
-count) per size. This is the measurement behind `PackageTranslator`'s `rows_per_run` default.
+count) per size. This is the measurement behind `PackageTranslator`'s `rows_per_run` default;
+with --no-amx (the whole process refused Intel AMX, as `wdctl translate` does for searches of at
+most 4 rows), the one behind `export.session.AMX_SLOWER_UP_TO_ROWS`.
 """
 
 from __future__ import annotations
@@ -31,8 +33,16 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-sizes", default="1,4,8,16,32")
     parser.add_argument("--sentences", type=int, default=256)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--no-amx", action="store_true",
+                        help="refuse this process Intel AMX first (`wdctl.core.amx`), CTranslate2 included")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.no_amx:
+        from wdctl.core import amx
+
+        if not amx.deny_amx():
+            print("--no-amx: AMX could not be refused here (not Linux x86-64, no seccomp, or already granted)")
+            return 1
 
     from wdctl.core.corpus import read_parallel
     from wdctl.export.translator import PackageTranslator

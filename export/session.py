@@ -15,8 +15,7 @@ from wdctl.core.errors import InputError
 
 # Rows (sentences x beams) per search up to which onnxruntime's int8 products run faster on
 # AVX-512 VNNI than on AMX (`wdctl.core.amx`). `benchmarks/int8_rows.py`, the teacher's shapes:
-# at 1-4 rows AMX takes 0.99-1.06x VNNI's time for the layers' products and 1.09-1.49x for the
-# 8k-vocabulary output projection; at 8 rows 0.88-1.19x; at 16, 0.72-0.80x (AMX wins).
+# at 1-4 rows AMX takes 1.06-1.18x VNNI's time; at 8 rows 0.92-0.99x; at 16, 0.76-0.86x.
 AMX_SLOWER_UP_TO_ROWS = 4
 GPU_HINT = "onnxruntime-gpu not installed: pip install 'wdctl[gpu]'"
 DEVICES = ("cpu", "cuda")
