@@ -10,11 +10,10 @@ stage resumes from its checkpoints):
             `wdctl teacher train --preset cpu6`; see its `training/`). With `--train-teacher`
             the demo instead trains a small 3+3 teacher for a few hundred steps at `OUT/teacher/`
             (the old path: far from a usable translator, but no bundled model needed).
-3. student  `OUT/wd-small/`: `wdctl compress --student small --method wd --start importance`
-            (the paper's SMALL: the teacher's encoder, a 2-layer decoder), budgets in steps, so
-            a busy machine only takes longer and ends at the same student (`--phase2-steps` sets
-            phase 2's; a finished student is reused only if it was trained with the same
-            budgets and start).
+3. student  `OUT/wd-small/`: `wdctl compress --student small --method wd` (the paper's SMALL:
+            the teacher's encoder, a 2-layer decoder), budgets in steps, so a busy machine only
+            takes longer and ends at the same student (`--phase2-steps` sets phase 2's; a
+            finished student is reused only if it was trained with the same budgets).
 4. export   `OUT/packages/`: ONNX fp32 and int8 packages of both (the int8 one is benchmarked).
 5. bench    `OUT/bench/`: `wdctl bench` over the first test sentences in onnxruntime int8 with
             the in-graph search, greedy and beam 4, batch sizes 1 and 32, one timed pass each;
@@ -41,7 +40,7 @@ from wdctl.core.atomic import MARKER, atomic_dir, atomic_write_text, run_dir_of
 from wdctl.core.corpus import read_parallel
 from wdctl.core.errors import InputError
 from wdctl.passes.training import TrainConfig
-from wdctl.recipes.compress import CompressSettings, compress_with
+from wdctl.recipes.compress import compress_with
 from wdctl.recipes.teacher import train_teacher
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -67,10 +66,6 @@ class DemoPlan:
     # linear decay (TrainConfig.schedule) lowered the probe loss but ended 0.25 BLEU lower at
     # beam 4 in this demo (README): within the noise, so the release's schedule stays
     phase2_schedule: str = TrainConfig.schedule
-    # each student decoder layer starts from the teacher layer of its group whose cut student has
-    # the lowest loss (`--start importance`) rather than the bottom one: in this demo, over two
-    # seeds, +1.0 and +1.3 BLEU greedy, -0.3 and +0.3 at beam 4, a lower held-out loss (README)
-    start: str = "importance"
     save_every: int = 250  # a checkpoint costs a few seconds here; Ctrl-C loses at most this many steps
     distill_beams: int = 4
     onnx_distill: bool = True  # the teacher's in-graph ONNX translator: PyTorch's output, faster
@@ -135,38 +130,34 @@ def stage_teacher(out: Path, data: Path, plan: DemoPlan, threads: int = 0) -> Pa
 def stage_student(out: Path, teacher: Path, data: Path, plan: DemoPlan, threads: int = 0) -> Path:
     student = out / f"wd-{plan.student}"
     if _finished(student):
-        trained, wanted = _trained_budget(student), (*plan.phase_steps, plan.phase2_schedule, plan.start)
+        trained, wanted = _trained_budget(student), (*plan.phase_steps, plan.phase2_schedule)
         if trained != wanted:
-            what = _describe_budget(trained) if trained else "an unknown budget (no readable run config)"
-            raise InputError(f"{student}: finished with {what}, not {_describe_budget(wanted)}; "
+            what = f"{trained[0]} + {trained[1]} steps ({trained[2]})" if trained else \
+                "an unknown budget (no readable run config)"
+            raise InputError(f"{student}: finished with {what}, not {wanted[0]} + {wanted[1]} steps ({wanted[2]}); "
                              "choose another --out (or delete it) to train with these")
         return student
     phases = {name: {"max_steps": steps, "warmup": warmup, "max_minutes": 0.0, "save_every": plan.save_every}
               for name, steps, warmup in zip(("phase1", "phase2"), plan.phase_steps, plan.phase_warmup)}
     phases["phase2"]["schedule"] = plan.phase2_schedule
     p1, p2 = phase_configs(phases)
-    compress_with(teacher, str(data), student, student=plan.student, method="wd", start=plan.start, phase1=p1, phase2=p2,
+    compress_with(teacher, str(data), student, student=plan.student, method="wd", phase1=p1, phase2=p2,
              export=False, cache_dir=out / "distilled", distill_beams=plan.distill_beams,
              distill_sentences=plan.distill_sentences,
              fast_distill=plan.onnx_distill, eval_sentences=plan.eval_sentences, threads=threads)
     return student
 
 
-def _trained_budget(student: Path) -> tuple[int, int, str, str] | None:
-    """The phase budgets, phase-2 schedule and start a finished student was trained with, from
-    its run directory's config (written by `wdctl compress` before training; runs from before
-    schedules or starts were options used the defaults)."""
+def _trained_budget(student: Path) -> tuple[int, int, str] | None:
+    """The phase budgets and phase-2 schedule a finished student was trained with, from its run
+    directory's config (written by `wdctl compress` before training; runs from before schedules
+    were an option used inverse-sqrt)."""
     try:
         config = json.loads((run_dir_of(student) / "config.json").read_text(encoding="utf-8"))
         return (int(config["phase1"]["max_steps"]), int(config["phase2"]["max_steps"]),
-                str(config["phase2"].get("schedule", TrainConfig.schedule)),
-                str(config.get("fingerprint", {}).get("start", CompressSettings.start)))
+                str(config["phase2"].get("schedule", TrainConfig.schedule)))
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
-
-
-def _describe_budget(budget: tuple[int, int, str, str]) -> str:
-    return f"{budget[0]} + {budget[1]} steps ({budget[2]}, {budget[3]} start)"
 
 
 def bench_settings(out: Path, teacher: Path, student: Path, plan: DemoPlan, threads: int):
