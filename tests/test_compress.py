@@ -211,11 +211,13 @@ def test_tiny_student_compresses_exports_and_translates(cli, tiny_teacher_dir, c
 
 @pytest.mark.parametrize("start", ["leading", "importance"])
 def test_coherent_wd_starts_at_or_below_cut_kd(cli, tiny_teacher_dir, corpus, tmp_path, start):
-    """The step-0 probe loss of coherent WD is the cut-off student's (or lower), in `compress` runs."""
+    """The step-0 probe loss of coherent WD is the cut-off student's (or lower), in `compress` runs;
+    with --start importance both record the teacher layer each student layer starts from, and
+    wd's plan.json shows the generator started there."""
     yaml = tmp_path / "one.yaml"
     yaml.write_text("max_tokens: 1024\nlog_every: 1\nsave_every: 100\neval_every: 1000\n"
                     "phase1: {max_steps: 1, warmup: 1}\nphase2: {max_steps: 1, warmup: 1}\n")
-    before = {}
+    before, layers = {}, {}
     for method in ("wd", "cut-kd"):
         out = tmp_path / method
         code, _, stderr = cli("compress", tiny_teacher_dir, "--student", "tiny", "--method", method,
@@ -225,7 +227,16 @@ def test_coherent_wd_starts_at_or_below_cut_kd(cli, tiny_teacher_dir, corpus, tm
         phase = metrics["phases"]["phase1" if method == "wd" else "train"]
         before[method] = phase["probe_loss_before"]
         assert before[method] is not None
+        layers[method] = metrics.get("start_layers")
     assert before["wd"] <= before["cut-kd"] + 1e-4
+    if start == "leading":
+        assert layers == {"wd": None, "cut-kd": None}
+        return
+    plan = json.loads((tmp_path / "wd.run" / "plan.json").read_text())
+    assert layers["wd"] == layers["cut-kd"] and set(layers["wd"]) == {"decoder.0"}  # the 2+2 teacher, 1-layer decoder
+    starts = {plan["groups"]["decoder"][0][e["select"]] for e in plan["generators"]
+              if e["role"].startswith("decoder") and e["student_layer"] == 0}
+    assert starts == {layers["wd"]["decoder.0"]}
 
 
 def test_distill_sentences_translates_a_prefix_and_trains_on_every_original(cli, tiny_teacher_dir, corpus, tmp_path,

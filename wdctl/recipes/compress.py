@@ -181,8 +181,7 @@ def compress(settings: CompressSettings) -> dict:
             "processes": dist.world, **summary, "versions": versions(),
         })
         if needs_generator:
-            (run_dir / "plan.txt").write_text(plan.format() + "\n", encoding="utf-8")
-            write_json(run_dir / "plan.json", plan.to_dict())
+            _write_plan(run_dir, plan)
     dist.barrier()
 
     # 2. teacher, distilled data, examples
@@ -213,6 +212,11 @@ def compress(settings: CompressSettings) -> dict:
               eval_sentences=s.eval_sentences, dist=dist)
     if s.start == "importance":  # rank the teacher's coordinates and layers on a few training batches
         choose_start(job)
+        metrics["start_layers"] = {f"{side}.{layer}": plan.groups[side][layer][index]  # the teacher layer chosen
+                                   for (side, layer), index in sorted(job.start_layers.items())
+                                   if len(plan.groups[side][layer]) > 1}
+        if needs_generator and dist.is_main:
+            _write_plan(run_dir, job.plan)  # the plan as the generator starts, moved to those layers
     model = METHODS[s.method].run(job)
     metrics["phases"] = job.phases
     del job
@@ -235,6 +239,11 @@ def compress(settings: CompressSettings) -> dict:
     metrics["outputs"] = {k: str(v) for k, v in outputs.items()}
     write_json(run_dir / "metrics.json", metrics)
     return metrics
+
+
+def _write_plan(run_dir: Path, plan) -> None:
+    (run_dir / "plan.txt").write_text(plan.format() + "\n", encoding="utf-8")
+    write_json(run_dir / "plan.json", plan.to_dict())
 
 
 def _export(s: CompressSettings, outputs: dict[str, Path], test_pairs: list[Pair] | None) -> dict:
