@@ -241,7 +241,7 @@ def compress(settings: CompressSettings) -> dict:
     return metrics
 
 
-def _write_plan(run_dir: Path, plan) -> None:
+def _write_plan(run_dir: Path, plan: GroupPlan) -> None:
     (run_dir / "plan.txt").write_text(plan.format() + "\n", encoding="utf-8")
     write_json(run_dir / "plan.json", plan.to_dict())
 
