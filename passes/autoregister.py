@@ -19,6 +19,9 @@ _TARGET = "transformers"
 
 
 def register_now() -> None:
+    module = sys.modules.get("wdctl.passes.narrow_marian")
+    if module is not None and not hasattr(module, "register"):
+        return  # transformers was imported by narrow_marian itself, which registers when it finishes
     try:
         from wdctl.passes import narrow_marian
 

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 from transformers import AutoConfig, AutoModelForSeq2SeqLM
 
@@ -72,6 +73,26 @@ def test_import_wdctl_alone_stays_light_and_still_registers(tmp_path):
                          env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "NarrowMarianMTModel"
+
+
+@pytest.mark.parametrize("first", ["wdctl.passes.narrow_marian", "wdctl.recipes.compress"])
+def test_importing_a_module_that_imports_transformers_first_registers_without_a_warning(first):
+    """A process whose first import is wdctl's model module (or a module importing it) before
+    transformers: the registration hook must not warn about the half-imported module, and the
+    classes still end up registered."""
+    code = (
+        "import warnings\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        f"    import {first}\n"
+        "assert not [w for w in caught if 'could not register' in str(w.message)], [str(w.message) for w in caught]\n"
+        "from transformers import AutoConfig\n"
+        "from wdctl.passes.narrow_marian import NARROW_MODEL_TYPE, NarrowMarianConfig\n"
+        "assert AutoConfig.for_model(NARROW_MODEL_TYPE).__class__ is NarrowMarianConfig\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd="/",
+                         env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr[-2000:]
 
 
 def test_tiny_exports_to_onnx_with_a_kv_cache(tmp_path):
