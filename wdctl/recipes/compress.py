@@ -180,8 +180,6 @@ def compress(settings: CompressSettings) -> dict:
             "eval_beams": s.eval_beams, "eval_sentences": s.eval_sentences, "threads": s.threads,
             "processes": dist.world, **summary, "versions": versions(),
         })
-        if needs_generator:
-            _write_plan(run_dir, plan)
     dist.barrier()
 
     # 2. teacher, distilled data, examples
@@ -215,8 +213,9 @@ def compress(settings: CompressSettings) -> dict:
         metrics["start_layers"] = {f"{side}.{layer}": plan.groups[side][layer][index]  # the teacher layer chosen
                                    for (side, layer), index in sorted(job.start_layers.items())
                                    if len(plan.groups[side][layer]) > 1}
-        if needs_generator and dist.is_main:
-            _write_plan(run_dir, job.plan)  # the plan as the generator starts, moved to those layers
+    if needs_generator and dist.is_main:  # the plan as the generator starts (moved by --start importance)
+        (run_dir / "plan.txt").write_text(job.plan.format() + "\n", encoding="utf-8")
+        write_json(run_dir / "plan.json", job.plan.to_dict())
     model = METHODS[s.method].run(job)
     metrics["phases"] = job.phases
     del job
@@ -239,11 +238,6 @@ def compress(settings: CompressSettings) -> dict:
     metrics["outputs"] = {k: str(v) for k, v in outputs.items()}
     write_json(run_dir / "metrics.json", metrics)
     return metrics
-
-
-def _write_plan(run_dir: Path, plan: GroupPlan) -> None:
-    (run_dir / "plan.txt").write_text(plan.format() + "\n", encoding="utf-8")
-    write_json(run_dir / "plan.json", plan.to_dict())
 
 
 def _export(s: CompressSettings, outputs: dict[str, Path], test_pairs: list[Pair] | None) -> dict:
