@@ -10,6 +10,7 @@ transformers (the ONNX and CTranslate2 benchmark workers measure their own memor
 
 from __future__ import annotations
 
+import importlib
 import importlib.abc
 import importlib.util
 import sys
@@ -19,13 +20,10 @@ _TARGET = "transformers"
 
 
 def register_now() -> None:
-    module = sys.modules.get("wdctl.passes.narrow_marian")
-    if module is not None and not hasattr(module, "register"):
-        return  # transformers was imported by narrow_marian itself, which registers when it finishes
+    """Import wdctl's model module: its last line registers the classes (a module already imported,
+    or being imported right now because it imported transformers, has done or will do so)."""
     try:
-        from wdctl.passes import narrow_marian
-
-        narrow_marian.register()
+        importlib.import_module("wdctl.passes.narrow_marian")
     except Exception as exc:  # noqa: BLE001 - never break `import transformers`
         warnings.warn(f"wdctl: could not register its model classes with transformers ({exc})", stacklevel=2)
 
