@@ -20,7 +20,7 @@ import random
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -60,7 +60,7 @@ class TrainConfig:
     threads: int = 0  # torch intra-op threads; 0 = torch's default
     device: str = "cpu"  # "cpu" or "cuda[:N]"
     # "fp32", or autocast "bf16" / "fp16" (fp16 with loss scaling); "auto": bf16 on a CPU with
-    # hardware bf16 (AMX, AVX-512 BF16), fp32 elsewhere. validate() resolves "auto".
+    # hardware bf16 (AMX, AVX-512 BF16), fp32 elsewhere. validate() returns a copy with "auto" resolved.
     precision: str = "fp32"
     schedule: str = "inverse-sqrt"  # SCHEDULES: "inverse-sqrt" (the release's) or "linear" (to zero at max_steps)
 
@@ -75,14 +75,14 @@ class TrainConfig:
             raise InputError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if self.precision not in PRECISIONS:
             raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if self.precision == "auto":
-            self.precision = "bf16" if self.device == "cpu" and native_bf16() else "fp32"
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise InputError("--device cuda: no CUDA device is visible to torch (this torch build or machine has no GPU)")
         if not (self.device == "cpu" or self.device.startswith("cuda")):
             raise InputError(f"device must be cpu or cuda[:N], got {self.device!r}")
-        self.adam_betas = tuple(self.adam_betas)
-        return self
+        precision = self.precision
+        if precision == "auto":
+            precision = "bf16" if self.device == "cpu" and native_bf16() else "fp32"
+        return replace(self, precision=precision, adam_betas=tuple(self.adam_betas))
 
 
 @dataclass
@@ -330,7 +330,7 @@ def train(
     micro-batch of a step, so the global batch (and the checkpoint) does not depend on the
     world size; `accum` must be a multiple of it. Rank 0 alone writes and evaluates.
     """
-    cfg.validate()
+    cfg = cfg.validate()
     if cfg.kd_weight > 0 and teacher is None:
         raise InputError("kd_weight > 0 needs a teacher model")
     dist = distributed(cfg.device)

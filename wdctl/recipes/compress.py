@@ -111,8 +111,8 @@ class CompressSettings:
             raise InputError(f"--distill-sentences must be >= 0 (got {self.distill_sentences})")
         return replace(self, teacher_dir=Path(self.teacher_dir), out=Path(self.out) if self.out else None,
                        run_dir=Path(self.run_dir) if self.run_dir else None, quantize=quantize,
-                       phase1=replace(replace(self.phase1).validate(), **threads),
-                       phase2=replace(replace(self.phase2).validate(), **threads))
+                       phase1=replace(self.phase1.validate(), **threads),
+                       phase2=replace(self.phase2.validate(), **threads))
 
 
 def export_paths(out: Path, quantize: str | None) -> dict[str, Path]:

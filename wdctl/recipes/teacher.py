@@ -58,7 +58,7 @@ def train_teacher(
         raise InputError(f"unknown teacher preset '{preset}' (choose from {', '.join(TEACHER_PRESETS)})")
     out = Path(out)
     check_output_dir(out, force)
-    cfg.validate()
+    cfg = cfg.validate()
     dist = distributed(cfg.device)
     check_accum(cfg.accum, dist.world, "teacher")
     run_dir = Path(run_dir) if run_dir else run_dir_of(out)
