@@ -26,7 +26,7 @@ import numpy as np
 
 from wdctl.core.errors import InputError
 from wdctl.export.package import OnnxPackage
-from wdctl.export.session import session_options
+from wdctl.export.session import session_options, settle_int8_kernels
 from wdctl.export.translator_graph import build_translator, save_model
 from wdctl.export.translator_weights import (  # noqa: F401 - the public names, re-exported
     AttentionWeights,
@@ -283,6 +283,12 @@ class OnnxTranslator:
 def sentences_per_search(beams: int, batch_size: int, rows_per_run: int = ROWS_PER_RUN) -> int:
     """How many sentences `PackageTranslator` puts in one search (rows = that x beams)."""
     return min(batch_size, max(1, rows_per_run // beams)) if rows_per_run else batch_size
+
+
+def settle_kernels_for_search(beams: int, batch_size: int) -> bool:
+    """`settle_int8_kernels` for a process about to run `PackageTranslator` searches of these
+    settings (and nothing else); call it before the first session. Returns whether AMX was refused."""
+    return settle_int8_kernels(sentences_per_search(beams, batch_size) * beams)
 
 
 class PackageTranslator:

@@ -67,3 +67,14 @@ def test_sentences_per_search_follows_rows_per_run():
     assert sentences_per_search(1, 1) == 1 and sentences_per_search(4, 1) == 1
     assert sentences_per_search(4, 32, 16) == 4 and sentences_per_search(1, 32, 16) == 16
     assert sentences_per_search(64, 32, 16) == 1 and sentences_per_search(4, 32, 0) == 32
+
+
+def test_settle_kernels_for_search_counts_the_rows_of_one_search(monkeypatch):
+    """What `wdctl translate` and the bench's in-graph worker call: rows = sentences a search x beams."""
+    from wdctl.export.translator import settle_kernels_for_search
+
+    monkeypatch.setattr(amx, "deny_amx", lambda: True)
+    monkeypatch.setattr(amx, "cpu_has_amx", lambda: True)
+    assert settle_kernels_for_search(1, 1) and settle_kernels_for_search(4, 1)  # 1 and 4 rows
+    assert not settle_kernels_for_search(4, 32)  # searches of 4 sentences x 4 beams = 16 rows
+    assert not settle_kernels_for_search(1, 32)  # 16 sentences x 1 beam

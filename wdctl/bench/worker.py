@@ -99,11 +99,10 @@ def _torch_backend(spec: dict, tokenizer) -> Translate:
 def _graph_backend(spec: dict, tokenizer) -> Translate:
     """The package's in-graph translator (translator.onnx): one `session.run` per batch."""
     hold_torch_threads(1)  # only if imported: `wdctl bench` starts this worker with USE_TORCH=0
-    from wdctl.export.session import settle_int8_kernels
-    from wdctl.export.translator import PackageTranslator, sentences_per_search
+    from wdctl.export.translator import PackageTranslator, settle_kernels_for_search
 
     # as `wdctl translate` does: few rows a search keep the int8 products off AMX (the result's "amx")
-    settle_int8_kernels(sentences_per_search(spec["beams"], spec["batch_size"]) * spec["beams"])
+    settle_kernels_for_search(spec["beams"], spec["batch_size"])
     translator = PackageTranslator(spec["model"], threads=spec["threads"], tokenizer=tokenizer)
 
     def run(sentences: list[str], batch_size: int) -> list[str]:

@@ -34,10 +34,9 @@ def translate_lines(model_dir: Path, read: Callable[[], list[str]], *, beams: in
     if not Path(model_dir).is_dir():
         raise InputError(f"{model_dir}: model directory not found")
     if OnnxPackage.is_package(model_dir) and OnnxPackage(model_dir).has_translator() and device == "cpu":
-        from wdctl.export.session import settle_int8_kernels
-        from wdctl.export.translator import PackageTranslator, sentences_per_search
+        from wdctl.export.translator import PackageTranslator, settle_kernels_for_search
 
-        settle_int8_kernels(sentences_per_search(beams, batch_size) * beams)  # before the session
+        settle_kernels_for_search(beams, batch_size)  # before the session
         # the search settings are refused before the input is read or anything is allocated
         translator = PackageTranslator(model_dir, threads=threads)
         translator.check(beams, max_length)
