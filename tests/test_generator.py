@@ -362,7 +362,10 @@ def test_auto_precision_is_bf16_only_on_a_cpu_with_hardware_bf16(monkeypatch):
     from wdctl.passes.training import TrainConfig
 
     monkeypatch.setattr(training, "native_bf16", lambda: True)
-    assert TrainConfig(precision="auto").validate().precision == "bf16"
+    asked = TrainConfig(precision="auto", adam_betas=[0.9, 0.98])
+    resolved = asked.validate()
+    assert resolved.precision == "bf16" and resolved.adam_betas == (0.9, 0.98)
+    assert asked.precision == "auto" and asked.adam_betas == [0.9, 0.98]  # a copy: the caller's config is kept
     monkeypatch.setattr(training, "native_bf16", lambda: False)
     assert TrainConfig(precision="auto").validate().precision == "fp32"
     assert TrainConfig(precision="bf16").validate().precision == "bf16"
