@@ -47,6 +47,13 @@ def test_help_explains_presets_and_methods(cli):
         assert word in flat
 
 
+def test_version_is_the_installed_package_version(cli):
+    from importlib.metadata import version
+
+    code, out, _ = cli("--version")
+    assert code == 0 and out == f"wdctl {version('wdctl')}\n"  # pyproject's version, as reports print it
+
+
 @pytest.mark.parametrize("student", ["tiny", "small"])
 def test_dry_run_prints_the_plan_and_trains_nothing(cli, tiny_teacher_dir, tmp_path, student):
     out = tmp_path / "student"

@@ -18,9 +18,19 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from wdctl import __version__
+
+        typer.echo(f"wdctl {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print wdctl's version and exit."),
 ) -> None:
     if debug:
         os.environ["WDCTL_DEBUG"] = "1"
