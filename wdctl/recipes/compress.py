@@ -210,9 +210,10 @@ def compress(settings: CompressSettings) -> dict:
               eval_sentences=s.eval_sentences, dist=dist)
     if s.start == "importance":  # rank the teacher's coordinates and layers on a few training batches
         choose_start(job)
-        metrics["start_layers"] = {f"{side}.{layer}": plan.groups[side][layer][index]  # the teacher layer chosen
+        groups = job.plan.groups
+        metrics["start_layers"] = {f"{side}.{layer}": groups[side][layer][index]  # the teacher layer chosen
                                    for (side, layer), index in sorted(job.start_layers.items())
-                                   if len(plan.groups[side][layer]) > 1}
+                                   if len(groups[side][layer]) > 1}
     if needs_generator and dist.is_main:  # the plan as the generator starts (moved by --start importance)
         (run_dir / "plan.txt").write_text(job.plan.format() + "\n", encoding="utf-8")
         write_json(run_dir / "plan.json", job.plan.to_dict())
