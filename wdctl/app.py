@@ -6,6 +6,8 @@ import os
 
 import typer
 
+from wdctl import __version__
+
 app = typer.Typer(
     name="wdctl",
     help=(
@@ -20,8 +22,6 @@ app = typer.Typer(
 
 def _print_version(value: bool) -> None:
     if value:
-        from wdctl import __version__
-
         typer.echo(f"wdctl {__version__}")
         raise typer.Exit()
 
