@@ -30,7 +30,9 @@ from wdctl.passes.training import TrainConfig, checkpoint_dirs, collate, sequenc
 from wdctl.passes.translate import dev_bleu_evaluator
 
 # Options that may change between a run and its resumption (they do not change what is trained).
-_VOLATILE = ("threads", "eval_every", "save_every", "log_every", "max_minutes", "device")
+# The plateau options only decide where a run ends, like max_minutes.
+_VOLATILE = ("threads", "eval_every", "save_every", "log_every", "max_minutes", "device",
+             "plateau_patience", "plateau_min_gain")
 
 
 @dataclass
@@ -136,6 +138,7 @@ def run_phase(job: Job, name: str, build: Callable[[], nn.Module], cfg: TrainCon
             job.teacher.to("cpu")
     info = {
         "steps": result.steps,
+        "plateau": result.plateau,
         "train_seconds": round(result.train_seconds, 2),  # summed over resumptions
         "wall_seconds": round(time.perf_counter() - started, 2),  # this invocation, build + train + finish
         "peak_rss_mb": round(memory.peak_mb, 1),

@@ -63,12 +63,18 @@ class TrainConfig:
     # hardware bf16 (AMX, AVX-512 BF16), fp32 elsewhere. validate() returns a copy with "auto" resolved.
     precision: str = "fp32"
     schedule: str = "inverse-sqrt"  # SCHEDULES: "inverse-sqrt" (the release's) or "linear" (to zero at max_steps)
+    # Stop at a plateau: when the last `plateau_patience` dev evaluations gained no more than
+    # `plateau_min_gain` BLEU over the best before them (0 = train to max_steps).
+    plateau_patience: int = 0
+    plateau_min_gain: float = 0.2
 
     def validate(self) -> "TrainConfig":
         positive = ("max_steps", "max_tokens", "accum", "warmup", "eval_every", "save_every", "log_every", "average_last")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise InputError(f"training option {name} must be positive, got {getattr(self, name)}")
+        if self.plateau_patience < 0 or self.plateau_min_gain < 0:
+            raise InputError("training options: plateau_patience and plateau_min_gain must be >= 0")
         if self.lr <= 0 or not 0 <= self.label_smoothing < 1 or not 0 <= self.kd_weight <= 1:
             raise InputError("training options: lr must be > 0, label_smoothing in [0, 1), kd_weight in [0, 1]")
         if self.schedule not in SCHEDULES:
@@ -91,6 +97,27 @@ class TrainResult:
     train_seconds: float
     peak_rss_mb: float
     history: list[dict] = field(default_factory=list)
+    plateau: bool = False  # stopped by plateau_patience before max_steps
+
+
+def plateaued(scores: list[float], patience: int, min_gain: float) -> bool:
+    """True when the last `patience` scores gained no more than `min_gain` over the best before them."""
+    if patience <= 0 or len(scores) <= patience:
+        return False
+    return max(scores[-patience:]) <= max(scores[:-patience]) + min_gain
+
+
+def logged_scores(log_path: Path, up_to_step: int, key: str = "dev_bleu") -> list[float]:
+    """The `key` values a run logged at steps <= `up_to_step`, one per step (the last logged wins):
+    a resumed run continues its plateau check where it stopped."""
+    if not log_path.is_file():
+        return []
+    by_step = {}
+    for line in log_path.read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        if key in record and record["step"] <= up_to_step:
+            by_step[record["step"]] = record[key]
+    return [by_step[s] for s in sorted(by_step)]
 
 
 # Options that change what a resumed run computes; the others (step budget, logging) may change.
@@ -371,6 +398,8 @@ def train(
 
     log_path = run_dir / "log.jsonl"
     history: list[dict] = []
+    scores = logged_scores(log_path, step) if step else []
+    plateau = plateaued(scores, cfg.plateau_patience, cfg.plateau_min_gain)
 
     def log(record: dict) -> None:
         history.append(record)
@@ -388,7 +417,7 @@ def train(
     window_loss, window_steps, window_tokens, window_time = 0.0, 0, 0, 0.0  # since the last log line
     eager = "eager" if device.type == "cpu" and autocast_dtype is torch.bfloat16 else None
     with _StopFlag(patient=dist.world > 1) as stop, attention_implementation([model, teacher], eager):
-        while step < cfg.max_steps and not out_of_time():
+        while step < cfg.max_steps and not out_of_time() and not plateau:
             started = time.perf_counter()
             micro = [stream.next() for _ in range(cfg.accum)]  # the global batch, the same on every rank
             n_tokens = sum(len(t) for batch in micro for _, t in batch)
@@ -443,6 +472,21 @@ def train(
                 log(record)
                 window_loss, window_steps, window_tokens, window_time = 0.0, 0, 0, 0.0
             finished = step >= cfg.max_steps or out_of_time()
+            if evaluate is not None and not stop_votes and (step % cfg.eval_every == 0 or finished):
+                if dist.is_main:
+                    model.eval()
+                    log({"step": step, **evaluate(model)})
+                    tqdm.write(f"{desc}: step {step}: {history[-1]}", file=sys.stderr)
+                    model.train()
+                    if "dev_bleu" in history[-1]:
+                        scores.append(history[-1]["dev_bleu"])
+                # rank 0 alone evaluates; the sum hands its verdict to every rank
+                plateau = dist.sum([float(plateaued(scores, cfg.plateau_patience, cfg.plateau_min_gain))])[0] > 0
+                if plateau and dist.is_main:
+                    tqdm.write(f"{desc}: dev BLEU plateaued at step {step} (no gain above "
+                               f"{cfg.plateau_min_gain:g} over {cfg.plateau_patience} evaluations); stopping",
+                               file=sys.stderr)
+                finished = finished or plateau
             if step % cfg.save_every == 0 or finished or stop_votes:
                 if dist.is_main:
                     save_checkpoint(run_dir, model, optimizer, scheduler, stream, step, seconds, cfg)
@@ -453,16 +497,9 @@ def train(
                     f"{desc}: interrupted at step {step}; checkpoint saved in {run_dir / 'checkpoints'}. "
                     "Run the same command again to resume."
                 )
-            if evaluate is not None and (step % cfg.eval_every == 0 or finished):
-                if dist.is_main:
-                    model.eval()
-                    log({"step": step, **evaluate(model)})
-                    tqdm.write(f"{desc}: step {step}: {history[-1]}", file=sys.stderr)
-                    model.train()
-                dist.barrier()
     bar.close()
 
     if cfg.average_last > 1:
         average_checkpoints(model, checkpoint_dirs(run_dir)[-cfg.average_last :])
     model.eval()
-    return TrainResult(steps=step, train_seconds=seconds, peak_rss_mb=peak_rss_mb(), history=history)
+    return TrainResult(steps=step, train_seconds=seconds, peak_rss_mb=peak_rss_mb(), history=history, plateau=plateau)

@@ -249,3 +249,35 @@ def test_schedules_warm_up_then_decay_and_linear_ends_at_zero(tmp_path, schedule
 def test_unknown_schedule_is_refused():
     with pytest.raises(InputError, match="schedule must be one of inverse-sqrt, linear, got 'cosine'"):
         TrainConfig(schedule="cosine").validate()
+
+
+def test_plateaued_needs_patience_evaluations_without_gain():
+    from wdctl.passes.training import plateaued
+
+    assert not plateaued([10, 11, 11.1, 11.1], patience=0, min_gain=0.2)  # off
+    assert not plateaued([10, 11, 11.1], patience=3, min_gain=0.2)  # too few to judge
+    assert plateaued([10, 11, 11.1, 11.2, 10.9], patience=3, min_gain=0.2)
+    assert not plateaued([10, 11, 11.1, 11.3, 10.9], patience=3, min_gain=0.2)
+
+
+def test_training_stops_at_a_dev_plateau_and_a_rerun_stays_stopped(tmp_path):
+    examples = [([3, 4, 0], [5, 6, 0])] * 8
+    scores = iter([5.0, 8.0, 8.1, 8.0, 7.9, 99.0])  # gains stop after the second evaluation
+    cfg = TrainConfig(max_steps=50, max_tokens=6, warmup=1, save_every=100, eval_every=2, log_every=1,
+                      plateau_patience=3, plateau_min_gain=0.2)
+    result = train(_Finite(), examples, cfg, tmp_path,
+                   pad_id=19, start_id=19, evaluate=lambda m: {"dev_bleu": next(scores)})
+    assert result.plateau and result.steps == 10  # evaluations at steps 2..10: 5, 8, 8.1, 8.0, 7.9
+    assert sorted((tmp_path / "checkpoints").glob("step-*"))[-1].name == "step-00000010"
+    again = train(_Finite(), examples, cfg, tmp_path, pad_id=19, start_id=19,
+                  evaluate=lambda m: {"dev_bleu": next(scores)})
+    assert again.plateau and again.steps == 10  # resumed from the log: no step, no evaluation
+
+
+class _Finite(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Embedding(20, 20)
+
+    def forward(self, input_ids, attention_mask, decoder_input_ids):
+        return type("Out", (), {"logits": self.proj(decoder_input_ids)})
