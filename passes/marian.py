@@ -2,32 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from transformers import GenerationConfig, MarianConfig
 
 from wdctl.core.errors import InputError
 from wdctl.passes import narrow_marian  # importing it registers the narrow model with the Auto classes
+from wdctl.passes.presets import TEACHER_PRESETS, TeacherPreset, describe_presets  # noqa: F401 (torch-free; re-exported)
 from wdctl.passes.student import check_teacher
-
-
-@dataclass(frozen=True)
-class TeacherPreset:
-    layers: int
-    d_model: int
-    ffn_dim: int
-    heads: int
-    vocab_size: int
-    dropout: float
-    help: str
-
-
-TEACHER_PRESETS: dict[str, TeacherPreset] = {
-    "base": TeacherPreset(6, 512, 2048, 8, 32000, 0.1, "Transformer-base: 6+6 layers, d 512, FFN 2048, 8 heads"),
-    "cpu6": TeacherPreset(6, 256, 1024, 4, 8000, 0.1, "the bundled teacher's shape: 6+6 layers, d 256, FFN 1024, 4 heads, 8k vocab"),
-    "cpu": TeacherPreset(3, 256, 1024, 4, 8000, 0.1, "CPU-friendly: 3+3 layers, d 256, FFN 1024, 4 heads, 8k vocab"),
-    "tiny": TeacherPreset(2, 64, 128, 2, 1000, 0.0, "for tests: 2+2 layers, d 64, FFN 128, 2 heads"),
-}
 
 
 def marian_config(preset: TeacherPreset, vocab_size: int, max_positions: int = 512) -> MarianConfig:
@@ -69,10 +49,6 @@ def generation_config(config: MarianConfig, num_beams: int = 4, max_length: int 
         max_length=max_length,
         num_beams=num_beams,
     )
-
-
-def describe_presets() -> str:
-    return "; ".join(f"{name}: {p.help}" for name, p in TEACHER_PRESETS.items())
 
 
 def build_teacher(preset_name: str, vocab_size: int) -> "MarianMTModel":

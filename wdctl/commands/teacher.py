@@ -11,8 +11,7 @@ from wdctl.app import app
 from wdctl.commands.options import (AccumOpt, ConfigOpt, DeviceOpt, ForceOpt, LrOpt, MaxMinutesOpt, MaxStepsOpt,
                                     MaxTokensOpt, NprocOpt, PrecisionOpt, SeedOpt, ThreadsOpt, WarmupOpt,
                                     train_overrides)
-from wdctl.config import TEACHER_SCHEDULES, read_yaml, train_config
-from wdctl.passes.marian import describe_presets
+from wdctl.passes.presets import describe_presets  # torch-free: `--help` imports no torch
 
 teacher_app = typer.Typer(help="Train a teacher translation model from scratch.", no_args_is_help=True)
 app.add_typer(teacher_app, name="teacher")
@@ -47,6 +46,7 @@ def teacher_train(
     checkpoints that resume after Ctrl-C (rerun the same command), and averaging of the
     last checkpoints. `--nproc N` (or torchrun) trains with N data-parallel processes.
     """
+    from wdctl.config import TEACHER_SCHEDULES, read_yaml, train_config
     from wdctl.core.errors import InputError
     from wdctl.launch import handed_to_torchrun
     from wdctl.recipes.teacher import train_teacher
