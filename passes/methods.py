@@ -1,10 +1,13 @@
-"""The compression methods, one registry: wd, and the baselines kd and cut-kd.
+"""The compression methods, one registry: wd, and the baselines kd, cut-kd and cut-kd-two-phase.
 
 - wd:     phase1 (GeneratedStudent: teacher frozen, only the generators train)
           → materialize → phase2 (all student parameters).
 - kd:     random-init student, one phase `train` of phase1+phase2 steps.
 - cut-kd: student cut from the teacher (cutoff.cut_teacher), one phase `train` of
           phase1+phase2 steps.
+- cut-kd-two-phase: the same cut student on wd's two schedules (phase1, then phase2 with its
+          warm-up restarted), so that a comparison separates what the generator adds from what
+          the schedule adds.
 
 The baselines use the phase-1 schedule (lr, warm-up, batch) for their whole budget: it is the
 schedule for training a model from the start.
@@ -57,13 +60,20 @@ def run_kd(job: Job) -> nn.Module:
     return run_phase(job, "train", build, baseline_config(job.phase1, job.phase2))
 
 
+def _cut_student(job: Job) -> nn.Module:
+    return cut_teacher(job.teacher.state_dict(), job.teacher_config, job.student_config,
+                       start=job.start, start_layers=job.start_layers)
+
+
 def run_cut_kd(job: Job) -> nn.Module:
     """Cut-off init + KD: the student sliced from the teacher, trained for phase1+phase2 steps."""
-    def build():
-        return cut_teacher(job.teacher.state_dict(), job.teacher_config, job.student_config,
-                           start=job.start, start_layers=job.start_layers)
+    return run_phase(job, "train", lambda: _cut_student(job), baseline_config(job.phase1, job.phase2))
 
-    return run_phase(job, "train", build, baseline_config(job.phase1, job.phase2))
+
+def run_cut_kd_two_phase(job: Job) -> nn.Module:
+    """cut-kd on wd's schedule: phase 1's steps and schedule, then phase 2's (warm-up restarted)."""
+    first = run_phase(job, "phase1", lambda: _cut_student(job), job.phase1)
+    return run_phase(job, "phase2", lambda: first, job.phase2)
 
 
 def choose_start(job: Job) -> None:
@@ -89,4 +99,5 @@ METHODS: dict[str, Method] = {
     "wd": Method(run_wd, needs_generator=True),
     "kd": Method(run_kd, needs_generator=False),
     "cut-kd": Method(run_cut_kd, needs_generator=False),
+    "cut-kd-two-phase": Method(run_cut_kd_two_phase, needs_generator=False),
 }

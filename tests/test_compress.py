@@ -246,6 +246,27 @@ def test_coherent_wd_starts_at_or_below_cut_kd(cli, tiny_teacher_dir, corpus, tm
     assert starts == {layers["wd"]["decoder.0"]}
 
 
+def test_cut_kd_two_phase_starts_as_cut_kd_and_restarts_the_warmup(cli, tiny_teacher_dir, corpus, tmp_path):
+    """cut-kd on wd's schedule: the cut student (cut-kd's step-0 probe) trains phase 1, then phase 2
+    from phase 1's student with its learning rate warming up again."""
+    yaml = tmp_path / "two.yaml"
+    yaml.write_text("max_tokens: 1024\nlog_every: 1\nsave_every: 100\neval_every: 1000\n"
+                    "phase1: {max_steps: 3, warmup: 1}\nphase2: {max_steps: 3, warmup: 3}\n")
+    probes = {}
+    for method in ("cut-kd", "cut-kd-two-phase"):
+        out = tmp_path / method
+        code, _, stderr = cli("compress", tiny_teacher_dir, "--student", "tiny", "--method", method,
+                              *common(corpus, out, yaml, tmp_path / "cache"))
+        assert code == 0, stderr
+        phases = json.loads((Path(f"{out}.run") / "metrics.json").read_text())["phases"]
+        probes[method] = phases["train" if method == "cut-kd" else "phase1"]["probe_loss_before"]
+    assert set(phases) == {"phase1", "phase2"} and phases["phase2"]["steps"] == 3
+    assert probes["cut-kd-two-phase"] == pytest.approx(probes["cut-kd"], abs=1e-4)
+    phase2_lr = [json.loads(line)["lr"] for line in (tmp_path / "cut-kd-two-phase.run" / "phase2" / "log.jsonl")
+                 .read_text().splitlines() if "lr" in json.loads(line)]
+    assert phase2_lr[0] < max(phase2_lr)  # warming up again
+
+
 def test_distill_sentences_translates_a_prefix_and_trains_on_every_original(cli, tiny_teacher_dir, corpus, tmp_path,
                                                                             train_yaml):
     """`--distill-sentences N`: the teacher translates the first N sources only; the training

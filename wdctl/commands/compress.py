@@ -74,7 +74,7 @@ def compress_command(
     heads: Optional[int] = HeadsOpt,
     generator: str = GeneratorOpt,
     start: str = StartOpt,
-    method: str = typer.Option("wd", "--method", help="wd: weight distillation (phase 1 trains the parameter generator with the teacher frozen, phase 2 fine-tunes the materialized student). Baselines on the same shape, data and step budget (phase1+phase2 steps, phase-1 schedule): kd = random init; cut-kd = init cut from the teacher (every r-th layer, leading rows/columns)."),
+    method: str = typer.Option("wd", "--method", help="wd: weight distillation (phase 1 trains the parameter generator with the teacher frozen, phase 2 fine-tunes the materialized student). Baselines on the same shape, data and step budget (phase1+phase2 steps, phase-1 schedule): kd = random init; cut-kd = init cut from the teacher (every r-th layer, leading rows/columns, or --start importance); cut-kd-two-phase = the same cut on wd's two schedules (warm-up restarted at phase 2)."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML of training options (TrainConfig keys): top-level keys apply to both phases, 'phase1:'/'phase2:' sections to one."),
     phase1_steps: Optional[int] = typer.Option(None, "--phase1-steps", help="Phase-1 (generator) steps [2000]."),
     phase2_steps: Optional[int] = typer.Option(None, "--phase2-steps", help="Phase-2 (student fine-tuning) steps [2000]."),

@@ -1,0 +1,185 @@
+"""Learning curves and the plateau table from the runs of examples/plateau_recipe.sh.
+
+Reads each ROOT/<run>.run/<phase>/log.jsonl (dev BLEU, greedy, every 250 steps; finished or under
+way) and ROOT/<run>.run/metrics.json (test BLEU of a finished run), scores the teacher once on the
+same dev and test pairs (cached in ROOT/teacher-eval.json), and writes OUT/plateau.md,
+OUT/plateau.json (the table and every curve) and OUT/curves.png (dev BLEU against steps, one line
+per run, one panel per preset). Steps are counted over both phases (wd: phase-1 steps first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from wdctl.core.corpus import read_parallel
+from wdctl.core.metrics import bleu, score_bleu
+from wdctl.core.runinfo import cpu_info, versions, write_json
+from wdctl.passes.marian import load_marian
+from wdctl.passes.training import plateaued
+from wdctl.passes.translate import translate_torch
+
+PHASE_ORDER = ("phase1", "phase2", "train")  # wd runs phase1 then phase2; kd and prune-kd one "train"
+PATIENCE, MIN_GAIN = 4, 0.2  # examples/plateau.yaml
+
+
+def teacher_scores(teacher_dir: str, data: str, eval_sentences: int, cache: Path) -> dict:
+    """The teacher's dev BLEU (greedy, the curves' pairs) and test BLEU (greedy, beam 4), cached."""
+    if cache.is_file():
+        return json.loads(cache.read_text(encoding="utf-8"))
+    model, tokenizer = load_marian(teacher_dir)
+    dev = read_parallel(data, "dev")[:eval_sentences]
+    test = read_parallel(data, "test")
+
+    def translate(sentences: list[str], beams: int) -> list[str]:
+        return translate_torch(model, tokenizer, sentences, beams=beams, batch_size=64, progress=True)
+
+    scores = {"dev_bleu": bleu(translate([s for s, _ in dev], 1), [t for _, t in dev]).score,
+              "dev_sentences": len(dev), "test_sentences": len(test), **score_bleu(translate, test, [1, 4], "test")}
+    write_json(cache, scores)
+    return scores
+
+
+def curve(run_dir: Path) -> list[dict]:
+    """Dev evaluations of a run, steps counted over its phases; each with the training minutes so far."""
+    points, offset, seconds_before = [], 0, 0.0
+    for phase in PHASE_ORDER:
+        log = run_dir / phase / "log.jsonl"
+        if not log.is_file():
+            continue
+        records = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()]
+        by_step = {r["step"]: r for r in records if "dev_bleu" in r}  # a resumed run may log a step twice
+        seconds = {r["step"]: r["seconds"] for r in records if "seconds" in r}
+        for step in sorted(by_step):
+            done = max((s for s in seconds if s <= step), default=None)
+            minutes = (seconds_before + (seconds[done] if done is not None else 0.0)) / 60
+            points.append({"step": offset + step, "phase": phase, "dev_bleu": round(by_step[step]["dev_bleu"], 2),
+                           "train_minutes": round(minutes, 1)})
+        offset += max((r["step"] for r in records), default=0)
+        seconds_before += max(seconds.values(), default=0.0)
+    return points
+
+
+def first_step(points: list[dict], target: float) -> int | None:
+    return next((p["step"] for p in points if p["dev_bleu"] >= target), None)
+
+
+def plateau_point(points: list[dict]) -> dict | None:
+    """The evaluation at which the run plateaued (PATIENCE evaluations without MIN_GAIN), if any."""
+    scores = []
+    for p in points:
+        scores.append(p["dev_bleu"])
+        if plateaued(scores, PATIENCE, MIN_GAIN):
+            return p
+    return None
+
+
+def run_row(root: Path, run: str, teacher: dict) -> dict:
+    run_dir = root / f"{run}.run"
+    preset, rest = run.split("-", 1)
+    system, seed = rest.rsplit("-s", 1)
+    points = curve(run_dir)
+    metrics_path = run_dir / "metrics.json"
+    m = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.is_file() else {}
+    flat = plateau_point(points)
+    best = max(points, key=lambda p: p["dev_bleu"]) if points else None
+    return {
+        "run": run, "preset": preset, "system": system, "seed": int(seed),
+        "finished": bool(m), "parameters": m.get("student_parameters"),
+        "steps": points[-1]["step"] if points else 0, "train_minutes": points[-1]["train_minutes"] if points else 0,
+        "plateau_step": flat and flat["step"], "plateau_minutes": flat and flat["train_minutes"],
+        "best_dev_bleu": best and best["dev_bleu"], "best_step": best and best["step"],
+        "steps_to_teacher_minus_2": first_step(points, teacher["dev_bleu"] - 2),
+        "steps_to_teacher_minus_1": first_step(points, teacher["dev_bleu"] - 1),
+        "test_bleu_beam1": m.get("test_bleu_beam1"), "test_bleu_beam4": m.get("test_bleu_beam4"),
+        "probe_step0": next((p.get("probe_loss_before") for p in m.get("phases", {}).values()), None),
+        "curve": points,
+    }
+
+
+def cell(value, fmt="{:.2f}") -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def plot(rows: list[dict], teacher: dict, presets: list[str], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(presets), figsize=(6.5 * len(presets), 4.5), squeeze=False)
+    for ax, preset in zip(axes[0], presets):
+        for r in (r for r in rows if r["preset"] == preset and r["curve"]):
+            ax.plot([p["step"] for p in r["curve"]], [p["dev_bleu"] for p in r["curve"]], marker=".", label=r["run"])
+        for gap, style in ((0, "-"), (1, "--"), (2, ":")):
+            ax.axhline(teacher["dev_bleu"] - gap, color="grey", linestyle=style, linewidth=0.8,
+                       label="teacher" if gap == 0 else f"teacher − {gap}")
+        ax.set_title(preset.upper())
+        ax.set_xlabel("optimizer steps (both phases)")
+        ax.set_ylabel(f"dev BLEU, greedy, {teacher['dev_sentences']} sentences")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--teacher", default="examples/teacher")
+    ap.add_argument("--data", default="examples/data/bible")
+    ap.add_argument("--root", type=Path, default=Path("runs/plateau"))
+    ap.add_argument("--out", type=Path, default=Path("examples/results/plateau"))
+    ap.add_argument("--eval-sentences", type=int, default=500)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    runs = sorted(p.name[: -len(".run")] for p in args.root.glob("*-s*.run") if p.is_dir())
+    if not runs:
+        sys.exit(f"{args.root}: no runs of examples/plateau_recipe.sh")
+    teacher = teacher_scores(args.teacher, args.data, args.eval_sentences, args.root / "teacher-eval.json")
+    rows = [run_row(args.root, run, teacher) for run in runs]
+    presets = [p for p in ("small", "tiny") if any(r["preset"] == p for r in rows)]
+
+    lines = [
+        f"# Students trained to a plateau (teacher `{args.teacher}`, data `{args.data}`)",
+        "",
+        f"Dev BLEU: greedy, first {teacher['dev_sentences']} dev pairs, every 250 steps (PyTorch). Plateau: no "
+        f"gain above {MIN_GAIN} BLEU over {PATIENCE} evaluations. Teacher: dev {teacher['dev_bleu']:.2f}, test "
+        f"{teacher['test_bleu_beam1']:.2f} greedy / {teacher['test_bleu_beam4']:.2f} beam 4 "
+        f"({teacher['test_sentences']} test pairs). Test BLEU is PyTorch, all test pairs; a run still training "
+        "shows its curve so far. Minutes are training time (2 threads), summed over resumptions.",
+        "",
+    ]
+    for preset in presets:
+        lines += [f"## {preset.upper()}", "",
+                  "| run | finished | steps | plateau at (min) | best dev (step) | steps to teacher − 2 / − 1 "
+                  "| test greedy | test beam 4 (Δ teacher) | step-0 probe |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in (r for r in rows if r["preset"] == preset):
+            flat = "-" if r["plateau_step"] is None else f"{r['plateau_step']} ({r['plateau_minutes']:.0f})"
+            beam4 = r["test_bleu_beam4"]
+            delta = "-" if beam4 is None else f"{beam4:.2f} ({beam4 - teacher['test_bleu_beam4']:+.2f})"
+            lines.append(
+                f"| {r['run']} | {'yes' if r['finished'] else 'training'} | {r['steps']} | {flat} | "
+                f"{cell(r['best_dev_bleu'])} ({r['best_step']}) | {cell(r['steps_to_teacher_minus_2'], '{}')} / "
+                f"{cell(r['steps_to_teacher_minus_1'], '{}')} | {cell(r['test_bleu_beam1'])} | {delta} | "
+                f"{cell(r['probe_step0'], '{:.3f}')} |")
+        lines.append("")
+    lines += ["![dev BLEU against steps](curves.png)", "",
+              f"Made by `python examples/plateau_table.py --root {args.root} --out {args.out}` from the runs of "
+              "`examples/plateau_recipe.sh`; every curve is in plateau.json."]
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "plateau.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_json(args.out / "plateau.json", {"teacher": teacher, "rows": rows, "patience": PATIENCE,
+                                           "min_gain": MIN_GAIN, "cpu": cpu_info(), "versions": versions()})
+    plot(rows, teacher, presets, args.out / "curves.png")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
