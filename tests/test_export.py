@@ -137,6 +137,36 @@ def test_int8_report_has_sizes_and_rescored_bleu(exported):
     assert quality["sentences"] >= 4 and "bleu_int8_vs_fp32" in quality and quality["beams"] == 2
 
 
+def test_summary_counts_every_file_in_mib(exported, capsys):
+    """The printed sizes: every file of the package written, and fp32 and int8 totals over the
+    same ONNX files (translator.onnx included), in MiB."""
+    from wdctl.commands.export import _summary
+
+    def mib(n: int) -> str:
+        return f"{n / 2**20:.1f} MiB"
+
+    def onnx_bytes(pkg: Path) -> int:
+        return sum(p.stat().st_size for p in pkg.iterdir() if p.suffix == ".onnx" or p.name.endswith(".onnx_data"))
+
+    for mode in (None, "int8"):
+        pkg = exported[mode or "fp32"]
+        _summary(pkg, _report(pkg), mode)
+        out = capsys.readouterr().out
+        written = [p for p in pkg.rglob("*") if p.is_file()]
+        assert f"package written to {pkg}: {len(written)} files, {mib(sum(p.stat().st_size for p in written))}" in out
+        translator = mib((pkg / "translator.onnx").stat().st_size)
+        if mode is None:
+            assert f"fp32 ONNX: {mib(onnx_bytes(pkg))} (encoder + merged decoder " in out
+            assert f"translator.onnx {translator})" in out
+        else:
+            q = _report(pkg)["sizes_quantized"]
+            assert q["total_before"] == onnx_bytes(exported["fp32"])  # the same files as the fp32 package's
+            assert f"fp32 ONNX: {mib(onnx_bytes(exported['fp32']))} (" in out
+            assert f"int8 ONNX: {mib(onnx_bytes(pkg))} (" in out and f"translator.onnx {translator}), " in out
+            assert f"{onnx_bytes(pkg) / onnx_bytes(exported['fp32']):.2f} of fp32" in out
+        assert " MB" not in out
+
+
 def test_int8_with_dev_data_scores_both_against_references(tiny_teacher_dir, tiny_corpus, tmp_path, cli):
     code, out, err = cli("export", tiny_teacher_dir, "--out", tmp_path / "pkg", "--data", tiny_corpus,
                          "--max-sentences", "6", "--beams", "1", "--keep-fp32", "lm_head")

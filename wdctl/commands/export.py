@@ -42,16 +42,28 @@ def export_command(
 
 def _summary(out: Path, report: dict, mode: Optional[str]) -> None:
     from wdctl.export.build import validation_line
+    from wdctl.export.package import OnnxPackage
 
-    mb = 1024 * 1024
+    def mib(n: int) -> str:
+        return f"{n / 2**20:.1f} MiB"
+
+    def graphs(files: dict[str, int]) -> str:
+        """Every ONNX file of a package (translator.onnx included), total and split."""
+        translator = sum(n for name, n in files.items() if name.startswith("translator.onnx"))
+        return (f"{mib(sum(files.values()))} (encoder + merged decoder {mib(sum(files.values()) - translator)}, "
+                f"translator.onnx {mib(translator)})")
+
     sizes = report["sizes"]
-    typer.echo(f"package written to {out}")
+    written = [p for p in Path(out).rglob("*") if p.is_file()]
+    typer.echo(f"package written to {out}: {len(written)} files, {mib(sum(p.stat().st_size for p in written))}")
     typer.echo(f"  validation: {validation_line(report)}")
-    typer.echo(f"  fp32 ONNX: {sizes['onnx_total'] / mb:.1f} MB (four-file export {sizes['four_file_total'] / mb:.1f} MB, "
-               f"PyTorch weights {sizes['pytorch_weights'] / mb:.1f} MB)")
+    # fp32 and quantized figures count the same files: every ONNX graph with its external data
+    fp32 = report["sizes_quantized"]["before"] if mode else OnnxPackage(out).file_sizes()
+    typer.echo(f"  fp32 ONNX: {graphs(fp32)}; optimum's four-file export {mib(sizes['four_file_total'])}, "
+               f"PyTorch weights {mib(sizes['pytorch_weights'])}")
     if mode:
         q = report["sizes_quantized"]
-        typer.echo(f"  {mode} ONNX: {q['total_after'] / mb:.1f} MB ({q['ratio']:.2f} of fp32)")
+        typer.echo(f"  {mode} ONNX: {graphs(q['after'])}, {q['ratio']:.2f} of fp32")
         quality = report["quality"]
         parts = [f"{k}={v}" for k, v in quality.items() if k.startswith(("bleu_", "chrf_"))]
         typer.echo(f"  quality ({quality['sentences']} sentences, beam {quality['beams']}): {', '.join(parts)}")
