@@ -27,6 +27,7 @@ import numpy as np
 from wdctl.core.errors import InputError
 from wdctl.export.package import OnnxPackage
 from wdctl.export.session import session_options, settle_int8_kernels
+from wdctl.export.translator_embeddings import share_embeddings
 from wdctl.export.translator_graph import build_translator, save_model
 from wdctl.export.translator_weights import (  # noqa: F401 - the public names, re-exported
     AttentionWeights,
@@ -37,6 +38,7 @@ from wdctl.export.translator_weights import (  # noqa: F401 - the public names, 
     MarianWeights,
     marian_weights,
 )
+from wdctl.passes.batching import length_sorted_batches, output_limit, output_limit_rule
 
 MAX_BEAMS = 64
 ROWS_PER_RUN = 16  # sentences x beams per search: see PackageTranslator
@@ -76,7 +78,10 @@ def quantize_translator(src, dst, *, min_elements: int = 0):
     """Weight-only int8: every MatMul whose second operand is an initializer (in any subgraph,
     including the search op's encoder and decoder) becomes a `DynamicQuantizeMatMul` with an int8
     weight and per-column scales (symmetric, zero point 0); the float bias stays separate.
-    Everything else (attention's activation x activation products, layer norms) stays float.
+    Everything else (attention's activation x activation products, layer norms) stays float,
+    except the embeddings: each distinct table is stored once, int8, in the main graph, and
+    serves the encoder's and decoder's lookups and the tied output projection
+    (`translator_embeddings.share_embeddings`).
     `src` is a path or a ModelProto (left unchanged); writes `dst` when given. Returns the number
     of MatMuls quantized.
     """
@@ -90,7 +95,9 @@ def quantize_translator(src, dst, *, min_elements: int = 0):
         model = onnx.load(str(src))
     walked = list(_subgraphs(model.graph))
     graphs = [g for g, _ in walked]
-    done: dict[tuple[int, str], tuple[str, str, str]] = {}
+    # the embeddings first: one int8 table per distinct embedding, in the main graph, read by
+    # the lookups and by the output projection tied to them (`translator_embeddings`)
+    done: dict[tuple[int, str], tuple[str, str, str]] = share_embeddings(model, walked)
     count = 0
     for graph, scope in walked:
         consumers: dict[str, list] = {}
@@ -177,7 +184,13 @@ class OnnxTranslator:
     `generate(sources, beams=4, max_length=None, length_penalty=1.0)` returns, for each source id
     list, the target ids as transformers' `generate` returns them for a MarianMTModel with its
     OPUS-MT generation config (forced EOS, `<pad>` banned), without the leading decoder start
-    token and without trailing padding. Empty source lists give empty outputs in their place.
+    token and without trailing padding, each sentence limited to min(max_length, `output_limit`
+    of its own length) as `passes.translate.generate_limited` limits it: a sentence's output
+    does not depend on its batch. Empty source lists give empty outputs in their place.
+
+    Files whose metadata records `wdctl.output_limit` end each row at its own limit inside the
+    decoder step; older files (built before the per-row limit) still run, a search per distinct
+    limit, with the same output.
     """
 
     def __init__(self, path, threads: int = 1):
@@ -201,6 +214,12 @@ class OnnxTranslator:
             self.precision = meta.get("wdctl.precision", "fp32")
         except KeyError as exc:
             raise InputError(f"{path}: not a wdctl translator (no {exc.args[0]} metadata)") from None
+        # the output limit each row gets inside the graph; None: a file from before the per-row
+        # limit (rows of one search share its max_length, so searches are split by limit)
+        self.row_limit_rule = meta.get("wdctl.output_limit")
+        if self.row_limit_rule is not None and self.row_limit_rule != output_limit_rule():
+            raise InputError(f"{path}: built with the output limit {self.row_limit_rule}, this wdctl decodes with "
+                             f"{output_limit_rule()}; export the package again")
         self.path = path
 
     def check(self, beams: int, max_length: int, source_length: int = 0) -> None:
@@ -217,6 +236,9 @@ class OnnxTranslator:
         - length penalty: both divide the summed log-probabilities by (generated length incl.
           EOS) ** length_penalty, so no correction is needed.
         `max_length` counts the decoder start token, as in transformers (None: the position table).
+        Each sentence's limit is min(max_length, `output_limit(len(source))`); a run's op
+        max_length is the largest limit of its sentences, and the graph ends the others at
+        theirs with a forced EOS (log-probability 0, as transformers' forced EOS).
         `batch_size` splits the sources into session runs of that many (None: one run). Each
         run is one `session.run`; there is no search code on the Python side.
         With the int8 file, activations are quantized per tensor at run time, so a sentence's
@@ -238,12 +260,18 @@ class OnnxTranslator:
             for i in order:
                 results[i] = [self.eos_token_id]
             return results
-        step = batch_size or len(order)
-        for start in range(0, len(order), step):
-            chunk = order[start:start + step]
-            rows = self._run([sources[i] for i in chunk], beams, max_length, length_penalty)
-            for i, row in zip(chunk, rows):
-                results[i] = row
+        limits = {i: min(max_length, output_limit(len(sources[i]))) for i in order}
+        if self.row_limit_rule is None:  # an older file: one search per limit
+            groups = [[i for i in order if limits[i] == limit] for limit in sorted(set(limits.values()))]
+        else:
+            groups = [order]
+        for group in groups:
+            step = batch_size or len(group)
+            for start in range(0, len(group), step):
+                chunk = group[start:start + step]
+                rows = self._run([sources[i] for i in chunk], beams, max(limits[i] for i in chunk), length_penalty)
+                for i, row in zip(chunk, rows):
+                    results[i] = row
         return results
 
     def raw_sequences(self, sources, beams: int, max_length: int, length_penalty: float = 1.0) -> np.ndarray:
@@ -293,8 +321,8 @@ def settle_kernels_for_search(beams: int, batch_size: int) -> bool:
 
 class PackageTranslator:
     """Text in, text out over a package's `translator.onnx` and tokenizer (`wdctl translate`, the
-    bench, `--onnx-distill`): length-sorted batches (`passes.batching`), each with
-    `translate_torch`'s output limit, one `session.run` per batch; empty lines give empty outputs
+    bench, `--onnx-distill`): length-sorted batches (`passes.batching`), each sentence with
+    `translate_torch`'s output limit (its own), one `session.run` per batch; empty lines give empty outputs
     in their place. The beam count and length are checked before the tokenizer is loaded or
     anything is allocated. `workers` > 1 runs that many batches at once on one session of one
     intra-op thread each (onnxruntime releases the GIL): for throughput jobs such as distillation,
@@ -326,15 +354,13 @@ class PackageTranslator:
         return self._tokenizer
 
     def check(self, beams: int, max_length: int) -> None:
-        """Refuse impossible settings (the longest output is also capped per batch, so a
-        `max_length` beyond the position table is only refused where a batch would reach it)."""
+        """Refuse impossible settings (each output is also capped by its own source's limit, so a
+        `max_length` beyond the position table is only refused where a sentence would reach it)."""
         self.translator.check(beams, max(2, min(max_length, self.translator.max_positions)))
 
     def translate(self, sentences: Sequence[str], beams: int = 4, batch_size: int = 32, max_length: int = 256,
                   length_penalty: float = 1.0) -> list[str]:
         from concurrent.futures import ThreadPoolExecutor
-
-        from wdctl.passes.batching import length_sorted_batches, output_limit
 
         if not isinstance(batch_size, int) or batch_size < 1:
             raise InputError(f"batch size must be at least 1 (got {batch_size!r})")
@@ -346,6 +372,7 @@ class PackageTranslator:
         for idx in length_sorted_batches(sentences, per_search):
             ids = tok([sentences[i] for i in idx], truncation=True,
                       max_length=min(max_length, tok.model_max_length))["input_ids"]
+            # the batch's largest limit: `generate` gives each sentence min(that, its own)
             jobs.append((idx, ids, min(max_length, output_limit(max(len(row) for row in ids)))))
 
         def search(job):

@@ -31,6 +31,7 @@ from wdctl.export.translator_weights import (
     MarianWeights,
     check_weights,
 )
+from wdctl.passes.batching import output_limit_rule
 
 OPSET = 17
 MS_OPSET = 1
@@ -199,6 +200,36 @@ def _cross_attention(g: _Graph, h: str, ca: AttentionWeights, heads: int, d: int
     return g.op("Reshape", [a, g.weight("shape_rows", np.array([-1, 1, d], dtype=np.int64))])
 
 
+def _row_length_limit(g: _Graph, w: MarianWeights, step: str, logits: str = "logits") -> None:
+    """Each row's own output limit, in the decoder step: a row (sentence x beam) whose source has
+    n tokens (its `encoder_attention_mask` row sum, as the op expands it over the beams) ends at
+    `output_limit(n)` = A_NUM * n // A_DEN + B (`passes.batching`, integer ops here), as
+    transformers' forced EOS ends every row at max_length: once the sequence, decoder start
+    token included, is limit - 1 long (this step's input at position `step` = limit - 2), the
+    row's logits become -1e9 except EOS = 0, so the op's log-softmax gives EOS log-probability 0
+    (exactly) and the beams finish there, scored as transformers scores a forced EOS. Rows whose
+    limit is beyond the op's max_length never reach it (the op stops first), so the limit is
+    min(own limit, max_length), and the op's max_length is the batch's largest limit.
+    The node that made `logits` now makes a renamed tensor; the limited logits take the name."""
+    from onnx import TensorProto
+
+    from wdctl.passes.batching import LIMIT_A_DEN, LIMIT_A_NUM, LIMIT_B
+
+    producer = next(node for node in g.nodes if logits in node.output)
+    unlimited = g.prefix + "unlimited_logits"
+    producer.output[list(producer.output).index(logits)] = unlimited
+    n = g.op("ReduceSum", ["encoder_attention_mask", g.weight("axis1", np.array([1], dtype=np.int64))],
+             keepdims=1)  # (rows, 1) int32
+    limit = g.op("Add", [g.op("Div", [g.op("Mul", [n, g.weight("limit_a_num", np.array([LIMIT_A_NUM], np.int32))]),
+                                      g.weight("limit_a_den", np.array([LIMIT_A_DEN], np.int32))]),
+                         g.weight("limit_b", np.array([LIMIT_B], np.int32))])
+    reached = g.op("Add", [g.op("Cast", [step], to=TensorProto.INT32), g.weight("two_i32", np.array([2], np.int32))])
+    at_limit = g.op("Unsqueeze", [g.op("GreaterOrEqual", [reached, limit]), g.weight("axis2", np.array([2], np.int64))])
+    forced = np.full(w.vocab_size, -1e9, dtype=_F32)
+    forced[w.eos_token_id] = 0.0
+    g.op("Where", [at_limit, g.weight("forced_eos", forced), unlimited], [logits])
+
+
 def _decoder_graph(w: MarianWeights, scope: str):
     """One decoder step: input_ids (B * beams, 1), the op's masks and past K/V -> logits, present
     self K/V; the cross-attention reads `{scope}cross_*` from the enclosing graph."""
@@ -232,6 +263,7 @@ def _decoder_graph(w: MarianWeights, scope: str):
         bias[[w.pad_token_id, *w.bad_token_ids]] = -1e9
     logits = g.op("MatMul", [h, g.weight("dec.lm_head.w", w.decoder_embed.T)])
     g.op("Add", [logits, g.weight("dec.final_logits_bias", bias)], ["logits"])
+    _row_length_limit(g, w, step)
     inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT32, ["batch", 1]),  # fixed 1: see module doc
               helper.make_tensor_value_info("encoder_attention_mask", TensorProto.INT32, ["batch", "src_len"])]
     for i in range(n):
@@ -374,7 +406,7 @@ def build_translator(weights: MarianWeights, path=None, *, early_stopping: bool 
                 pad_token_id=weights.pad_token_id, eos_token_id=weights.eos_token_id,
                 decoder_start_token_id=weights.decoder_start_token_id, early_stopping=int(bool(early_stopping)),
                 d_enc=weights.d_enc, d_dec=weights.d_dec, precision="fp32",
-                batched_beams=int(bool(early_stopping or batched_beams)))
+                batched_beams=int(bool(early_stopping or batched_beams)), output_limit=output_limit_rule())
     helper.set_model_props(model, {f"wdctl.{k}": str(v) for k, v in meta.items()})
     if path is not None:
         save_model(model, path)

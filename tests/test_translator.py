@@ -32,6 +32,8 @@ from wdctl.export.translator import (
     marian_weights,
     quantize_translator,
 )
+from wdctl.passes.batching import output_limit
+from wdctl.passes.translate import generate_limited
 
 SENTENCES = 16
 MAX_LENGTH = 16
@@ -114,9 +116,8 @@ def _reference(model, sources, beams, batch, max_length=MAX_LENGTH, length_penal
         for i, s in enumerate(chunk):
             ids[i, :len(s)] = torch.tensor(s)
         extra = {"early_stopping": True, "length_penalty": length_penalty} if beams > 1 else {}
-        with torch.inference_mode():
-            out = model.generate(input_ids=ids, attention_mask=(ids != pad).long(), num_beams=beams,
-                                 max_length=max_length, **extra, **generate_kwargs)
+        with torch.inference_mode():  # each sentence limited by its own source, as translate_torch does
+            out = generate_limited(model, ids, (ids != pad).long(), beams, max_length, **extra, **generate_kwargs)
         for row in out.tolist():
             row = row[1:]
             while row and row[-1] == pad:
@@ -199,7 +200,8 @@ def test_plain_inference_session_runs_the_whole_search(models):
     # self- and cross-attention fused; the cross-attention reads the encoder's K/V from the main
     # graph (one copy per sentence, not per beam)
     assert ops.count("MultiHeadAttention") == 4 and ops.count("LayerNormalization") == 6
-    assert "SkipLayerNormalization" not in ops and len(ops) < 51
+    # (9 of them give each row its own output limit: `_row_length_limit`)
+    assert "SkipLayerNormalization" not in ops and len(ops) < 51 + 9
     outer = {o for n in encoder_nodes for o in n.output}
     read_from_outside = {i for n in decoder.node for i in n.input} - {o for n in decoder.node for o in n.output} \
         - {t.name for t in decoder.initializer} - {i.name for i in decoder.input} - {""}
@@ -308,7 +310,9 @@ def test_int8_quantizes_only_weight_matmuls_in_every_subgraph(models, tmp_path):
     # encoder 2 layers x 4 + cross K/V 1; decoder 2 layers x 6 + output layer 1
     assert count == 9 + 13 and ops.count("DynamicQuantizeMatMul") == count
     assert "MatMul" not in ops and ops.count("MultiHeadAttention") == 2 + 4  # attention stays float
-    assert ops.count("Add") == 3  # bias adds folded into the quantized MatMuls (position adds stay)
+    # bias adds folded into the quantized MatMuls (position adds stay, and the decoder's 2 integer
+    # adds of the per-row output limit)
+    assert ops.count("Add") == 3 + 2
     assert (tmp_path / "int8.onnx").stat().st_size < 0.7 * path.stat().st_size
     tr = OnnxTranslator(tmp_path / "int8.onnx")
     assert tr.precision == "int8"
@@ -403,7 +407,9 @@ def _np_ffn(x, f: FeedForwardWeights):
 
 
 def _np_greedy(w: MarianWeights, src: list[int], max_length: int) -> list[int]:
-    """transformers' greedy generate for this math: <pad> banned, forced EOS at max_length - 1."""
+    """transformers' greedy generate for this math: <pad> banned, forced EOS at limit - 1, where the
+    limit is min(max_length, `output_limit` of the source), as `generate_limited` sets it."""
+    max_length = min(max_length, output_limit(len(src)))
     eps = w.layer_norm_eps
     h = w.encoder_embed[src] * math.sqrt(w.d_enc) + w.encoder_positions[:len(src)]
     for layer in w.encoder_layers:
