@@ -25,7 +25,7 @@ from wdctl.passes.cutoff import cut_teacher
 from wdctl.passes.generator import GeneratedStudent, ParameterGenerator, materialize_student
 from wdctl.passes.narrow_marian import build_model
 from wdctl.passes.phases import Job, run_phase
-from wdctl.passes.selection import choose_start_layers, importance_start
+from wdctl.passes.selection import block_importance, choose_start_layers, importance_start, most_important_layers
 from wdctl.passes.training import TrainConfig, collate
 
 IMPORTANCE_BATCHES = 4  # batches of training examples the importance ranking looks at
@@ -76,16 +76,20 @@ def run_cut_kd_two_phase(job: Job) -> nn.Module:
     return run_phase(job, "phase2", lambda: first, job.phase2)
 
 
-def choose_start(job: Job) -> None:
-    """`--start importance`: rank the teacher coordinates on a few training batches
-    (`importance_start`), pick each student layer's teacher layer by the cut student's loss
-    (`choose_start_layers`), and store both on the job (its plan moved to those layers), so wd
-    and cut-kd start from the same slice."""
+def choose_start(job: Job, layers: str = "loss") -> None:
+    """`--start importance` / `block-importance`: rank the teacher coordinates on a few training
+    batches (`importance_start`), pick each student layer's teacher layer by the cut student's
+    loss (`choose_start_layers`, layers="loss") or by block importance (layers="block"), and
+    store both on the job (its plan moved to those layers), so wd and cut-kd start from the same
+    slice."""
     n = IMPORTANCE_BATCH_SIZE
     examples = job.examples[: IMPORTANCE_BATCHES * n]
     batches = [collate(examples[i : i + n], job.pad_id, job.start_id) for i in range(0, len(examples), n)]
     job.start = importance_start(job.plan, job.teacher, batches)
-    job.start_layers = choose_start_layers(job.plan, job.teacher.state_dict(), batches[:1], start=job.start)
+    if layers == "block":
+        job.start_layers = most_important_layers(job.plan, block_importance(job.teacher, batches))
+    else:
+        job.start_layers = choose_start_layers(job.plan, job.teacher.state_dict(), batches[:1], start=job.start)
     job.plan = job.plan.with_start_layers(job.start_layers)
 
 

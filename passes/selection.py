@@ -13,6 +13,11 @@ student). `importance_start` ranks them on a few teacher batches instead (method
   head size differs from the teacher's, heads cannot be kept whole and the block keeps its
   leading coordinates.
 
+Which teacher layer each student layer starts from (within its group): `choose_start_layers`
+picks by the cut student's loss (`--start importance`); `block_importance` ranks each teacher
+layer by how much it changes its input, 1 − cos(layer input, layer output) averaged over
+tokens (Minitron's block importance; `--start block-importance` takes each group's highest).
+
 Kept coordinates stay in teacher order. Pass the result as `start=` to both
 `ParameterGenerator` and `cut_teacher`, so that cut-kd starts from the same slice as coherent WD.
 """
@@ -27,7 +32,7 @@ from torch import Tensor, nn
 from wdctl.core.errors import InputError
 from wdctl.passes.grouping import GeneratorEntry, GroupPlan, Space
 
-SELECTIONS = ("leading", "importance")
+SELECTIONS = ("leading", "importance", "block-importance")
 
 
 def _top(scores: Tensor, k: int) -> Tensor:
@@ -186,4 +191,43 @@ def choose_start_layers(
                 continue
             scores = [loss(plan.with_start_layers({**choice, (side, layer): i})) for i in range(len(group))]
             choice[(side, layer)] = min(range(len(group)), key=scores.__getitem__)
+    return choice
+
+
+@torch.no_grad()
+def block_importance(teacher: nn.Module, batches: Iterable[Mapping[str, Tensor]]) -> dict[str, Tensor]:
+    """Per side, each teacher layer's block importance: 1 − cos(its input, its output) per
+    token, averaged over the non-padding tokens of `batches` (batches as for `importance_start`)."""
+    was_training = teacher.training
+    teacher.eval()
+    sums: dict[str, Tensor] = {}
+    tokens: dict[str, Tensor] = {}
+    try:
+        for batch in batches:
+            batch = dict(batch)
+            labels = batch.get("labels")
+            out = teacher(**batch, output_hidden_states=True)
+            masks = {"encoder": batch["attention_mask"].bool(),
+                     "decoder": (labels != -100) if labels is not None else None}
+            for side, states in (("encoder", out.encoder_hidden_states), ("decoder", out.decoder_hidden_states)):
+                mask = masks[side] if masks[side] is not None else torch.ones(states[0].shape[:2], dtype=torch.bool)
+                change = torch.stack([1 - torch.cosine_similarity(a, b, dim=-1)[mask]
+                                      for a, b in zip(states[:-1], states[1:])])  # (layers, tokens)
+                sums[side] = sums.get(side, 0) + change.sum(dim=1)
+                tokens[side] = tokens.get(side, 0) + mask.sum()
+    finally:
+        teacher.train(was_training)
+    if not sums:
+        raise InputError("block importance needs at least one batch")
+    return {side: (sums[side] / tokens[side].clamp(min=1)).clamp(min=0) for side in sums}  # cos rounds past 1
+
+
+def most_important_layers(plan: GroupPlan, importance: Mapping[str, Tensor]) -> dict[tuple[str, int], int]:
+    """Per (side, student layer) whose group has several teacher layers, the index in the group of
+    its most important teacher layer (`block_importance`); apply as `choose_start_layers`' result."""
+    choice = plan.start_layers()
+    for side, groups in plan.groups.items():
+        for layer, group in enumerate(groups):
+            if len(group) > 1:
+                choice[(side, layer)] = max(range(len(group)), key=lambda i: float(importance[side][group[i]]))
     return choice

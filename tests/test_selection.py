@@ -94,3 +94,26 @@ def test_start_layers_chosen_by_loss_are_shared_by_cut_kd_and_coherent_wd():
     for key in cut:
         assert torch.allclose(cut[key], generated[key], atol=1e-5, rtol=0), key
     assert torch.equal(cut["model.decoder.layers.0.fc1.weight"], state["model.decoder.layers.1.fc1.weight"][:64, :32])
+
+
+def test_block_importance_picks_the_layer_that_changes_its_input_most():
+    torch.manual_seed(1)
+    config = build_teacher("tiny", VOCAB).config
+    config.decoder_layers = 3
+    from transformers import MarianMTModel
+
+    from wdctl.passes.selection import block_importance, most_important_layers
+
+    teacher = MarianMTModel(config).eval()
+    with torch.no_grad():  # decoder layer 2 keeps only its LayerNorms; layer 1's FFN swamps its input
+        layer = teacher.model.decoder.layers[2]
+        for proj in (layer.self_attn.out_proj, layer.encoder_attn.out_proj, layer.fc2):
+            proj.weight.zero_()
+            proj.bias.zero_()
+        teacher.model.decoder.layers[1].fc2.weight.mul_(1000.0)
+    importance = block_importance(teacher, batches())
+    assert importance["decoder"].shape == (3,) and importance["encoder"].shape == (2,)
+    assert bool(((importance["decoder"] >= 0) & (importance["decoder"] <= 2)).all())
+    assert int(importance["decoder"].argmax()) == 1 and float(importance["decoder"][2]) < 0.05
+    plan = GroupPlan.build(config, student_config(config, resolve_student("tiny", config)))
+    assert most_important_layers(plan, importance)[("decoder", 0)] == 1
