@@ -22,7 +22,7 @@ from wdctl.export.optimum_model import load_optimum
 from wdctl.export.package import OnnxPackage
 from wdctl.export.quantize import MODES, quantize_into
 from wdctl.export.session import providers_for
-from wdctl.passes.batching import output_limit
+from wdctl.passes.batching import output_limit_rule
 
 QUANTIZE_CHOICES = (*MODES, "none")
 Translate = Callable[[list[str], int], list[str]]
@@ -83,25 +83,28 @@ def _export_optimum(model_dir: Path, out: Path, *, device: str, lenient: bool) -
 def validate_translator(model, tokenizer, path: Path, sentences: Sequence[str] = SAMPLE_SENTENCES,
                         beams: int = VALIDATION_BEAMS) -> dict:
     """The translator graph against PyTorch `generate` with `translate_torch`'s settings
-    (early_stopping=True, `output_limit` max length), greedy and beam `beams`, on the sample the
-    optimum export is validated with: token agreement per search."""
+    (early_stopping=True, each sentence's own `output_limit`: `generate_limited`), greedy and beam
+    `beams`, on the sample the optimum export is validated with, in one padded batch: token
+    agreement per search."""
     import torch
 
     from wdctl.export.translator import OnnxTranslator
+    from wdctl.passes.translate import generate_limited
 
     sentences = [s for s in sentences if s.strip()]
     pad = model.config.pad_token_id
     enc = tokenizer(list(sentences), return_tensors="pt", padding=True, truncation=True,
                     max_length=min(256, tokenizer.model_max_length))
     ids, mask = enc["input_ids"], enc["attention_mask"]
-    limit = output_limit(ids.shape[1])
     sources = [row[:int(m.sum())] for row, m in zip(ids.tolist(), mask)]
     translator = OnnxTranslator(path)
-    report: dict = {"file": path.name, "sentences": len(sentences), "max_length": limit, "early_stopping": True}
+    limit = min(256, translator.max_positions)
+    report: dict = {"file": path.name, "sentences": len(sentences), "max_length": limit,
+                    "output_limit": output_limit_rule(), "early_stopping": True}
     for name, num_beams in (("greedy", 1), (f"beam{beams}", beams)):
         extra = {"early_stopping": True} if num_beams > 1 else {}
         with torch.inference_mode():
-            ref = model.generate(input_ids=ids, attention_mask=mask, num_beams=num_beams, max_length=limit, **extra)
+            ref = generate_limited(model, ids, mask, num_beams, limit, **extra)
         ref_rows = []
         for row in ref.tolist():
             row = row[1:]
@@ -305,11 +308,26 @@ class OnnxTeacher:
     name = "onnx"
 
     def prepare(self, teacher_dir: Path, workdir: Path) -> None:
-        if not (workdir / "config.json").is_file():
-            from tqdm.auto import tqdm
+        from tqdm.auto import tqdm
 
+        if not (workdir / "config.json").is_file():
             tqdm.write(f"distill: exporting the teacher to ONNX once, into {workdir}")
-            build_package(teacher_dir, workdir, force=workdir.exists())
+        elif not self.current(workdir):
+            tqdm.write(f"distill: the teacher's ONNX export in {workdir} predates the per-sentence output limit; "
+                       "exporting it again")
+        else:
+            return
+        build_package(teacher_dir, workdir, force=workdir.exists())
+
+    @staticmethod
+    def current(workdir: Path) -> bool:
+        """Whether the export in `workdir` has a translator that ends each sentence at this wdctl's
+        output limit (older ones still run, one search per limit: slower)."""
+        from wdctl.export.translator import translator_metadata
+
+        package = OnnxPackage(workdir)
+        return package.has_translator() and \
+            translator_metadata(package.translator).get("wdctl.output_limit") == output_limit_rule()
 
     def load(self, teacher_dir: Path, workdir: Path, threads: int, device):
         from wdctl.export.translator import PackageTranslator

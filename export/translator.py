@@ -308,6 +308,14 @@ class OnnxTranslator:
         return rows
 
 
+def translator_metadata(path) -> dict[str, str]:
+    """A translator file's metadata (`wdctl.*`), without loading its weights into a session."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return {prop.key: prop.value for prop in model.metadata_props}
+
+
 def sentences_per_search(beams: int, batch_size: int, rows_per_run: int = ROWS_PER_RUN) -> int:
     """How many sentences `PackageTranslator` puts in one search (rows = that x beams)."""
     return min(batch_size, max(1, rows_per_run // beams)) if rows_per_run else batch_size

@@ -5,7 +5,8 @@ and caches the hypotheses on disk under a key that hashes
 
 - the teacher directory (every file: weights, config, tokenizer),
 - the source sentences (in order),
-- the decoding settings (beams, length penalty, output length limit, backend),
+- the decoding settings (beams, length penalty, max length, the per-sentence output limit
+  rule of `passes.batching`, backend),
 
 so a rerun — or another student distilled from the same teacher and data — reuses them. The
 translation is done in chunks, each written atomically as soon as it is finished: an
@@ -36,6 +37,7 @@ from tqdm.auto import tqdm
 from wdctl.core.atomic import atomic_write_text
 from wdctl.core.corpus import Pair
 from wdctl.core.errors import InputError, WdctlError
+from wdctl.passes.batching import output_limit_rule
 from wdctl.passes.distributed import distributed
 from wdctl.passes.marian import load_marian
 from wdctl.passes.translate import translate_torch
@@ -157,7 +159,11 @@ def distill(
     backend = backend or TorchTeacher()
     backend_name = backend.name
     sources = [s for s, _ in pairs]
-    settings = {"beams": beams, "max_length": max_length, "length_penalty": length_penalty, "backend": backend_name}
+    # each sentence's output limit comes from its own source (`output_limit`, in both backends),
+    # so a hypothesis does not depend on the chunk or batch it was translated in; caches from
+    # before (a batch-level limit, no "output_limit" here) are not reused
+    settings = {"beams": beams, "max_length": max_length, "length_penalty": length_penalty, "backend": backend_name,
+                "output_limit": output_limit_rule()}
     teacher_hash = teacher_fingerprint(teacher_dir)
     key = cache_key(teacher_hash, sources, settings)
     final = cache_dir / f"distilled-{key}.tsv"

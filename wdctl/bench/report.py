@@ -126,7 +126,8 @@ def render_markdown(report: dict) -> str:
                                                          "workers never load torch, optimum's holds it to 1 thread)"],
         ["timing", f"{repeats} timed pass{'es' if repeats != 1 else ''} over all sentences after {s['warmup']}; "
                    "one fresh process per row; figures are the median pass (min–max over passes)"],
-        ["output length", f"at most min({s['max_length']}, 1.5 × source tokens + 10); length penalty "
+        ["output length", f"at most min({s['max_length']}, 1.5 × source tokens + 10), each sentence from its own "
+                          f"source (CTranslate2: the longest source of its batch); length penalty "
                           f"{s['length_penalty']}"],
         ["BLEU", f"`{report['metrics'].get('bleu')}`"],
         ["chrF", f"`{report['metrics'].get('chrf')}`"],

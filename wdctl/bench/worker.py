@@ -146,7 +146,9 @@ def _ct2_backend(spec: dict, tokenizer) -> Translate:
             tokens = [tokenizer.convert_ids_to_tokens(x) for x in ids]
             # transformers' max_length counts the decoder start token and Marian forces `</s>` at
             # the last position, so it emits at most limit - 2 real tokens; CTranslate2 counts
-            # neither the start token nor a forced end
+            # neither the start token nor a forced end. CTranslate2 takes one limit per call, so
+            # here (unlike the other backends) it is the longest source's of the batch: a call per
+            # distinct limit would give each sentence its own, at the cost of many small calls.
             limit = min(max_length, output_limit(max(len(x) for x in ids))) - 2
             results = translator.translate_batch(
                 tokens, beam_size=beams, max_batch_size=0, max_decoding_length=limit,
