@@ -1,0 +1,161 @@
+"""The int8 translator's embeddings: one int8 table per distinct embedding, in the main graph.
+
+The fp32 translator holds a Marian model's tied embedding three times: the encoder's lookup
+(pre-multiplied by sqrt(d) when the model scales its embeddings), the decoder's lookup (the
+same) and the decoder's output projection (its transpose), each an initializer of the (sub)graph
+that reads it. `share_embeddings` (called by `quantize_translator`) replaces them by
+
+- `embed{k}/int8` (d, vocab) int8, one per distinct table, in the main graph, per-token scales
+  `embed{k}/scale` (symmetric, zero point 0: the weight `quantize_translator` gives every other
+  MatMul); the output projection becomes a `DynamicQuantizeMatMul` that reads it from the outer
+  scope;
+- each lookup becomes Gather(`embed{k}/rows`, ids) -> Cast -> Mul(Gather(`embed{k}/scale{j}`,
+  ids)): `embed{k}/rows` is a `Transpose` of the int8 table in the main graph, which
+  onnxruntime's constant folding turns into a (vocab, d) initializer when the session loads
+  (the file holds the table once; the session holds it transposed too, for contiguous rows),
+  and the scale tables fold in sqrt(d).
+
+A table no output projection reads (an encoder embedding that is not tied to the decoder's, as
+in a student whose decoder is narrower) is stored (vocab, d) int8 with per-row scales, no
+Transpose. Measured on onnxruntime 1.32's CPU provider (AVX2 machine,
+`benchmarks/package_size.py` records the sizes):
+
+- outer-scope initializers are pre-packed for `DynamicQuantizeMatMul` and `MatMulNBits` (a
+  58,101 x 512 product in an If branch reading the main graph's weight ran as fast as with its
+  own initializer; the same weight fed as a graph input, i.e. never pre-packed, took 1.5-2.5x);
+- `MatMulNBits` (bits=8, accuracy_level 4, block = d, shape (vocab, 1, d)) would share its
+  weight with `GatherBlockQuantized` (uint8, quantize_axis = last) without a transpose, but it
+  took 1.2-2x `DynamicQuantizeMatMul`'s time at 4-16 rows on AVX2, and the output projection
+  is the largest product of a decoder step;
+- a Gather along axis 1 of the (d, vocab) table (no transpose) took 0.28 ms for 16 rows and
+  38 ms for a 32 x 60 source batch at d 512 (one copy per element); rows of the folded
+  transpose take 0.04 ms and 2 ms.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import numpy as np
+
+_F32 = np.float32
+
+
+def _quantize_rows(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 per row: (int8 table, float32 scale per row)."""
+    amax = np.abs(table).max(axis=1)
+    scale = np.where(amax > 0, amax / 127.0, 1.0).astype(_F32)
+    q = np.clip(np.rint(table / scale[:, None]), -127, 127).astype(np.int8)
+    return q, scale
+
+
+def _digest(array: np.ndarray) -> tuple:
+    return array.shape, hashlib.sha1(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
+def _initializer(scope: dict, name: str):
+    return next(t for t in scope[name].initializer if t.name == name)
+
+
+def share_embeddings(model, walked) -> dict:
+    """Rewrite every float embedding lookup (a `Gather` on a 2-D float initializer, axis 0) and
+    every output projection tied to one (a `MatMul` whose weight transposed equals a lookup
+    table up to 1 or sqrt(d)) of `model` to read one int8 table per distinct embedding, held by
+    the main graph (see the module doc). `walked` is `_subgraphs(model.graph)` as a list, whose
+    graphs are edited in place. Returns {(id(owner graph), weight name): (int8, scale, zero
+    point) names} for the tied MatMuls, for `quantize_translator` to turn into
+    `DynamicQuantizeMatMul`s on the shared table; the float tables are left for it to drop once
+    nothing reads them."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    top = model.graph
+    lookups = []  # (graph, node, table)
+    products: dict[tuple, list] = {}  # (d, vocab) -> [(owner, weight name, weight)]
+    for graph, scope in walked:
+        for node in graph.node:
+            if node.domain not in ("", "ai.onnx"):
+                continue
+            if node.op_type == "Gather" and node.input[0] in scope:
+                axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+                tensor = _initializer(scope, node.input[0])
+                if axis == 0 and len(tensor.dims) == 2 and tensor.data_type == TensorProto.FLOAT:
+                    lookups.append((graph, node, numpy_helper.to_array(tensor)))
+            elif node.op_type == "MatMul" and node.input[1] in scope:
+                tensor = _initializer(scope, node.input[1])
+                if len(tensor.dims) == 2 and tensor.data_type == TensorProto.FLOAT:
+                    products.setdefault(tuple(tensor.dims), []).append((scope[node.input[1]], tensor.name, None))
+    if not lookups:
+        return {}
+
+    groups: dict[tuple, dict] = {}  # digest of the base table (vocab, d) -> its names
+
+    def group_for(base: np.ndarray, transposed: bool) -> dict:
+        key = _digest(base)
+        if key not in groups:
+            prefix = f"embed{len(groups)}/"
+            q, scale = _quantize_rows(base)
+            names = {"int8": prefix + "int8", "scale": prefix + "scale", "zp": prefix + "zp",
+                     "rows": prefix + "rows", "lookup_scales": {}, "prefix": prefix}
+            if transposed:  # (d, vocab) for DynamicQuantizeMatMul; the lookups read its folded transpose
+                top.initializer.extend([numpy_helper.from_array(np.ascontiguousarray(q.T), names["int8"]),
+                                        numpy_helper.from_array(scale, names["scale"]),
+                                        numpy_helper.from_array(np.zeros(len(scale), np.int8), names["zp"])])
+                top.node.insert(0, helper.make_node("Transpose", [names["int8"]], [names["rows"]],
+                                                    name=prefix + "Transpose", perm=[1, 0]))
+            else:
+                top.initializer.append(numpy_helper.from_array(q, names["rows"]))
+            names["row_scale"] = scale
+            groups[key] = names
+        return groups[key]
+
+    tied: dict[tuple[int, str], tuple[str, str, str]] = {}
+    weights: dict[tuple[int, str], np.ndarray] = {}
+    for graph, node, table in lookups:
+        vocab, d = table.shape
+        base, factor = table, 1.0
+        for owner, name, _ in products.get((d, vocab), []):
+            if (id(owner), name) not in weights:
+                weights[(id(owner), name)] = numpy_helper.to_array(_initializer({name: owner}, name))
+            w = weights[(id(owner), name)]
+            for c in (1.0, math.sqrt(d)):
+                if np.array_equal(w.T * _F32(c), table):
+                    base, factor = np.ascontiguousarray(w.T), c
+                    break
+            if base is not table:
+                break
+        names = group_for(base, transposed=base is not table)
+        if base is not table:
+            digest = _digest(base)
+            for owner, name, _ in products[(d, vocab)]:  # every product on this table
+                w = weights.get((id(owner), name))
+                if w is None:
+                    w = weights[(id(owner), name)] = numpy_helper.to_array(_initializer({name: owner}, name))
+                if _digest(np.ascontiguousarray(w.T)) == digest:
+                    tied[(id(owner), name)] = (names["int8"], names["scale"], names["zp"])
+        key = float(factor)
+        if key not in names["lookup_scales"]:
+            scale_name = f"{names['prefix']}scale{len(names['lookup_scales'])}"
+            top.initializer.append(numpy_helper.from_array(
+                (names["row_scale"] * _F32(factor)).astype(_F32)[:, None], scale_name))
+            names["lookup_scales"][key] = scale_name
+        _rewrite_lookup(graph, node, names["rows"], names["lookup_scales"][key])
+    return tied
+
+
+def _rewrite_lookup(graph, node, rows: str, scales: str) -> None:
+    """Gather(float table, ids) -> Gather(int8 rows, ids) -> Cast -> Mul(Gather(scales, ids)),
+    the last node taking the place (and output) of the old one."""
+    from onnx import TensorProto, helper
+
+    ids, out = node.input[1], node.output[0]
+    index = list(graph.node).index(node)
+    new = [helper.make_node("Gather", [rows, ids], [out + ".int8"], name=node.name + ".int8"),
+           helper.make_node("Cast", [out + ".int8"], [out + ".float"], name=node.name + ".cast", to=TensorProto.FLOAT),
+           helper.make_node("Gather", [scales, ids], [out + ".scale"], name=node.name + ".scale")]
+    for i, extra in enumerate(new):
+        graph.node.insert(index + i, extra)
+    node.op_type = "Mul"
+    del node.attribute[:]
+    del node.input[:]
+    node.input.extend([out + ".float", out + ".scale"])
