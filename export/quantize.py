@@ -170,18 +170,20 @@ def _quantize_fp16(src: Path, dest: Path) -> dict:
     return per_file
 
 
-def _quantize_translator_file(src: Path, dest: Path, mode: str) -> dict:
-    """The in-graph translator: weight-only int8 (`quantize_translator`); fp16 keeps it fp32."""
+def _quantize_translator_file(src: Path, dest: Path, mode: str, isa: str | None = None) -> dict:
+    """The in-graph translator: weight-only int8 (`quantize_translator`; 7-bit weights for an avx2
+    target, as optimum's files); fp16 keeps it fp32."""
     if mode != "int8":
         shutil.copy2(src, dest / src.name)
         return {"mode": "fp32 (kept: the translator has no fp16 build)"}
     from wdctl.export.translator import quantize_translator
 
     try:
-        count = quantize_translator(src, dest / src.name)
+        count = quantize_translator(src, dest / src.name, reduce_range=isa == "avx2")
     except Exception as exc:  # noqa: BLE001
         raise WdctlError(f"{src}: int8 quantization of the translator failed ({str(exc).splitlines()[0][:200]})") from None
-    return {"mode": "weight-only int8 (DynamicQuantizeMatMul)", "quantized_matmuls": count}
+    return {"mode": "weight-only int8 (DynamicQuantizeMatMul)", "quantized_matmuls": count,
+            "weight_range": 63 if isa == "avx2" else 127}
 
 
 def quantize_into(package_dir: Path, dest: Path, *, mode: str = "int8", isa: str = "auto",
@@ -210,7 +212,7 @@ def quantize_into(package_dir: Path, dest: Path, *, mode: str = "int8", isa: str
         files = _quantize_fp16(package_dir, dest)
     source_package = OnnxPackage(package_dir)
     if source_package.has_translator():
-        files[OnnxPackage.TRANSLATOR] = _quantize_translator_file(source_package.translator, dest, mode)
+        files[OnnxPackage.TRANSLATOR] = _quantize_translator_file(source_package.translator, dest, mode, resolved_isa)
     copy_package_files(package_dir, dest)
     before, after = OnnxPackage(package_dir).file_sizes(), OnnxPackage(dest).file_sizes()
     report = {

@@ -42,11 +42,11 @@ import numpy as np
 _F32 = np.float32
 
 
-def _quantize_rows(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric int8 per row: (int8 table, float32 scale per row)."""
+def _quantize_rows(table: np.ndarray, limit: float = 127.0) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 per row within ±limit: (int8 table, float32 scale per row)."""
     amax = np.abs(table).max(axis=1)
-    scale = np.where(amax > 0, amax / 127.0, 1.0).astype(_F32)
-    q = np.clip(np.rint(table / scale[:, None]), -127, 127).astype(np.int8)
+    scale = np.where(amax > 0, amax / limit, 1.0).astype(_F32)
+    q = np.clip(np.rint(table / scale[:, None]), -limit, limit).astype(np.int8)
     return q, scale
 
 
@@ -58,7 +58,7 @@ def _initializer(scope: dict, name: str):
     return next(t for t in scope[name].initializer if t.name == name)
 
 
-def share_embeddings(model, walked) -> dict:
+def share_embeddings(model, walked, limit: float = 127.0) -> dict:
     """Rewrite every float embedding lookup (a `Gather` on a 2-D float initializer, axis 0) and
     every output projection tied to one (a `MatMul` whose weight transposed equals a lookup
     table up to 1 or sqrt(d)) of `model` to read one int8 table per distinct embedding, held by
@@ -94,7 +94,7 @@ def share_embeddings(model, walked) -> dict:
         key = _digest(base)
         if key not in groups:
             prefix = f"embed{len(groups)}/"
-            q, scale = _quantize_rows(base)
+            q, scale = _quantize_rows(base, limit)
             names = {"int8": prefix + "int8", "scale": prefix + "scale", "zp": prefix + "zp",
                      "rows": prefix + "rows", "lookup_scales": {}, "prefix": prefix}
             if transposed:  # (d, vocab) for DynamicQuantizeMatMul; the lookups read its folded transpose

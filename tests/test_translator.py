@@ -165,11 +165,13 @@ def test_outputs_exercise_the_search(models):
     """The comparisons above cover early stops, forced EOS at the limit and beam != greedy."""
     model, path, sources = models["copy"]
     greedy, beam = _ours(path, sources, 1, SENTENCES), _ours(path, sources, 4, SENTENCES)
-    assert greedy != beam
     assert len({len(r) for r in beam}) >= 4
     for row in greedy + beam:
         assert row and row[-1] == 0 and model.config.pad_token_id not in row and len(row) <= MAX_LENGTH - 1
+    # the copy model learns its task well enough that its beams may all agree with greedy (they do
+    # when it is trained on an AVX2 CPU); the peaky model's never do
     peaky = _ours(models["peaky"][1], models["peaky"][2], 4, SENTENCES)
+    assert peaky != _ours(models["peaky"][1], models["peaky"][2], 1, SENTENCES)
     assert {len(r) for r in peaky} >= {1, MAX_LENGTH - 1}  # stopped at once, and cut by the forced EOS
 
 
@@ -320,6 +322,23 @@ def test_int8_quantizes_only_weight_matmuls_in_every_subgraph(models, tmp_path):
         ours = tr.generate(sources, beams=beams, max_length=MAX_LENGTH)
         ref = _translator(path).generate(sources, beams=beams, max_length=MAX_LENGTH)
         assert sum(a == b for a, b in zip(ours, ref)) >= SENTENCES - 3
+
+
+@pytest.mark.parametrize("reduce_range,limit", [(True, 63), (False, 127)])
+def test_int8_weight_range_follows_reduce_range(models, tmp_path, reduce_range, limit):
+    """CPUs without VNNI saturate u8 x s8 pairs at full range: reduce_range keeps weights in ±63."""
+    import onnx
+    from onnx import numpy_helper
+
+    from wdctl.export.translator import _subgraphs
+
+    _, path, _ = models["copy"]
+    quantize_translator(path, tmp_path / "q.onnx", reduce_range=reduce_range)
+    proto = onnx.load(str(tmp_path / "q.onnx"))
+    weights = [numpy_helper.to_array(t) for g, _ in _subgraphs(proto.graph) for t in g.initializer
+               if t.data_type == onnx.TensorProto.INT8]
+    assert weights and max(int(np.abs(w.astype(np.int32)).max()) for w in weights) == limit
+    assert {p.key: p.value for p in proto.metadata_props}["wdctl.int8_weight_range"] == str(limit)
 
 
 def test_early_stopping_false_graph(models, tmp_path):
