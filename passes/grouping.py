@@ -37,7 +37,6 @@ Two generator families (`GENERATOR_FORMS`, chosen with `generator=`):
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
@@ -45,7 +44,8 @@ import torch
 from transformers import MarianConfig
 
 from wdctl.core.errors import InputError
-from wdctl.passes.narrow_marian import is_narrow
+from wdctl.passes.memory import training_peak
+from wdctl.passes.narrow_marian import count_parameters, is_narrow
 # the per-tensor planning lives in `spaces`; its public names are re-exported from here
 from wdctl.passes.spaces import (FORM_COSTS, FP32_BYTES, SIDES, ConstantEntry, GeneratorEntry,  # noqa: F401
                                  Space, _Builder, _classify, _layout, matrix_out_first, partition_layers)
@@ -206,26 +206,34 @@ class GroupPlan:
     def subset_entries(self, index: int) -> list[GeneratorEntry]:
         return [self.entries[i] for i in self.subsets[index]]
 
-    def phase1_memory(self) -> dict[str, int]:
-        """Estimated phase-1 bytes by component (fp32; excludes the student's activations,
-        which depend on the batch)."""
-        generator = self.total_generator_bytes
-        student = sum(e.student_bytes for e in self.entries) + sum(
-            math.prod(c.shape) * FP32_BYTES for c in self.constants
-        )
-        return {
-            "teacher": sum(e.teacher_bytes for e in self.entries),
-            "generator": generator,
-            "adam_state": 2 * generator,
-            "generator_grads": generator,
-            "student": student,
-            "student_grads": sum(e.student_bytes for e in self.entries),
-            # one subset recomputed under checkpoint in backward, with the gradients of its intermediates
-            "subset_work": 2 * max((sum(self.entries[i].work_bytes for i in s) for s in self.subsets), default=0),
-        }
+    def phase_memory(self, phase: str, max_tokens: int, precision: str = "fp32") -> dict[str, int]:
+        """Estimated peak resident bytes of WD's `phase` ("phase1" or "phase2") on micro-batches of
+        `max_tokens` tokens in `precision`, by component (`wdctl.passes.memory.training_peak`).
 
-    def estimate_phase1_bytes(self) -> int:
-        return sum(self.phase1_memory().values())
+        Both phases hold the frozen teacher. Phase 1 trains the generators: at the peak (the start
+        of the student's backward) it holds them with Adam's two moments, and three student-sized
+        sets: the generated tensors, the skeleton they are swapped into, and their gradients. The
+        generators' own gradients come later, after the activations are freed, with one subset
+        recomputed under checkpoint; when that is larger than the activations it is the peak
+        (`generator_backward` instead of `activations`). Phase 2 trains the student: its weights,
+        gradients and Adam's two moments."""
+        teacher = FP32_BYTES * count_parameters(self.teacher_config)
+        student = FP32_BYTES * count_parameters(self.student_config)
+        if phase == "phase2":
+            return training_peak(self.student_config, max_tokens, precision, teacher=teacher, student=4 * student)
+        if phase != "phase1":
+            raise ValueError(f"phase must be phase1 or phase2, got {phase!r}")
+        generator = FP32_BYTES * self.total_generator_params
+        memory = training_peak(self.student_config, max_tokens, precision, teacher=teacher, generator=3 * generator,
+                               student=3 * student)
+        work = 2 * max((sum(self.entries[i].work_bytes for i in s) for s in self.subsets), default=0)
+        if generator + work > memory["activations"]:
+            memory["generator_backward"] = generator + work
+            del memory["activations"]
+        return memory
+
+    def estimate_phase1_bytes(self, max_tokens: int, precision: str = "fp32") -> int:
+        return sum(self.phase_memory("phase1", max_tokens, precision).values())
 
     def _class_rows(self) -> list[tuple[str, ...]]:
         by_role: dict[str, list[GeneratorEntry]] = {}
@@ -251,7 +259,8 @@ class GroupPlan:
         return rows
 
     def format(self) -> str:
-        """A readable table, one row per class, with totals and the phase-1 memory estimate."""
+        """A readable table, one row per class, with totals (the memory estimate, which depends on
+        the batch, is `phase_memory`)."""
         teacher = StudentSpec.from_config(self.teacher_config)
         student = StudentSpec.from_config(self.student_config)
         header = ("class", "instances", "groups (teacher layers)", "teacher", "student", "form", "params")
@@ -266,7 +275,6 @@ class GroupPlan:
             lines.append("  ".join(
                 c.rjust(w) if i in (1, 6) else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))
             ).rstrip())
-        memory = self.phase1_memory()
         spaces = self.projected_spaces
         lines += [
             "",
@@ -278,8 +286,6 @@ class GroupPlan:
             f"{_fmt_bytes(self.subset_bytes)}",
             f"generator parameters: {self.total_generator_params:,} ({_fmt_bytes(self.total_generator_bytes)})",
             "constants: " + (", ".join(f"{c.name} ({c.source})" for c in self.constants) or "none"),
-            f"phase-1 memory estimate: {_fmt_bytes(self.estimate_phase1_bytes())} = "
-            + " + ".join(f"{k} {_fmt_bytes(v)}" for k, v in memory.items()),
         ]
         return "\n".join(lines)
 
@@ -297,8 +303,6 @@ class GroupPlan:
             "subsets": [[self.entries[i].name for i in s] for s in self.subsets],
             "total_generator_params": self.total_generator_params,
             "total_generator_bytes": self.total_generator_bytes,
-            "phase1_memory": self.phase1_memory(),
-            "phase1_bytes": self.estimate_phase1_bytes(),
         }
 
 

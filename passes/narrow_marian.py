@@ -124,6 +124,15 @@ def count_parameters(config: MarianConfig) -> int:
         return build_model(config).num_parameters()
 
 
+def vocabulary_parameters(config: MarianConfig) -> int:
+    """Distinct parameters of the model's vocabulary tables (token embeddings and output layer;
+    not the sinusoidal position tables), counted on the meta device."""
+    with torch.device("meta"):
+        model = build_model(config)
+    return sum(p.numel() for name, p in model.named_parameters()
+               if name.endswith(("shared.weight", "embed_tokens.weight", "lm_head.weight")))
+
+
 def decoder_width(config: MarianConfig) -> int:
     return getattr(config, "decoder_d_model", None) or config.d_model
 

@@ -22,7 +22,7 @@ from torch import nn
 from wdctl.core.atomic import atomic_dir
 from wdctl.core.corpus import Pair
 from wdctl.core.errors import InputError
-from wdctl.core.runinfo import PeakRSS, available_bytes, write_json
+from wdctl.core.runinfo import PeakRSS, available_bytes, release_free_memory, rss_bytes, write_json
 from wdctl.passes.distributed import Distributed
 from wdctl.passes.marian import freeze_pad_row
 from wdctl.passes.student import StudentSpec
@@ -119,6 +119,8 @@ def run_phase(job: Job, name: str, build: Callable[[], nn.Module], cfg: TrainCon
         return _load_student(phase_dir / "student")
 
     started = time.perf_counter()
+    release_free_memory()  # what earlier phases freed, so that this phase's peak is its own
+    rss_start = rss_bytes()
     with PeakRSS() as memory:
         model = build()
         if isinstance(model, MarianMTModel):
@@ -142,6 +144,7 @@ def run_phase(job: Job, name: str, build: Callable[[], nn.Module], cfg: TrainCon
         "train_seconds": round(result.train_seconds, 2),  # summed over resumptions
         "wall_seconds": round(time.perf_counter() - started, 2),  # this invocation, build + train + finish
         "peak_rss_mb": round(memory.peak_mb, 1),
+        "start_rss_mb": round(rss_start / 2**20, 1),  # before build(): the runtime, teacher and data
         "probe_loss_before": None if before is None else round(before, 4),
         "probe_loss_after": round(after, 4),
         "trainable_parameters": trainable,
@@ -158,18 +161,19 @@ def run_phase(job: Job, name: str, build: Callable[[], nn.Module], cfg: TrainCon
 
 # --- the resource guard -------------------------------------------------------------------------
 
-def check_memory(plan, available: int | None = None) -> dict:
-    """The resource guard: refuse phase 1 when the plan's estimate exceeds the available RAM."""
-    estimate = plan.estimate_phase1_bytes()
+def check_memory(estimates: dict[str, int], available: int | None = None) -> dict:
+    """The resource guard: refuse a run when a phase's estimated peak (`estimates`: bytes by phase
+    name, from `GroupPlan.phase_memory`) exceeds the RAM available now."""
     available = available_bytes() if available is None else available
+    name, estimate = max(estimates.items(), key=lambda item: item[1])
     if estimate > available:
         gib = lambda n: f"{n / 2**30:.2f} GiB"  # noqa: E731
         raise InputError(
-            f"phase 1 needs about {gib(estimate)} (generators, their Adam state and gradients, teacher, "
-            f"student; before activations) but only {gib(available)} is available; choose a smaller "
-            f"student, a smaller --subset-mb, or a machine with more memory"
+            f"{name.replace('phase', 'phase ')} needs about {gib(estimate)} (weights, optimizer state and the "
+            f"activations of a --max-tokens batch) but only {gib(available)} is available; choose a smaller "
+            f"--max-tokens, a smaller model, or a machine with more memory"
         )
-    return {"phase1_estimate_bytes": estimate, "available_bytes": available}
+    return {"estimate_bytes": estimates, "available_bytes": available}
 
 
 # --- resume ------------------------------------------------------------------------------------

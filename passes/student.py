@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from transformers import MarianConfig
 
 from wdctl.core.errors import InputError
-from wdctl.passes.narrow_marian import NarrowMarianConfig, is_narrow
+from wdctl.passes.narrow_marian import NarrowMarianConfig, count_parameters, is_narrow, vocabulary_parameters
 
 SUPPORTED_MODEL_TYPE = "marian"
 
@@ -231,3 +231,39 @@ def student_config(teacher_config: MarianConfig, spec: StudentSpec) -> MarianCon
         setattr(config, name, value)
     config.num_hidden_layers = spec.encoder_layers
     return config
+
+
+# The presets from the largest name to the smallest, each with the largest fraction of its teacher
+# that its name stands for: SMALL drops most decoder layers, TINY also halves the decoder's width,
+# halved halves every width (about a quarter).
+PRESET_FRACTIONS: dict[str, float] = {"small": 0.8, "tiny": 0.75, "halved": 0.4}
+
+
+def size_note(preset: str, teacher_config: MarianConfig) -> str | None:
+    """One line on why the `preset` student of this teacher is a larger fraction of it than the
+    name suggests (above `PRESET_FRACTIONS`, or larger than a preset named larger), or None.
+
+    The cause is the vocabulary: no preset shrinks the embedding tables, and TINY's narrower
+    decoder has an embedding of its own (untied from the encoder's), so with a large vocabulary
+    (OPUS-MT: 58,101 pieces) TINY outgrows SMALL."""
+    if preset not in PRESET_FRACTIONS:
+        return None
+    teacher = count_parameters(teacher_config)
+    configs = {name: student_config(teacher_config, resolve_student(name, teacher_config)) for name in PRESET_FRACTIONS}
+    sizes = {name: count_parameters(c) for name, c in configs.items()}
+    names = list(PRESET_FRACTIONS)
+    larger = [n for n in names[: names.index(preset)] if sizes[n] < sizes[preset]]
+    fraction = sizes[preset] / teacher
+    if fraction <= PRESET_FRACTIONS[preset] and not larger:
+        return None
+    config = configs[preset]
+    vocab = vocabulary_parameters(config)
+    than = "".join(f", more than {n} ({sizes[n] / teacher:.2f})" for n in larger)
+    why = (f"{vocab / 1e6:.1f} M of its {sizes[preset] / 1e6:.1f} M parameters are vocabulary tables "
+           f"({config.vocab_size:,} pieces), which {preset} does not shrink")
+    if is_narrow(config):
+        why += (f", and its narrower decoder has an embedding of its own ({config.vocab_size:,} x "
+                f"{config.decoder_d_model}, untied from the encoder's {config.d_model}-wide one)")
+    smaller = [n for n in names[names.index(preset) + 1:] if sizes[n] < sizes[preset]]
+    hint = f"; --student {smaller[0]} is {sizes[smaller[0]] / teacher:.2f}" if smaller else ""
+    return f"note: {preset} is {fraction:.2f} of the teacher{than}: {why}{hint}"

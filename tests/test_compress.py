@@ -72,6 +72,22 @@ def test_inspect_is_the_plan_only_twin(cli, tiny_teacher_dir):
     assert "generator parameters:" in stdout
 
 
+def test_inspect_prints_each_phase_estimate_for_the_batch(cli, tiny_teacher_dir):
+    """The estimate grows with --max-tokens by at least the loss's vocabulary rows per token
+    (logits, log-softmax and both gradients in fp32; the printed GiB have two decimals)."""
+    vocab = json.loads((Path(tiny_teacher_dir) / "config.json").read_text())["vocab_size"]
+    estimates = {}
+    for max_tokens in (1000, 41000):
+        code, stdout, stderr = cli("inspect", tiny_teacher_dir, "--student", "small", "--max-tokens", max_tokens)
+        assert code == 0, stderr
+        found = dict(re.findall(rf"^(phase-[12]) memory estimate: ([0-9.]+) GiB at --max-tokens {max_tokens}, fp32 ",
+                                stdout, re.M))
+        assert set(found) == {"phase-1", "phase-2"} and "available memory:" in stdout
+        estimates[max_tokens] = {phase: float(gib) * 2**30 for phase, gib in found.items()}
+    for phase in ("phase-1", "phase-2"):
+        assert estimates[41000][phase] - estimates[1000][phase] > 40000 * 4 * 4 * vocab
+
+
 def test_student_from_yaml_with_overrides(cli, tiny_teacher_dir, tmp_path):
     spec = tmp_path / "student.yaml"
     spec.write_text("preset: halved\nencoder_layers: 1\n")

@@ -50,12 +50,23 @@ def student_request(student: str, encoder_layers=None, decoder_layers=None, d_mo
 
 def _print_plan(result: dict) -> None:
     typer.echo(result["plan_text"])
-    fits = "fits" if result["phase1_estimate_bytes"] <= result["available_bytes"] else "DOES NOT FIT"
-    typer.echo(f"phase-1 memory: estimate {result['phase1_estimate_bytes'] / 2**30:.2f} GiB, "
-               f"available {result['available_bytes'] / 2**30:.2f} GiB ({fits})")
+
+    def gib(n: int) -> str:
+        return f"{n / 2**30:.2f} GiB"
+
+    memory = result["memory"]
+    for name, phase in memory["phases"].items():
+        parts = " + ".join(f"{part.replace('_', ' ')} {gib(n)}" for part, n in phase["bytes"].items() if n)
+        typer.echo(f"{name.replace('phase', 'phase-')} memory estimate: {gib(phase['total_bytes'])} at --max-tokens "
+                   f"{phase['max_tokens']}, {phase['precision']} (peak RSS: {parts})")
+    largest = max(phase["total_bytes"] for phase in memory["phases"].values())
+    typer.echo(f"available memory: {gib(memory['available_bytes'])} "
+               f"({'fits' if largest <= memory['available_bytes'] else 'DOES NOT FIT'})")
     typer.echo(f"parameters: teacher {result['teacher_parameters']:,}, student {result['student_parameters']:,} "
                f"({result['student_parameters'] / result['teacher_parameters']:.2f} of the teacher), "
                f"generator {result['generator_parameters']:,}")
+    if result.get("size_note"):
+        typer.echo(result["size_note"])
     sizes = result.get("generator_sizes") or {}
     typer.echo("generator sizes: " + ", ".join(f"{form} {n}" for form, n in sizes.items()))
 
@@ -162,12 +173,17 @@ def inspect_command(
     heads: Optional[int] = HeadsOpt,
     subset_mb: Optional[int] = SubsetMbOpt,
     generator: str = GeneratorOpt,
+    max_tokens: Optional[int] = MaxTokensOpt,
+    precision: Optional[str] = PrecisionOpt,
 ) -> None:
-    """Print the weight-grouping plan for a student of this teacher (same as `compress --dry-run`)."""
+    """Print the weight-grouping plan for a student of this teacher (same as `compress --dry-run`),
+    with each phase's peak-memory estimate at this --max-tokens (default: compress's 2500)."""
+    from wdctl.config import phase_configs
     from wdctl.recipes.compress import CompressSettings, compress
 
+    phase1, phase2 = phase_configs({"max_tokens": max_tokens, "precision": precision})
     result = compress(CompressSettings(
         teacher_dir, None, None, dry_run=True, generator=generator,
         student=student_request(student, encoder_layers, decoder_layers, d_model, ffn_dim, heads),
-        subset_bytes=subset_mb * 2**20 if subset_mb else None))
+        subset_bytes=subset_mb * 2**20 if subset_mb else None, phase1=phase1, phase2=phase2))
     _print_plan(result)

@@ -5,8 +5,9 @@ Steps, in order (everything that can be checked without heavy work is checked fi
 1. Validate: settings (`CompressSettings.validate`), teacher config (Marian only), student
    shape against the teacher, output directories, data. One-line `InputError` (exit 2) for
    anything wrong, before any weight is loaded or anything is written.
-2. Plan (`GroupPlan`) and the resource guard: the plan's phase-1 memory estimate against the
-   available RAM; refuse with the estimate when it does not fit (wd only).
+2. Plan (`GroupPlan`) and the resource guard: each phase's peak-memory estimate (weights,
+   optimizer state and the activations of a --max-tokens batch; `phase_memory`) against the
+   available RAM; refuse with the estimate when one does not fit.
 3. Distilled data: the teacher translates the training source side (beam search, cached; see
    `wdctl.passes.distill`). Every method trains on original ∪ distilled pairs.
 4. The method (`wdctl.passes.methods.METHODS`), phase by phase, each resumable
@@ -54,7 +55,7 @@ from wdctl.passes.methods import METHODS, choose_start
 from wdctl.passes.narrow_marian import count_parameters
 from wdctl.passes.selection import SELECTIONS
 from wdctl.passes.phases import Job, check_memory, claim_run_dir, jsonable, schedule_fingerprint
-from wdctl.passes.student import StudentSpec, resolve_student, student_config
+from wdctl.passes.student import STUDENT_PRESETS, StudentSpec, resolve_student, size_note, student_config
 from wdctl.passes.training import TrainConfig
 from wdctl.passes.translate import translate_torch
 from wdctl.passes.vocab import encode_pairs
@@ -123,6 +124,29 @@ def export_paths(out: Path, quantize: str | None) -> dict[str, Path]:
     return paths
 
 
+def phase_memory(plan: GroupPlan, s: CompressSettings) -> dict:
+    """Each training phase's estimated peak memory, for its own --max-tokens and precision
+    (`GroupPlan.phase_memory`: wd's phase 1 trains the generators; every other phase, and the one
+    phase of kd and cut-kd, which runs on the phase-1 schedule, trains a plain student), with the
+    RAM available now."""
+    generator = METHODS[s.method].needs_generator
+    phases = {}
+    for name, cfg in (("phase1", s.phase1), ("phase2", s.phase2)):
+        parts = plan.phase_memory("phase1" if generator and name == "phase1" else "phase2", cfg.max_tokens,
+                                  cfg.precision)
+        phases[name] = {"max_tokens": cfg.max_tokens, "precision": cfg.precision, "bytes": parts,
+                        "total_bytes": sum(parts.values())}
+    return {"phases": phases, "available_bytes": available_bytes()}
+
+
+def preset_of(student: str | dict | StudentSpec, spec: StudentSpec, teacher_config) -> str | None:
+    """The preset `student` names, if the shape is that preset's (no overriding shape flags)."""
+    name = student if isinstance(student, str) else student.get("preset") if isinstance(student, dict) else None
+    if name not in STUDENT_PRESETS:
+        return None
+    return name if resolve_student(name, teacher_config) == spec else None
+
+
 def compress(settings: CompressSettings) -> dict:
     """Compress the teacher into a student at `settings.out`; returns the metrics (also in the run dir)."""
     s = settings.validate()
@@ -132,14 +156,15 @@ def compress(settings: CompressSettings) -> dict:
     s_config = student_config(teacher_config, spec)
     subset_bytes = s.subset_bytes or DEFAULT_SUBSET_BYTES
     plan = GroupPlan.build(teacher_config, s_config, subset_bytes=subset_bytes, generator=s.generator)
-    memory = {"phase1_estimate_bytes": plan.estimate_phase1_bytes(), "available_bytes": available_bytes()}
+    memory = phase_memory(plan, s)
     summary = {"method": s.method, "generator": s.generator, "start": s.start,
                "teacher": StudentSpec.from_config(teacher_config).to_dict(), "student": spec.to_dict(),
                "teacher_parameters": count_parameters(teacher_config), "student_parameters": count_parameters(s_config),
                "generator_parameters": plan.total_generator_params,
                "generator_sizes": generator_sizes(teacher_config, s_config, subset_bytes)}
     if s.dry_run:
-        return {**summary, "dry_run": True, "plan": plan.to_dict(), "plan_text": plan.format(), **memory}
+        return {**summary, "dry_run": True, "plan": plan.to_dict(), "plan_text": plan.format(), "memory": memory,
+                "size_note": size_note(preset_of(s.student, spec, teacher_config), teacher_config)}
     if s.data is None or s.out is None:
         raise InputError("--data and --out are required (except with --dry-run)")
     dist = distributed(s.phase1.device)
@@ -157,8 +182,7 @@ def compress(settings: CompressSettings) -> dict:
     if test_pairs and s.test_sentences:
         test_pairs = test_pairs[: s.test_sentences]
     needs_generator = METHODS[s.method].needs_generator
-    if needs_generator:
-        check_memory(plan, memory["available_bytes"])
+    check_memory({name: phase["total_bytes"] for name, phase in memory["phases"].items()}, memory["available_bytes"])
 
     fingerprint = jsonable({  # as it reads back from config.json (tuples become lists)
         "teacher_dir": str(s.teacher_dir.resolve()),

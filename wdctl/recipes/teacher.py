@@ -19,6 +19,8 @@ from wdctl.core.metrics import score_bleu
 from wdctl.core.runinfo import versions, write_json
 from wdctl.passes.distributed import Distributed, check_accum, distributed
 from wdctl.passes.marian import TEACHER_PRESETS, build_teacher, save_marian
+from wdctl.passes.memory import training_peak
+from wdctl.passes.phases import check_memory
 from wdctl.passes.training import TrainConfig, train
 from wdctl.passes.translate import dev_bleu_evaluator, translate_torch
 from wdctl.passes.vocab import encode_pairs, train_vocabulary
@@ -72,6 +74,9 @@ def train_teacher(
     examples, _ = encode_pairs(tokenizer, train_pairs, max_length=256)
     torch.manual_seed(cfg.seed)  # the initial weights depend on the seed alone
     model = build_teacher(preset, len(tokenizer))
+    # the resource guard: the model, its gradients and Adam's moments, and a --max-tokens batch
+    memory = training_peak(model.config, cfg.max_tokens, cfg.precision, model=4 * 4 * model.num_parameters())
+    check_memory({"teacher training": sum(memory.values())})
     if dist.is_main:
         write_json(run_dir / "config.json", {"data": str(data), "preset": preset, "train": asdict(cfg),
                                              "processes": dist.world, "vocab_size": len(tokenizer),
@@ -83,6 +88,7 @@ def train_teacher(
         return {}
 
     metrics = {"steps": result.steps, "train_minutes": round(result.train_seconds / 60, 1),
+               "memory_estimate_mb": round(sum(memory.values()) / 2**20),
                "peak_rss_mb": round(result.peak_rss_mb), "parameters": model.num_parameters()}
     def translate(sentences, beams):
         return translate_torch(model, tokenizer, sentences, beams=beams, batch_size=64, progress=True)
