@@ -26,6 +26,7 @@ from wdctl.core.atomic import MARKER, atomic_dir
 from wdctl.core.errors import InputError, WdctlError
 from wdctl.core.runinfo import cpu_info, versions, write_json
 from wdctl.export.package import OnnxPackage
+from wdctl.export.session import detect_isa  # noqa: F401 - the ISA int8 targets, re-exported
 
 MODES = ("int8", "fp16")
 ISAS = ("auto", "avx512_vnni", "avx512", "avx2", "arm64")
@@ -39,20 +40,6 @@ NODE_ALIASES = {
     "output_projection": ["*lm_head*"],
     "embeddings": ["*embed_tokens*", "*shared*", "*embed_positions*"],
 }
-
-
-def detect_isa(info: dict | None = None) -> str:
-    """The quantization target for this CPU, from `cpu_info()` (reads /proc/cpuinfo)."""
-    info = info or cpu_info()
-    machine = (info.get("machine") or "").lower()
-    flags = set(info.get("isa_flags") or ())
-    if machine in ("arm64", "aarch64"):
-        return "arm64"
-    if "avx512_vnni" in flags:
-        return "avx512_vnni"
-    if "avx512f" in flags:
-        return "avx512"
-    return "avx2"
 
 
 def quantization_config(isa: str, nodes_to_exclude: list[str]):
@@ -188,8 +175,8 @@ def _quantize_translator_file(src: Path, dest: Path, mode: str, isa: str | None 
 
 def quantize_into(package_dir: Path, dest: Path, *, mode: str = "int8", isa: str = "auto",
                   keep_fp32: Iterable[str] = ()) -> dict:
-    """Quantize every ONNX file of `package_dir` into the existing directory `dest` and copy the
-    config and tokenizer files. Returns the report (also written to `dest/quantize_report.json`)."""
+    """Quantize every ONNX file of `package_dir` into the existing directory `dest` (a
+    translator-only package: the translator alone, int8 only) and copy the config and tokenizer files. Returns the report (also written to `dest/quantize_report.json`)."""
     package_dir, dest = Path(package_dir), Path(dest)
     if mode not in MODES:
         raise InputError(f"unknown quantization mode '{mode}' (choose from {', '.join(MODES)})")
@@ -199,7 +186,9 @@ def quantize_into(package_dir: Path, dest: Path, *, mode: str = "int8", isa: str
         raise InputError(f"{package_dir}: package directory not found")
     if not (package_dir / "config.json").is_file():
         raise InputError(f"{package_dir}: no config.json (export the model first with `wdctl export`)")
-    OnnxPackage(package_dir).graphs()
+    if not OnnxPackage(package_dir).graphs() and mode != "int8":
+        raise InputError(f"{package_dir}: a translator-only package has no {mode} build (the translator runs "
+                         "in fp32 or int8 on the CPU); export with `wdctl export --optimum` for optimum's files")
     keep_fp32 = tuple(keep_fp32)
     started = time.perf_counter()
     resolved_isa = None

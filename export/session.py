@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 
 from wdctl.core.errors import InputError
+from wdctl.core.runinfo import cpu_info
 
 # Rows (sentences x beams) per search up to which onnxruntime's int8 products run faster on
 # AVX-512 VNNI than on AMX (`wdctl.core.amx`). `benchmarks/int8_rows.py`, the teacher's shapes:
@@ -19,6 +20,20 @@ from wdctl.core.errors import InputError
 AMX_SLOWER_UP_TO_ROWS = 4
 GPU_HINT = "onnxruntime-gpu not installed: pip install 'wdctl[gpu]'"
 DEVICES = ("cpu", "cuda")
+
+
+def detect_isa(info: dict | None = None) -> str:
+    """The quantization target for this CPU, from `cpu_info()` (reads /proc/cpuinfo)."""
+    info = info or cpu_info()
+    machine = (info.get("machine") or "").lower()
+    flags = set(info.get("isa_flags") or ())
+    if machine in ("arm64", "aarch64"):
+        return "arm64"
+    if "avx512_vnni" in flags:
+        return "avx512_vnni"
+    if "avx512f" in flags:
+        return "avx512"
+    return "avx2"
 
 
 def settle_int8_kernels(rows: int) -> bool:

@@ -26,7 +26,7 @@ import numpy as np
 
 from wdctl.core.errors import InputError
 from wdctl.export.package import OnnxPackage
-from wdctl.export.session import session_options, settle_int8_kernels
+from wdctl.export.session import detect_isa, session_options, settle_int8_kernels
 from wdctl.export.translator_embeddings import share_embeddings
 from wdctl.export.translator_graph import build_translator, save_model
 from wdctl.export.translator_weights import (  # noqa: F401 - the public names, re-exported
@@ -93,8 +93,6 @@ def quantize_translator(src, dst, *, min_elements: int = 0, reduce_range: bool |
     from onnx import numpy_helper
 
     if reduce_range is None:
-        from wdctl.export.quantize import detect_isa
-
         reduce_range = detect_isa() == "avx2"
     limit = 63.0 if reduce_range else 127.0
     if isinstance(src, onnx.ModelProto):
