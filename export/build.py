@@ -55,15 +55,17 @@ def package_translator(package: Path, *, threads: int = 1, device: str = "cpu", 
 
 def validation_line(report: dict) -> str:
     check = report.get("validation")
-    if not check:
-        return "not validated"
-    line = (f"max |logit diff| {check['max_abs_logit_diff']:.1e}, greedy {check['greedy']['agree']}/"
-            f"{check['greedy']['total']}, beam-4 {check['beam4']['agree']}/{check['beam4']['total']} identical")
     graph = report.get("translator")
+    if not check and not graph:
+        return "not validated"
+    line = ""
+    if check:
+        line = (f"max |logit diff| {check['max_abs_logit_diff']:.1e}, greedy {check['greedy']['agree']}/"
+                f"{check['greedy']['total']}, beam-4 {check['beam4']['agree']}/{check['beam4']['total']} identical; ")
     if graph:
-        line += (f"; in-graph translator greedy {graph['greedy']['agree']}/{graph['greedy']['total']}, "
+        line += (f"in-graph translator greedy {graph['greedy']['agree']}/{graph['greedy']['total']}, "
                  f"beam-4 {graph['beam4']['agree']}/{graph['beam4']['total']} identical")
-    return line
+    return line.rstrip("; ")
 
 
 def _export_optimum(model_dir: Path, out: Path, *, device: str, lenient: bool) -> tuple[dict, str | None]:
@@ -118,9 +120,11 @@ def validate_translator(model, tokenizer, path: Path, sentences: Sequence[str] =
     return report
 
 
-def add_translator(model_dir: Path, package: Path) -> dict:
+def add_translator(model_dir: Path, package: Path, save_files: bool = False) -> dict:
     """Build `translator.onnx` (fp32) into `package` from the model's weights and validate it
-    against PyTorch: identical tokens or `WdctlError`. Returns the validation report."""
+    against PyTorch: identical tokens or `WdctlError`. Returns the validation report. With
+    `save_files`, also the config, generation config and tokenizer files (a translator-only
+    package: no optimum export wrote them)."""
     import time
     import warnings
 
@@ -132,6 +136,11 @@ def add_translator(model_dir: Path, package: Path) -> dict:
         warnings.simplefilter("ignore")
         model, tokenizer = load_marian(model_dir)
     model.eval()
+    if save_files:
+        for name in ("config.json", "generation_config.json"):
+            if (Path(model_dir) / name).is_file():
+                shutil.copy2(Path(model_dir) / name, package / name)
+        tokenizer.save_pretrained(package)
     path = export_translator(model, package / OnnxPackage.TRANSLATOR)
     check = validate_translator(model, tokenizer, path)
     check["seconds"] = round(time.perf_counter() - started, 2)
@@ -150,31 +159,52 @@ class TranslatorMismatch(WdctlError):
         self.report = report
 
 
-def _export_fp32(model_dir: Path, out: Path, *, device: str, force: bool, lenient: bool) -> tuple[dict, str | None]:
-    """The validated export: optimum's files (`export_onnx`) plus the in-graph translator, both
-    checked against PyTorch; nothing is written at `out` when either check fails. With `lenient`,
-    a model that fails only the agreement checks is exported anyway, with a note."""
+def _translator_only_report(model_dir: Path, device: str) -> dict:
+    """The export report of a package without optimum's files (what `export_onnx` records,
+    less optimum's graphs and their check)."""
+    from wdctl.core.runinfo import cpu_info, versions
+    from wdctl.export.onnx_export import TASK
+
+    return {"model_dir": str(model_dir), "task": TASK, "files": [], "optimum": False, "device": device,
+            "sizes": {"files": {}, "onnx_total": 0,
+                      "pytorch_weights": (Path(model_dir) / "model.safetensors").stat().st_size},
+            "versions": versions(), "cpu": cpu_info()}
+
+
+def _export_fp32(model_dir: Path, out: Path, *, device: str, force: bool, lenient: bool,
+                 optimum: bool = True) -> tuple[dict, str | None]:
+    """The validated export: optimum's files (`export_onnx`, with `optimum`) plus the in-graph
+    translator, each checked against PyTorch; nothing is written at `out` when a check fails.
+    With `lenient`, a model that fails only the agreement checks is exported anyway, with a note."""
     out = Path(out)
     check_output_dir(out, force)
     with atomic_dir(out, force) as tmp:
-        inner = tmp / "optimum"
+        if optimum:
+            inner = tmp / "optimum"
+            try:
+                report, note = _export_optimum(model_dir, inner, device=device, lenient=lenient)
+            except WdctlError as exc:  # name the real output, not the scratch directory
+                raise type(exc)(str(exc).replace(str(inner), str(out))) from None
+            for path in inner.iterdir():
+                shutil.move(str(path), str(tmp / path.name))
+            inner.rmdir()
+        else:
+            report, note = None, None
         try:
-            report, note = _export_optimum(model_dir, inner, device=device, lenient=lenient)
-        except WdctlError as exc:  # name the real output, not the scratch directory
-            raise type(exc)(str(exc).replace(str(inner), str(out))) from None
-        for path in inner.iterdir():
-            shutil.move(str(path), str(tmp / path.name))
-        inner.rmdir()
-        try:
-            report["translator"] = add_translator(model_dir, tmp)
+            check = add_translator(model_dir, tmp, save_files=not optimum)
         except TranslatorMismatch as exc:
             if not lenient:
                 raise WdctlError(f"{exc}; nothing written to {out}") from None
-            report["translator"] = {**exc.report, "passed": False}
+            check = {**exc.report, "passed": False}
             note = "; ".join(filter(None, [note, f"the in-graph translator failed its check against PyTorch and is "
                                                  f"measured anyway ({exc})"]))
+        except InputError:  # a bad model directory (translator-only: nothing checked it before)
+            raise
         except WdctlError as exc:
             raise WdctlError(f"{exc}; nothing written to {out}") from None
+        if report is None:
+            report = _translator_only_report(model_dir, device)
+        report["translator"] = check
         report["files"] = sorted({*report["files"], OnnxPackage.TRANSLATOR})
         report["sizes"]["translator"] = report["translator"]["bytes"]
         write_json(tmp / OnnxPackage.EXPORT_REPORT, report)
@@ -182,23 +212,34 @@ def _export_fp32(model_dir: Path, out: Path, *, device: str, force: bool, lenien
     return report, note
 
 
+def needs_optimum(device: str, mode: str | None) -> bool:
+    """Whether a package must hold optimum's encoder and decoder: the in-graph translator runs on
+    the CPU only and has no fp16 build, so `--device cuda` and fp16 packages run optimum's files."""
+    return device != "cpu" or mode == "fp16"
+
+
 def build_package(model_dir: Path | str, fp32_dir: Path | str | None, quant_dir: Path | str | None = None, *,
                   mode: str = "int8", isa: str = "auto", keep_fp32: Iterable[str] = (), device: str = "cpu",
                   force: bool = False, export: bool = True, lenient: bool = False, score: Scorer | None = None,
-                  log: Callable[[str], None] | None = None) -> dict:
+                  log: Callable[[str], None] | None = None, optimum: bool | None = True) -> dict:
     """Export `model_dir` to the fp32 package `fp32_dir` (validated against PyTorch), quantize it
     to `quant_dir` (`mode`), and re-score the quantized package with `score` before keeping it.
 
     `fp32_dir=None`: the fp32 export goes to a scratch directory and is not kept, and the
     quantized package carries the export report too (what `wdctl export` writes).
     `export=False`: `fp32_dir` already holds the package; only quantize.
+    `optimum`: also write optimum's encoder and merged decoder (validated too; the default, for
+    `wdctl compress`'s OUT.onnx/OUT.int8); None: only where they are needed (`needs_optimum`).
+    Without them a package is the translator, config and tokenizer files.
     Returns {"onnx": export report, MODE: quantize report, "quality": score's figures, "note": ...}.
     """
     model_dir = Path(model_dir)
     result: dict = {}
+    if optimum is None:
+        optimum = needs_optimum(device, mode if quant_dir is not None else "none")
     if quant_dir is None:
         result["onnx"], result["note"] = _export_fp32(model_dir, Path(fp32_dir), device=device, force=force,
-                                                      lenient=lenient)
+                                                      lenient=lenient, optimum=optimum)
         return result
     quant_dir = Path(quant_dir)
     with atomic_dir(quant_dir, force) as tmp, tempfile.TemporaryDirectory(
@@ -207,7 +248,7 @@ def build_package(model_dir: Path | str, fp32_dir: Path | str | None, quant_dir:
         source = Path(scratch) / "fp32" if standalone else Path(fp32_dir)
         if export:
             result["onnx"], result["note"] = _export_fp32(model_dir, source, device=device, force=force,
-                                                          lenient=lenient)
+                                                          lenient=lenient, optimum=optimum)
             if log:
                 log(f"fp32 export verified ({validation_line(result['onnx'])}); quantizing to {mode}")
         report = quantize_into(source, tmp, mode=mode, isa=isa, keep_fp32=keep_fp32)
@@ -230,10 +271,14 @@ def compare_packages(fp32_dir: Path, quant_dir: Path, mode: str, sources: list[s
                      beams: int, threads: int, device: str) -> dict:
     """BLEU / chrF of the fp32 and quantized packages (against references when given), and of
     the quantized output against the fp32 output."""
+    # translator-only packages (no optimum files) are scored on their translator alone
+    graph_only = not all(OnnxPackage(path).has_optimum() for path in (fp32_dir, quant_dir))
     hyps = {}
     for name, path in (("fp32", fp32_dir), (mode, quant_dir)):
-        hyps[name] = package_translator(path, threads=threads, device=device)(sources, beams)
+        hyps[name] = package_translator(path, threads=threads, device=device, graph=graph_only)(sources, beams)
     quality: dict = {"sentences": len(sources), "beams": beams, "references": refs is not None}
+    if graph_only:
+        quality["engine"] = OnnxPackage.TRANSLATOR
     if refs is not None:
         for name, out in hyps.items():
             quality[f"bleu_{name}"] = bleu(out, refs).score
@@ -242,7 +287,11 @@ def compare_packages(fp32_dir: Path, quant_dir: Path, mode: str, sources: list[s
     quality[f"bleu_{mode}_vs_fp32"] = agreement.score
     quality["signature"] = agreement.signature
     quality["identical_sentences"] = sum(a == b for a, b in zip(hyps["fp32"], hyps[mode]))
-    if mode == "int8" and OnnxPackage(fp32_dir).has_translator() and OnnxPackage(quant_dir).has_translator():
+    if graph_only:  # the figures above are the translator's already
+        quality["translator"] = {"file": OnnxPackage.TRANSLATOR, "beams": beams,
+                                 **{k.replace(f"_{mode}", "_int8"): v for k, v in quality.items()
+                                    if k.startswith(("bleu_", "chrf_")) or k == "identical_sentences"}}
+    elif mode == "int8" and OnnxPackage(fp32_dir).has_translator() and OnnxPackage(quant_dir).has_translator():
         quality["translator"] = _compare_translators(fp32_dir, quant_dir, sources, refs, beams, threads)
     return quality
 
@@ -275,8 +324,10 @@ def _sources_and_refs(data: str | None, max_sentences: int) -> tuple[list[str], 
 
 def export_model(model_dir: Path, out: Path, *, quantize: str | None = None, device: str = "cpu", threads: int = 1,
                  isa: str = "auto", keep_fp32: Sequence[str] = (), data: str | None = None, max_sentences: int = 200,
-                 beams: int = 4, force: bool = False, log: Callable[[str], None] | None = None) -> tuple[dict, str | None]:
-    """`wdctl export`: returns (the package's export report, the quantization mode or None)."""
+                 beams: int = 4, force: bool = False, log: Callable[[str], None] | None = None,
+                 optimum: bool | None = None) -> tuple[dict, str | None]:
+    """`wdctl export`: returns (the package's export report, the quantization mode or None).
+    `optimum` None: optimum's files only where they are needed (`needs_optimum`)."""
     if device not in ("cpu", "cuda"):
         raise InputError(f"--device must be cpu or cuda (got '{device}')")
     mode = quantize or ("int8" if device == "cpu" else "fp16")
@@ -286,17 +337,25 @@ def export_model(model_dir: Path, out: Path, *, quantize: str | None = None, dev
         raise InputError("--threads, --beams and --max-sentences must be at least 1")
     if keep_fp32 and mode != "int8":
         raise InputError("--keep-fp32 applies to --quantize int8 only")
+    if optimum is False and needs_optimum(device, mode):
+        raise InputError("--no-optimum: --device cuda and --quantize fp16 run optimum's encoder and decoder "
+                         "(the in-graph translator is for CPUs, fp32 or int8)")
+    if keep_fp32 and optimum is False:
+        raise InputError("--keep-fp32 applies to optimum's files (the translator's int8 keeps no nodes in fp32): "
+                         "drop --no-optimum")
+    # --keep-fp32 names nodes of optimum's files: it asks for them
+    optimum = bool(optimum) or bool(keep_fp32) or needs_optimum(device, mode)
     providers_for(device)
     check_output_dir(out, force)
     sources, refs = _sources_and_refs(data, max_sentences)
     if mode == "none":
-        return build_package(model_dir, out, None, device=device, force=force)["onnx"], None
+        return build_package(model_dir, out, None, device=device, force=force, optimum=optimum)["onnx"], None
 
     def score(fp32: Path, quantized: Path) -> dict:
         return compare_packages(fp32, quantized, mode, sources, refs, beams, threads, device)
 
     result = build_package(model_dir, None, out, mode=mode, isa=isa, keep_fp32=keep_fp32, device=device, force=force,
-                           score=score, log=log)
+                           score=score, log=log, optimum=optimum)
     return result["report"], mode
 
 
@@ -317,7 +376,7 @@ class OnnxTeacher:
                        "exporting it again")
         else:
             return
-        build_package(teacher_dir, workdir, force=workdir.exists())
+        build_package(teacher_dir, workdir, force=workdir.exists(), optimum=False)  # the translator is all it runs
 
     @staticmethod
     def current(workdir: Path) -> bool:

@@ -1,11 +1,11 @@
 """The ONNX package: the one place that knows which files a package holds.
 
-A package is what `wdctl export` writes: `encoder_model.onnx` and `decoder_model_merged.onnx`
-(one decoder with and without KV cache), `translator.onnx` (the whole search in one graph,
+A package is what `wdctl export` writes: `translator.onnx` (the whole search in one graph,
 `wdctl.export.translator`), config, generation config and tokenizer files,
-`export_report.json` (and `quantize_report.json` when quantized).
-`ORTModelForSeq2SeqLM.from_pretrained(package)` loads it with its defaults. A new graph
-(e.g. an in-graph translator) is one more name in `GRAPHS`.
+`export_report.json` (and `quantize_report.json` when quantized); with `--optimum` (and always
+for `--device cuda` and fp16) also optimum's `encoder_model.onnx` and `decoder_model_merged.onnx`
+(one decoder with and without KV cache), which `ORTModelForSeq2SeqLM.from_pretrained(package)`
+loads with its defaults. A new graph is one more name in `GRAPHS`.
 """
 
 from __future__ import annotations
@@ -38,8 +38,15 @@ class OnnxPackage:
 
     @classmethod
     def is_package(cls, path: Path | str) -> bool:
-        """True for a directory that holds an exported encoder (e.g. `wdctl translate`'s choice)."""
-        return (Path(path) / cls.ENCODER).is_file()
+        """True for a directory that holds an exported translator or encoder (e.g. `wdctl
+        translate`'s choice)."""
+        return (Path(path) / cls.TRANSLATOR).is_file() or (Path(path) / cls.ENCODER).is_file()
+
+    def has_optimum(self) -> bool:
+        """Whether optimum's encoder and decoder are here (standard or quantized names): what
+        ORTModelForSeq2SeqLM (`load_optimum`) needs."""
+        return all((self.path / name).is_file() or (self.path / self.QUANTIZED[name]).is_file()
+                   for name in self.OPTIMUM_GRAPHS)
 
     @staticmethod
     def is_graph_file(path: Path) -> bool:
@@ -47,10 +54,11 @@ class OnnxPackage:
         return path.suffix == ".onnx" or path.name.endswith(".onnx_data")
 
     def graphs(self) -> list[Path]:
-        """optimum's ONNX graphs of the package (what ORTQuantizer / the fp16 converter convert);
-        the translator has its own quantization (`quantize_translator`)."""
+        """optimum's ONNX graphs of the package (what ORTQuantizer / the fp16 converter convert;
+        none in a translator-only package); the translator has its own quantization
+        (`quantize_translator`)."""
         files = sorted(p for p in self.path.glob("*.onnx") if p.name != self.TRANSLATOR)
-        if not files:
+        if not files and not self.has_translator():
             raise InputError(f"{self.path}: no .onnx files (export the model first with `wdctl export`)")
         return files
 
@@ -94,8 +102,10 @@ class OnnxPackage:
             if (self.path / candidate).is_file():
                 return self.path / candidate
         found = sorted(p.name for p in self.path.glob("*.onnx"))
+        hint = "; a translator-only package: export with `wdctl export --optimum` for optimum's files" \
+            if self.has_translator() else ""
         raise WdctlError(f"{self.path}: no {name} or {self.QUANTIZED[name]} "
-                         f"(found: {', '.join(found) or 'no .onnx files'})")
+                         f"(found: {', '.join(found) or 'no .onnx files'}{hint})")
 
     @property
     def encoder(self) -> Path:

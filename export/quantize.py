@@ -176,7 +176,8 @@ def _quantize_translator_file(src: Path, dest: Path, mode: str, isa: str | None 
 def quantize_into(package_dir: Path, dest: Path, *, mode: str = "int8", isa: str = "auto",
                   keep_fp32: Iterable[str] = ()) -> dict:
     """Quantize every ONNX file of `package_dir` into the existing directory `dest` (a
-    translator-only package: the translator alone, int8 only) and copy the config and tokenizer files. Returns the report (also written to `dest/quantize_report.json`)."""
+    translator-only package: the translator alone, int8 only) and copy the config and tokenizer
+    files. Returns the report (also written to `dest/quantize_report.json`)."""
     package_dir, dest = Path(package_dir), Path(dest)
     if mode not in MODES:
         raise InputError(f"unknown quantization mode '{mode}' (choose from {', '.join(MODES)})")

@@ -32,7 +32,7 @@ def _read_input(path: Optional[Path]) -> list[str]:
 
 @app.command("translate")
 def translate_command(
-    model_dir: Path = typer.Argument(..., help="A MarianMT directory, or a package written by `wdctl export` (has encoder_model.onnx)."),
+    model_dir: Path = typer.Argument(..., help="A MarianMT directory, or a package written by `wdctl export` (has translator.onnx, or optimum's encoder_model.onnx)."),
     input: Optional[Path] = typer.Option(None, "--input", "-i", help="Text file, one sentence per line (default: standard input)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Where to write translations, one per input line (default: standard output)."),
     beams: int = typer.Option(4, "--beams", help="Beam size (1 = greedy)."),
