@@ -1,6 +1,7 @@
 """Packages for `wdctl bench`: each system (teacher, students) exported once per runtime.
 
-ONNX fp32 and int8 (both made by `wdctl.export.build.build_package`) and CTranslate2 int8
+ONNX fp32 and int8 (both made by `wdctl.export.build.build_package`; optimum's encoder and
+decoder only when a backend that loads them, `ort-optimum`, is benched) and CTranslate2 int8
 (when `ctranslate2` is importable), built into a cache directory that later runs reuse: a
 `NAME.source.json` beside the packages records the weights they came from, and a package of
 other weights is rebuilt.
@@ -24,6 +25,7 @@ from wdctl.passes.narrow_marian import ct2_unsupported
 
 PACKAGE_OF = {"torch": None, "ort-optimum": "fp32", "ort-graph": "fp32", "ort-graph-int8": "int8", "ct2": "ct2"}
 GRAPH_BACKENDS = ("ort-graph", "ort-graph-int8")  # these load the package's translator.onnx
+OPTIMUM_BACKENDS = ("ort-optimum",)  # these load optimum's encoder and decoder: exported only for them
 
 
 @dataclass
@@ -78,10 +80,14 @@ def _weights(stamp: dict) -> dict:
     return {k: stamp.get(k) for k in ("weights_sha256", "config_sha256")}
 
 
-def _package_ready(path: Path, kind: str = "ct2") -> bool:
-    """A finished package; an ONNX one must hold the in-graph translator (older caches do not)."""
+def _package_ready(path: Path, kind: str = "ct2", optimum: bool = False) -> bool:
+    """A finished package; an ONNX one must hold the in-graph translator (older caches do not)
+    and, with `optimum`, optimum's encoder and decoder (translator-only packages do not)."""
     ready = path.is_dir() and (path / MARKER).is_file()
-    return ready and (kind == "ct2" or OnnxPackage(path).has_translator())
+    if not ready or kind == "ct2":
+        return ready
+    package = OnnxPackage(path)
+    return package.has_translator() and (not optimum or package.has_optimum())
 
 
 def convert_ct2(model_dir: Path, out: Path, force: bool = False) -> dict:
@@ -106,6 +112,7 @@ def prepare_packages(systems: list[System], backends: tuple[str, ...], cache: Pa
     Fills `system.packages`; returns notes (e.g. CTranslate2 skipped)."""
     notes: list[str] = []
     kinds = {PACKAGE_OF[b] for b in backends} - {None}
+    optimum = any(b in OPTIMUM_BACKENDS for b in backends)
     if "int8" in kinds:
         kinds.add("fp32")
     if "ct2" in kinds and not ct2_available():
@@ -141,7 +148,7 @@ def prepare_packages(systems: list[System], backends: tuple[str, ...], cache: Pa
             if kind not in kinds or (kind == "ct2" and unsupported):
                 continue
             path = paths[kind]
-            if fresh and _package_ready(path, kind):
+            if fresh and _package_ready(path, kind, optimum=optimum and kind == "fp32"):
                 log(f"{system.name}: reusing the {kind} package {path.name}")
             else:
                 log(f"{system.name}: building the {kind} package {path.name}")
@@ -151,7 +158,8 @@ def prepare_packages(systems: list[System], backends: tuple[str, ...], cache: Pa
                     # beams tie): then it is exported unchecked, with a note, and the bench's own
                     # rows show how far ORT and PyTorch differ
                     built = build_package(system.model_dir, paths["fp32"], path if kind == "int8" else None,
-                                          mode="int8", force=force, export=kind == "fp32", lenient=True)
+                                          mode="int8", force=force, export=kind == "fp32", lenient=True,
+                                          optimum=optimum)
                     if built.get("note"):
                         system_notes.append(built["note"])
                 else:
