@@ -227,6 +227,34 @@ def test_failed_measurements_are_reported_and_exit_1(cli, tiny_teacher_dir, tiny
     assert "failed: RuntimeError: boom" in (out / "report.md").read_text(encoding="utf-8")
 
 
+def test_graph_backends_bench_translator_only_packages(tiny_teacher_dir, tiny_corpus, tmp_path, cli):
+    """Without ort-optimum the bench exports no optimum files (translator.onnx + config +
+    tokenizer) and the in-graph backends run on them; asking for ort-optimum later rebuilds the
+    fp32 package with optimum's encoder and decoder."""
+    import wdctl.bench.packages as packages
+    from wdctl.export.package import OnnxPackage
+
+    out, cache = tmp_path / "report", tmp_path / "packages"
+    code, _, err = cli("bench", "--teacher", tiny_teacher_dir, "--student", tiny_teacher_dir, "--data", tiny_corpus,
+                       "--quick", "--backends", "ort-graph,ort-graph-int8", "--max-sentences", 3,
+                       "--packages", cache, "--out", out)
+    assert code == 0, err
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    validate(report)
+    assert {r["backend"] for r in report["rows"]} == {"ort-graph", "ort-graph-int8"}
+    for kind in ("fp32", "int8"):
+        pkg = cache / f"teacher-{kind}"
+        assert sorted(p.name for p in pkg.glob("*.onnx")) == ["translator.onnx"], kind
+    logs: list[str] = []
+    systems = packages.make_systems(tiny_teacher_dir, [])
+    packages.prepare_packages(systems, ("ort-optimum",), cache, log=logs.append)
+    assert logs == ["teacher: building the fp32 package teacher-fp32"]
+    assert OnnxPackage(cache / "teacher-fp32").has_optimum()
+    logs.clear()
+    packages.prepare_packages(systems, ("ort-optimum", "ort-graph"), cache, log=logs.append)
+    assert logs == ["teacher: reusing the fp32 package teacher-fp32"]
+
+
 def test_ct2_missing_is_a_note_not_a_failure(tiny_teacher_dir, tmp_path, monkeypatch):
     import wdctl.bench.packages as packages
 

@@ -14,14 +14,74 @@ from wdctl.core.errors import InputError, WdctlError
 
 @pytest.fixture(scope="session")
 def exported(tmp_path_factory, tiny_teacher_dir):
-    """The tiny teacher through the CLI once: an fp32 package and an int8 package."""
+    """The tiny teacher through the CLI once, with optimum's files: an fp32 package and an int8 package."""
     from wdctl.cli import main
 
     root = tmp_path_factory.mktemp("export")
-    assert main(["export", str(tiny_teacher_dir), "--out", str(root / "fp32"), "--quantize", "none"]) == 0
+    assert main(["export", str(tiny_teacher_dir), "--out", str(root / "fp32"), "--quantize", "none",
+                 "--optimum"]) == 0
     assert main(["export", str(tiny_teacher_dir), "--out", str(root / "int8"), "--quantize", "int8",
-                 "--beams", "2"]) == 0
+                 "--beams", "2", "--optimum"]) == 0
     return {"fp32": root / "fp32", "int8": root / "int8", "root": root}
+
+
+@pytest.fixture(scope="session")
+def translator_only(tmp_path_factory, tiny_teacher_dir):
+    """The default export (no --optimum): translator.onnx + config + tokenizer, fp32 and int8."""
+    from wdctl.cli import main
+
+    root = tmp_path_factory.mktemp("translator-only")
+    assert main(["export", str(tiny_teacher_dir), "--out", str(root / "fp32"), "--quantize", "none"]) == 0
+    assert main(["export", str(tiny_teacher_dir), "--out", str(root / "int8"), "--beams", "2"]) == 0
+    return {"fp32": root / "fp32", "int8": root / "int8"}
+
+
+def test_default_package_is_the_translator_alone(translator_only, exported, tiny_teacher_dir, bible_pairs,
+                                                 tmp_path, cli, capsys):
+    from wdctl.commands.export import _summary
+    from wdctl.export.package import OnnxPackage
+
+    for mode in ("fp32", "int8"):
+        pkg = translator_only[mode]
+        assert sorted(p.name for p in pkg.glob("*.onnx")) == ["translator.onnx"], mode
+        for name in ("config.json", "generation_config.json", "tokenizer_config.json", "vocab.json", "source.spm"):
+            assert (pkg / name).is_file(), (mode, name)
+        assert OnnxPackage.is_package(pkg) and not OnnxPackage(pkg).has_optimum()
+        report = _report(pkg)
+        assert "validation" not in report and report["translator"]["passed"] and report["optimum"] is False
+        _summary(pkg, report, None if mode == "fp32" else mode)
+        assert "(translator.onnx only)" in capsys.readouterr().out
+        # a third or less of the package with optimum's files
+        size = sum(p.stat().st_size for p in pkg.glob("*.onnx"))
+        assert size < 0.5 * sum(p.stat().st_size for p in exported[mode].glob("*.onnx")), mode
+    report = _report(translator_only["int8"])
+    assert report["quantization"]["files"]["translator.onnx"]["quantized_matmuls"] > 0
+    assert report["quality"]["engine"] == "translator.onnx" and report["quality"]["translator"]["beams"] == 2
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(s for s, _ in bible_pairs["test"][:5]) + "\n", encoding="utf-8")
+    outputs = {}
+    for name, model in (("package", translator_only["fp32"]), ("torch", tiny_teacher_dir)):
+        code, out, err = cli("translate", model, "--input", src, "--beams", "4")
+        assert code == 0, err
+        outputs[name] = out
+    assert outputs["package"] == outputs["torch"] and len(outputs["package"].splitlines()) == 5
+    code, out, err = cli("translate", translator_only["int8"], "--input", src, "--beams", "2")
+    assert code == 0 and len(out.splitlines()) == 5, err
+
+
+def test_translator_only_package_refuses_what_needs_optimum(translator_only, tiny_teacher_dir, tmp_path, cli):
+    from wdctl.export.optimum_model import load_optimum
+    from wdctl.export.quantize import quantize_package
+
+    with pytest.raises(WdctlError, match="export --optimum"):
+        load_optimum(translator_only["fp32"])
+    with pytest.raises(InputError, match="export --optimum"):
+        quantize_package(translator_only["fp32"], tmp_path / "fp16", mode="fp16")
+    report = quantize_package(translator_only["fp32"], tmp_path / "int8", mode="int8")
+    assert sorted(report["files"]) == ["translator.onnx"]
+    assert sorted(p.name for p in (tmp_path / "int8").glob("*.onnx")) == ["translator.onnx"]
+    code, _, err = cli("export", tiny_teacher_dir, "--out", tmp_path / "x", "--quantize", "fp16", "--no-optimum")
+    assert code == 2 and "--no-optimum" in err and not (tmp_path / "x").exists()
 
 
 def _report(path: Path) -> dict:
@@ -277,7 +337,7 @@ def test_validation_failure_exits_1_and_leaves_nothing(tmp_path, tiny_teacher_di
         return report
 
     monkeypatch.setattr(onnx_export, "validate_package", disagreeing)
-    code, _, err = cli("export", tiny_teacher_dir, "--out", tmp_path / "cli", "--quantize", "int8")
+    code, _, err = cli("export", tiny_teacher_dir, "--out", tmp_path / "cli", "--quantize", "int8", "--optimum")
     assert code == 1 and "beam4 agrees on 3/8" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "cli").exists() and not _leftovers(tmp_path, "cli")
 
@@ -471,3 +531,16 @@ def test_int8_translator_gives_the_same_lines_without_amx(exported, tiny_corpus)
         pytest.skip("this kernel or container refuses seccomp filters")
     greedy, beams = json.loads(outs[0])
     assert outs[0] == outs[1] and len(greedy) == 12 and any(greedy) and any(beams)
+
+
+def test_onnx_teacher_exports_the_translator_alone(tiny_teacher_dir, tmp_path, bible_pairs):
+    """`compress --onnx-distill`'s teacher cache: translator.onnx + config + tokenizer, current,
+    and it translates."""
+    from wdctl.export.build import OnnxTeacher
+
+    teacher, workdir = OnnxTeacher(), tmp_path / "teacher-onnx"
+    teacher.prepare(tiny_teacher_dir, workdir)
+    assert sorted(p.name for p in workdir.glob("*.onnx")) == ["translator.onnx"] and teacher.current(workdir)
+    lines = teacher.load(tiny_teacher_dir, workdir, threads=1, device="cpu").translate(
+        [s for s, _ in bible_pairs["test"][:3]], beams=2)
+    assert len(lines) == 3 and all(lines)
