@@ -16,10 +16,11 @@ from wdctl.passes.narrow_marian import count_parameters
 # Python with torch and transformers imported, the tokenizer, a ~30k-pair encoded corpus and the
 # allocator's slack (330 MiB after the imports alone, measured on Linux x86-64).
 RUNTIME_BYTES = 512 * 2**20
-# Per token and vocabulary entry, the rows the loss holds at the start of backward: the logits,
-# their log-softmax and the gradients of both (label-smoothed cross-entropy runs in fp32, so
-# under autocast only the logits and their gradient are half precision).
-LOGIT_BYTES = {"fp32": 16, "bf16": 12, "fp16": 12}
+# Per token and vocabulary entry, what the loss holds at the start of backward: four fp32 rows
+# (the logits, their log-softmax and the gradients of both). Measured the same under bf16
+# autocast (label-smoothed cross-entropy runs in fp32, and the half-precision logits and
+# gradient come on top of its fp32 copies).
+LOGIT_BYTES = 16
 # Bytes per element of the activations layers save for backward (autocast keeps layer norms and
 # softmax in fp32, so half precision saves less than half).
 ACTIVATION_BYTES = {"fp32": 4, "bf16": 2.75, "fp16": 2.75}
@@ -47,7 +48,7 @@ def training_peak(config, max_tokens: int, precision: str = "fp32", **weights: i
     d_enc, d_dec = config.d_model, getattr(config, "decoder_d_model", None) or config.d_model
     saved = (config.encoder_layers * (9.5 * d_enc + 2 * config.encoder_ffn_dim)
              + config.decoder_layers * (16.75 * d_dec + 2 * config.decoder_ffn_dim))
-    per_token = LOGIT_BYTES[precision] * config.vocab_size + SLACK * ACTIVATION_BYTES[precision] * saved
+    per_token = LOGIT_BYTES * config.vocab_size + SLACK * ACTIVATION_BYTES[precision] * saved
     return {"runtime": RUNTIME_BYTES, **weights,
             "autocast_weights": 0 if precision == "fp32" else 2 * count_parameters(config),
             "activations": int(max_tokens * per_token)}
