@@ -107,7 +107,7 @@ def compress_command(
     subset_mb: Optional[int] = SubsetMbOpt,
     export: bool = typer.Option(True, "--export/--no-export", help="Also write the ONNX fp32 package OUT.onnx/ and the quantized package OUT.<mode>/ (e.g. OUT.int8/), whose test BLEU is scored again."),
     quantize: str = typer.Option("int8", "--quantize", help="Quantization of the exported package (a mode of `wdctl export`, e.g. int8), or 'none'."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the weight-grouping plan (classes, instances, groups, generator parameters and memory, subsets) and the phase-1 memory estimate; train nothing."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the weight-grouping plan (classes, instances, groups, generator parameters and memory, subsets) and each phase's peak-memory estimate at its --max-tokens; train nothing."),
     threads: Optional[int] = ThreadsOpt,
     device: Optional[str] = DeviceOpt,
     precision: Optional[str] = PrecisionOpt,
