@@ -228,8 +228,8 @@ def build_package(model_dir: Path | str, fp32_dir: Path | str | None, quant_dir:
     `fp32_dir=None`: the fp32 export goes to a scratch directory and is not kept, and the
     quantized package carries the export report too (what `wdctl export` writes).
     `export=False`: `fp32_dir` already holds the package; only quantize.
-    `optimum`: also write optimum's encoder and merged decoder (validated too; the default, for
-    `wdctl compress`'s OUT.onnx/OUT.int8); None: only where they are needed (`needs_optimum`).
+    `optimum`: also write optimum's encoder and merged decoder (validated too); None: only where
+    they are needed (`needs_optimum`: what `wdctl export` and `wdctl compress` do).
     Without them a package is the translator, config and tokenizer files.
     Returns {"onnx": export report, MODE: quantize report, "quality": score's figures, "note": ...}.
     """

@@ -219,7 +219,7 @@ def test_tiny_student_compresses_exports_and_translates(cli, tiny_teacher_dir, c
     assert type(model).__name__ == "NarrowMarianMTModel"
     assert model.config.decoder_d_model == model.config.d_model // 2
     report = json.loads((Path(f"{out}.onnx") / "export_report.json").read_text())
-    assert report["validation"]["passed"]
+    assert report["translator"]["passed"]
     assert any(Path(f"{out}.int8").glob("*.onnx"))
     src = tmp_path / "src.txt"
     src.write_text("In the beginning God created the heaven and the earth.\nYes.\n", encoding="utf-8")
@@ -232,7 +232,7 @@ def test_tiny_student_compresses_exports_and_translates(cli, tiny_teacher_dir, c
     assert "int8_test_bleu_beam4" in metrics["exports"]["int8_scores"]  # re-scored by its in-graph translator
 
 
-@pytest.mark.parametrize("start", ["leading", "importance"])
+@pytest.mark.parametrize("start", ["leading", "importance", "block-importance"])
 def test_coherent_wd_starts_at_or_below_cut_kd(cli, tiny_teacher_dir, corpus, tmp_path, start):
     """The step-0 probe loss of coherent WD is the cut-off student's (or lower), in `compress` runs;
     with --start importance both record the teacher layer each student layer starts from, and

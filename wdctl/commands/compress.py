@@ -30,7 +30,7 @@ FfnDimOpt = typer.Option(None, "--ffn-dim", help="Student FFN size, encoder and 
 HeadsOpt = typer.Option(None, "--heads", help="Student attention heads, encoder and decoder.")
 SubsetMbOpt = typer.Option(None, "--subset-mb", help="Memory bound of one generator subset in MiB (default 256).")
 GeneratorOpt = typer.Option("coherent", "--generator", help="Parameter generator form (wd): 'coherent' = one projection per student space, starting exactly at the cut-off student (default); 'release' = the paper release's per-tensor random projections.")
-StartOpt = typer.Option("leading", "--start", help="Which teacher slice the student starts from (wd, cut-kd): 'leading' = leading rows/columns and each group's bottom layer; 'importance' = coordinates, heads and layers ranked on a few training batches.")
+StartOpt = typer.Option("leading", "--start", help="Which teacher slice the student starts from (wd, cut-kd): 'leading' = leading rows/columns and each group's bottom layer; 'importance' = coordinates, heads and layers ranked on a few training batches (layers by the cut student's loss); 'block-importance' = the same, layers by block importance (1 - cos(layer input, output)).")
 
 
 def student_request(student: str, encoder_layers=None, decoder_layers=None, d_model=None, ffn_dim=None,

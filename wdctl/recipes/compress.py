@@ -232,8 +232,8 @@ def compress(settings: CompressSettings) -> dict:
               method=s.method, phase1=s.phase1, phase2=s.phase2, run_dir=run_dir, plan=plan, teacher=teacher,
               tokenizer=tokenizer, examples=examples, probe=probe, dev_pairs=dev_pairs,
               eval_sentences=s.eval_sentences, dist=dist)
-    if s.start == "importance":  # rank the teacher's coordinates and layers on a few training batches
-        choose_start(job)
+    if s.start in ("importance", "block-importance"):  # rank the teacher's coordinates and layers on a few batches
+        choose_start(job, layers="block" if s.start == "block-importance" else "loss")
         groups = job.plan.groups
         metrics["start_layers"] = {f"{side}.{layer}": groups[side][layer][index]  # the teacher layer chosen
                                    for (side, layer), index in sorted(job.start_layers.items())
@@ -274,7 +274,8 @@ def _export(s: CompressSettings, outputs: dict[str, Path], test_pairs: list[Pair
         return score_bleu(translate, test_pairs, [s.eval_beams], f"{s.quantize}_test")
 
     built = build_package(s.out, outputs["onnx"], outputs.get(s.quantize), mode=s.quantize or "int8", force=s.force,
-                          score=score if test_pairs and s.quantize else None)
+                          score=score if test_pairs and s.quantize else None,
+                          optimum=None)  # optimum's files only where the mode needs them (fp16)
     info = {"onnx": built["onnx"]}
     if s.quantize:
         info[s.quantize] = built[s.quantize]
