@@ -269,7 +269,7 @@ class OnnxTranslator:
             for i in order:
                 results[i] = [self.eos_token_id]
             return results
-        limits = {i: min(max_length, output_limit(len(sources[i]))) for i in order}
+        limits = {i: output_limit(len(sources[i]), max_length) for i in order}
         if self.row_limit_rule is None:  # an older file: one search per limit
             groups = [[i for i in order if limits[i] == limit] for limit in sorted(set(limits.values()))]
         else:
@@ -390,7 +390,7 @@ class PackageTranslator:
             ids = tok([sentences[i] for i in idx], truncation=True,
                       max_length=min(max_length, tok.model_max_length))["input_ids"]
             # the batch's largest limit: `generate` gives each sentence min(that, its own)
-            jobs.append((idx, ids, min(max_length, output_limit(max(len(row) for row in ids)))))
+            jobs.append((idx, ids, output_limit(max(len(row) for row in ids), max_length)))
 
         def search(job):
             return self.translator.generate(job[1], beams=beams, max_length=job[2], length_penalty=length_penalty)

@@ -14,13 +14,14 @@ LIMIT_A_DEN = 2
 LIMIT_B = 10
 
 
-def output_limit(source_tokens: int) -> int:
+def output_limit(source_tokens: int, max_length: int | None = None) -> int:
     """Longest output worth decoding for a source of this length (fairseq's max_len_a/b idea):
     keeps an untrained or looping model from always running to the model's maximum. Counted as
     transformers' `max_length` counts (decoder start token and EOS included). Every sentence
     gets its own, from its own source (never the longest of its batch), so a sentence's output
-    does not depend on its batch."""
-    return LIMIT_A_NUM * int(source_tokens) // LIMIT_A_DEN + LIMIT_B
+    does not depend on its batch. `max_length`, when given, caps it (the caller's limit)."""
+    limit = LIMIT_A_NUM * int(source_tokens) // LIMIT_A_DEN + LIMIT_B
+    return limit if max_length is None else min(max_length, limit)
 
 
 def output_limit_rule() -> str:

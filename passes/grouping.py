@@ -232,9 +232,6 @@ class GroupPlan:
             del memory["activations"]
         return memory
 
-    def estimate_phase1_bytes(self, max_tokens: int, precision: str = "fp32") -> int:
-        return sum(self.phase_memory("phase1", max_tokens, precision).values())
-
     def _class_rows(self) -> list[tuple[str, ...]]:
         by_role: dict[str, list[GeneratorEntry]] = {}
         for e in self.entries:

@@ -42,7 +42,7 @@ def row_limits(attention_mask: torch.Tensor, max_length: int) -> torch.Tensor:
     """Each sentence's output limit: min(max_length, `output_limit` of its own source length,
     padding excluded)."""
     lengths = attention_mask.sum(dim=1).tolist()
-    return torch.tensor([min(max_length, output_limit(int(n))) for n in lengths], dtype=torch.long)
+    return torch.tensor([output_limit(int(n), max_length) for n in lengths], dtype=torch.long)
 
 
 def generate_limited(model, input_ids, attention_mask, num_beams: int, max_length: int, **generate_kwargs):

@@ -159,7 +159,7 @@ def test_opus_mt_plan_reports_generator_size(preset, generator):
     teacher = MarianConfig(**OPUS_MT)
     plan = plan_for(preset, teacher, generator=generator)
     assert plan.total_generator_params > 0
-    assert plan.estimate_phase1_bytes(max_tokens=2500) > plan.total_generator_bytes * 4
+    assert sum(plan.phase_memory("phase1", max_tokens=2500).values()) > plan.total_generator_bytes * 4
     text = plan.format()
     assert f"generator parameters: {plan.total_generator_params:,}" in text
     assert re.search(r"^decoder\.fc1\.weight\s+6\s", text, re.M)

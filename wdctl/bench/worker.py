@@ -149,7 +149,7 @@ def _ct2_backend(spec: dict, tokenizer) -> Translate:
             # neither the start token nor a forced end. CTranslate2 takes one limit per call, so
             # here (unlike the other backends) it is the longest source's of the batch: a call per
             # distinct limit would give each sentence its own, at the cost of many small calls.
-            limit = min(max_length, output_limit(max(len(x) for x in ids))) - 2
+            limit = output_limit(max(len(x) for x in ids), max_length) - 2
             results = translator.translate_batch(
                 tokens, beam_size=beams, max_batch_size=0, max_decoding_length=limit,
                 length_penalty=spec["length_penalty"], return_scores=False)
