@@ -17,11 +17,11 @@ from pathlib import Path
 import torch
 
 from wdctl.core.corpus import read_parallel
-from wdctl.core.metrics import bleu, score_bleu
+from wdctl.core.metrics import score_bleu
 from wdctl.core.runinfo import cpu_info, versions, write_json
 from wdctl.passes.marian import load_marian
 from wdctl.passes.training import plateaued
-from wdctl.passes.translate import translate_torch
+from wdctl.passes.translate import dev_bleu_evaluator, translate_torch
 
 PHASE_ORDER = ("phase1", "phase2", "train")  # wd runs phase1 then phase2; kd and prune-kd one "train"
 PATIENCE, MIN_GAIN = 4, 0.2  # examples/plateau.yaml
@@ -38,7 +38,7 @@ def teacher_scores(teacher_dir: str, data: str, eval_sentences: int, cache: Path
     def translate(sentences: list[str], beams: int) -> list[str]:
         return translate_torch(model, tokenizer, sentences, beams=beams, batch_size=64, progress=True)
 
-    scores = {"dev_bleu": bleu(translate([s for s, _ in dev], 1), [t for _, t in dev]).score,
+    scores = {"dev_bleu": dev_bleu_evaluator(tokenizer, dev, beams=1)(model)["dev_bleu"],  # as the curves score
               "dev_sentences": len(dev), "test_sentences": len(test), **score_bleu(translate, test, [1, 4], "test")}
     write_json(cache, scores)
     return scores
