@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
+from wdctl.core.errors import InputError
 from wdctl.export.translator_weights import (
     AttentionWeights,
     FeedForwardWeights,
@@ -32,6 +33,9 @@ from wdctl.export.translator_weights import (
     check_weights,
 )
 from wdctl.passes.batching import output_limit_rule
+
+if TYPE_CHECKING:
+    from wdctl.passes.shortlist import Shortlist
 
 OPSET = 17
 MS_OPSET = 1
@@ -137,8 +141,7 @@ def _encoder_nodes(w: MarianWeights, g: _Graph, ids: str, mask: str, scope: str)
     """The encoder on (ids, mask), adding to `g` the values the decoder reads from the enclosing
     scope: `{scope}cross_key_i` and `{scope}cross_value_i` (B, heads, L, head) for each decoder
     layer, `{scope}cross_mask` (the int32 key padding mask) and `{scope}cross_q_shape` = [B, -1, d]."""
-    scale = math.sqrt(w.d_enc) if w.scale_embedding else 1.0
-    h = g.op("Gather", [g.weight("enc.embed", w.encoder_embed * _F32(scale)), ids])
+    h = g.op("Gather", [g.weight("enc.embed", _encoder_table(w)), ids])
     length = g.op("Shape", [ids], start=1, end=2)
     pos = _positions(g, w.encoder_positions, "enc.positions", g.weight("zero1", np.array([0], dtype=np.int64)), length)
     h = g.op("Add", [h, pos])
@@ -200,7 +203,108 @@ def _cross_attention(g: _Graph, h: str, ca: AttentionWeights, heads: int, d: int
     return g.op("Reshape", [a, g.weight("shape_rows", np.array([-1, 1, d], dtype=np.int64))])
 
 
-def _row_length_limit(g: _Graph, w: MarianWeights, step: str, logits: str = "logits") -> None:
+def _special_ids(w: MarianWeights) -> list[int]:
+    """The ids a shortlist pins at its first positions, in this order, without repeats: the
+    decoder start, EOS and pad (Marian's decoder start is its pad)."""
+    return list(dict.fromkeys([w.decoder_start_token_id, w.eos_token_id, w.pad_token_id]))
+
+
+def _shortlist_tables(shortlist: Shortlist, w: MarianWeights, size: int) -> dict[str, np.ndarray]:
+    """The arrays the graph picks a batch's shortlist with (`_shortlist_nodes`):
+
+    - `priority` (vocab,): the special ids far above everything (in `_special_ids` order, so
+      that they come first), then the frequent ids in frequency order, then 0;
+    - `candidates` (source vocab, C): each source id's list, padded with pad (pinned anyway),
+      uint16 (or int32 past 65,535 ids) to keep the table small;
+    - `weights` (C,): C - rank, what a candidate of that rank adds to its score per source token.
+    """
+    specials = _special_ids(w)
+    if shortlist.vocab_size != w.vocab_size:
+        raise InputError(f"shortlist for a vocabulary of {shortlist.vocab_size}, model has {w.vocab_size}")
+    always = len(set(specials) | set(shortlist.frequent))
+    if size % 8 or size < always + 8 or size > w.vocab_size:
+        raise InputError(f"shortlist size {size}: must be a multiple of 8, at least {always + 8} (the frequent and "
+                         f"special ids + 8) and at most the vocabulary ({w.vocab_size})")
+    priority = np.zeros(w.vocab_size, dtype=_F32)
+    for rank, t in enumerate(shortlist.frequent):
+        priority[t] = 1e6 + len(shortlist.frequent) - rank
+    for rank, t in enumerate(specials):
+        priority[t] = 1e7 * (len(specials) - rank + 1)
+    width = max((len(ts) for ts in shortlist.per_source.values()), default=0) or 1
+    dtype = np.uint16 if w.vocab_size <= 65536 else np.int32
+    candidates = np.full((w.encoder_embed.shape[0], width), w.pad_token_id, dtype=dtype)
+    for s, ts in shortlist.per_source.items():
+        if s < len(candidates):
+            candidates[s, : len(ts)] = ts
+    weights = np.arange(width, 0, -1).astype(_F32)
+    return {"priority": priority, "candidates": candidates, "weights": weights}
+
+
+def _shortlist_nodes(g: _Graph, w: MarianWeights, tables: dict, size: int, ids: str, mask: str, scope: str) -> None:
+    """A batch's shortlist, computed from its input ids in the graph that holds the search:
+    `{scope}shortlist` (size,) int64 vocabulary ids, the highest `size` scores of priority +
+    sum over the batch's (unpadded) source tokens of their candidates' weights, so the special
+    ids sit at positions 0.. in `_special_ids` order, then the frequent ids, then candidates by
+    score (lower ids first among equals: TopK's tie rule). The decoder step multiplies only these
+    rows (`{scope}shortlist_w`, (d_dec, size), and `{scope}shortlist_bias`), the search runs over
+    positions in it and `{scope}shortlist_mask` is the op's vocab_mask in those positions.
+    `size` is fixed when the file is built: the op reads the vocabulary size from the decoder's
+    declared logits shape."""
+    from onnx import TensorProto
+
+    picked = g.op("Gather", [g.weight("shortlist.candidates", tables["candidates"]), ids])  # (B, L, C)
+    picked = g.op("Reshape", [g.op("Cast", [picked], to=TensorProto.INT64), g.weight("flat", np.array([-1], np.int64))])
+    present = g.op("Unsqueeze", [g.op("Cast", [mask], to=TensorProto.FLOAT), g.weight("axis_last", np.array([2], np.int64))])
+    gains = g.op("Reshape", [g.op("Mul", [present, g.weight("shortlist.weights", tables["weights"])]),
+                             g.weight("flat", np.array([-1], np.int64))])
+    score = g.op("ScatterElements", [g.weight("shortlist.priority", tables["priority"]), picked, gains], axis=0,
+                 reduction="add")
+    g.op("TopK", [score, g.weight("shortlist.size", np.array([size], np.int64))],
+         [f"{scope}shortlist_score", f"{scope}shortlist"], axis=0, largest=1, sorted=1)
+    # the output projection's rows: the decoder's lookup table (scaled by sqrt(d) when the model
+    # scales embeddings) at the shortlist, unscaled, transposed to (d, size)
+    rows = g.op("Gather", [_shared_decoder_table(g, w), f"{scope}shortlist"])
+    if w.scale_embedding:
+        rows = g.op("Mul", [rows, g.weight("dec.unscale", np.array([1 / math.sqrt(w.d_dec)], _F32))])
+    g.op("Transpose", [rows], [f"{scope}shortlist_w"], perm=[1, 0])
+    g.op("Gather", [g.weight("dec.final_logits_bias", _final_bias(w)), f"{scope}shortlist"], [f"{scope}shortlist_bias"])
+    g.op("Gather", [g.weight("vocab_mask", _vocab_mask(w)), f"{scope}shortlist"], [f"{scope}shortlist_mask"])
+
+
+def _shared_decoder_table(g: _Graph, w: MarianWeights) -> str:
+    """The name of the decoder's lookup table in the graph that holds the search (the encoder's
+    own when the embeddings are tied, so the file holds it once); the decoder step reads it."""
+    table = _decoder_table(w)
+    if table.shape == w.encoder_embed.shape and np.array_equal(table, _encoder_table(w)):
+        return g.weight("enc.embed", _encoder_table(w))
+    return g.weight("dec.embed", table)
+
+
+def _encoder_table(w: MarianWeights) -> np.ndarray:
+    return w.encoder_embed * _F32(math.sqrt(w.d_enc) if w.scale_embedding else 1.0)
+
+
+def _decoder_table(w: MarianWeights) -> np.ndarray:
+    """The decoder's lookup table as the graph stores it (embeddings pre-scaled)."""
+    return w.decoder_embed * _F32(math.sqrt(w.d_dec) if w.scale_embedding else 1.0)
+
+
+def _final_bias(w: MarianWeights) -> np.ndarray:
+    bias = w.final_logits_bias.astype(_F32, copy=True)
+    if w.renormalize_logits:  # banned tokens leave the softmax: transformers' renormalize_logits
+        bias[[w.pad_token_id, *w.bad_token_ids]] = -1e9
+    return bias
+
+
+def _vocab_mask(w: MarianWeights) -> np.ndarray:
+    """The op's vocab_mask: <pad> and the model's bad words banned."""
+    mask = np.ones(w.vocab_size, dtype=np.int32)
+    mask[[w.pad_token_id, *w.bad_token_ids]] = 0
+    return mask
+
+
+def _row_length_limit(g: _Graph, w: MarianWeights, step: str, logits: str = "logits",
+                      width: int | None = None, eos: int | None = None) -> None:
     """Each row's own output limit, in the decoder step: a row (sentence x beam) whose source has
     n tokens (its `encoder_attention_mask` row sum, as the op expands it over the beams) ends at
     `output_limit(n)` = A_NUM * n // A_DEN + B (`passes.batching`, integer ops here), as
@@ -210,7 +314,8 @@ def _row_length_limit(g: _Graph, w: MarianWeights, step: str, logits: str = "log
     (exactly) and the beams finish there, scored as transformers scores a forced EOS. Rows whose
     limit is beyond the op's max_length never reach it (the op stops first), so the limit is
     min(own limit, max_length), and the op's max_length is the batch's largest limit.
-    The node that made `logits` now makes a renamed tensor; the limited logits take the name."""
+    The node that made `logits` now makes a renamed tensor; the limited logits take the name.
+    With a shortlist, `width` is its size and `eos` EOS's position in it."""
     from onnx import TensorProto
 
     from wdctl.passes.batching import LIMIT_A_DEN, LIMIT_A_NUM, LIMIT_B
@@ -225,22 +330,26 @@ def _row_length_limit(g: _Graph, w: MarianWeights, step: str, logits: str = "log
                          g.weight("limit_b", np.array([LIMIT_B], np.int32))])
     reached = g.op("Add", [g.op("Cast", [step], to=TensorProto.INT32), g.weight("two_i32", np.array([2], np.int32))])
     at_limit = g.op("Unsqueeze", [g.op("GreaterOrEqual", [reached, limit]), g.weight("axis2", np.array([2], np.int64))])
-    forced = np.full(w.vocab_size, -1e9, dtype=_F32)
-    forced[w.eos_token_id] = 0.0
+    forced = np.full(w.vocab_size if width is None else width, -1e9, dtype=_F32)
+    forced[w.eos_token_id if eos is None else eos] = 0.0
     g.op("Where", [at_limit, g.weight("forced_eos", forced), unlimited], [logits])
 
 
-def _decoder_graph(w: MarianWeights, scope: str):
+def _decoder_graph(w: MarianWeights, scope: str, shortlist: tuple[int, str] | None = None):
     """One decoder step: input_ids (B * beams, 1), the op's masks and past K/V -> logits, present
-    self K/V; the cross-attention reads `{scope}cross_*` from the enclosing graph."""
+    self K/V; the cross-attention reads `{scope}cross_*` from the enclosing graph.
+    With `shortlist` = (size, name of the lookup table in the enclosing graph), the ids and
+    logits are positions in `{scope}shortlist` (`_shortlist_nodes`)."""
     from onnx import TensorProto, helper
 
     store: dict = {}
     g = _Graph(store, "dec/")
     n, heads, d = len(w.decoder_layers), w.decoder_heads, w.d_dec
     hd = d // heads
-    scale = math.sqrt(d) if w.scale_embedding else 1.0
-    h = g.op("Gather", [g.weight("dec.embed", w.decoder_embed * _F32(scale)), "input_ids"])
+    if shortlist is None:
+        h = g.op("Gather", [g.weight("dec.embed", _decoder_table(w)), "input_ids"])
+    else:
+        h = g.op("Gather", [shortlist[1], g.op("Gather", [f"{scope}shortlist", "input_ids"])])
     step = g.op("Shape", ["past_key_self_0"], start=2, end=3)
     step1 = g.op("Add", [step, g.weight("one1", np.array([1], dtype=np.int64))])
     h = g.op("Add", [h, _positions(g, w.decoder_positions, "dec.positions", step, step1)])
@@ -258,12 +367,15 @@ def _decoder_graph(w: MarianWeights, scope: str):
         h = _residual_ln(g, a, h, layer.cross_attn_ln, g.weight(f"{name}.cross.o.b", ca.o_b),
                          name + ".cross_ln", w.layer_norm_eps)
         h = _ffn(g, h, layer.ffn, layer.final_ln, name, w.activation, w.layer_norm_eps)
-    bias = w.final_logits_bias.astype(_F32, copy=True)
-    if w.renormalize_logits:  # banned tokens leave the softmax: transformers' renormalize_logits
-        bias[[w.pad_token_id, *w.bad_token_ids]] = -1e9
-    logits = g.op("MatMul", [h, g.weight("dec.lm_head.w", w.decoder_embed.T)])
-    g.op("Add", [logits, g.weight("dec.final_logits_bias", bias)], ["logits"])
-    _row_length_limit(g, w, step)
+    if shortlist is None:
+        logits = g.op("MatMul", [h, g.weight("dec.lm_head.w", w.decoder_embed.T)])
+        g.op("Add", [logits, g.weight("dec.final_logits_bias", _final_bias(w))], ["logits"])
+        _row_length_limit(g, w, step)
+    else:
+        logits = g.op("MatMul", [h, f"{scope}shortlist_w"])
+        g.op("Add", [logits, f"{scope}shortlist_bias"], ["logits"])
+        _row_length_limit(g, w, step, width=shortlist[0], eos=_special_ids(w).index(w.eos_token_id))
+    width = w.vocab_size if shortlist is None else shortlist[0]
     inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT32, ["batch", 1]),  # fixed 1: see module doc
               helper.make_tensor_value_info("encoder_attention_mask", TensorProto.INT32, ["batch", "src_len"])]
     for i in range(n):
@@ -274,7 +386,7 @@ def _decoder_graph(w: MarianWeights, scope: str):
         for kind in ("key", "value"):
             inputs.append(helper.make_tensor_value_info(f"past_{kind}_cross_{i}", TensorProto.FLOAT,
                                                         ["batch", heads, 1, hd]))
-    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 1, w.vocab_size])]
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 1, width])]
     for i in range(n):
         for kind in ("key", "value"):
             outputs.append(helper.make_tensor_value_info(f"present_{kind}_self_{i}", TensorProto.FLOAT,
@@ -282,31 +394,50 @@ def _decoder_graph(w: MarianWeights, scope: str):
     return helper.make_graph(g.nodes, "marian_decoder", inputs, outputs, initializer=_initializers(store))
 
 
-def _search(w: MarianWeights, early_stopping: bool, ids: str, mask: str, out: str, scope: str):
+def _search(w: MarianWeights, early_stopping: bool, ids: str, mask: str, out: str, scope: str,
+            shortlist: tuple[dict, int] | None = None):
     """(nodes, initializers) of one search over (ids, mask) -> `out`: the encoder's nodes, then
-    the BeamSearch node, for the graph that will hold them (`scope` keeps names apart)."""
-    from onnx import helper
+    the BeamSearch node, for the graph that will hold them (`scope` keeps names apart).
+    `shortlist` = (`_shortlist_tables`, size): the search runs over the batch's shortlist
+    positions and one Gather maps its sequences back to vocabulary ids."""
+    from onnx import TensorProto, helper
 
     store: dict = {}
     g = _Graph(store, f"{scope}enc/")
     _encoder_nodes(w, g, ids, mask, scope)
+    ids_attrs = dict(eos_token_id=w.eos_token_id, pad_token_id=w.pad_token_id,
+                     decoder_start_token_id=w.decoder_start_token_id)
+    vocab_mask, found = "vocab_mask", out
+    decoder_shortlist = None
+    if shortlist is not None:
+        tables, size = shortlist
+        _shortlist_nodes(g, w, tables, size, ids, mask, scope)
+        specials = _special_ids(w)
+        ids_attrs = {k: specials.index(v) for k, v in ids_attrs.items()}
+        vocab_mask, found = f"{scope}shortlist_mask", f"{out}_positions"
+        decoder_shortlist = (size, _shared_decoder_table(g, w))
     inputs = [ids, "max_length", "min_length", "num_beams", "num_return_sequences", "length_penalty",
-              "repetition_penalty", "vocab_mask", "", mask]
-    node = helper.make_node("BeamSearch", inputs, [out], name=f"{scope}BeamSearch", domain="com.microsoft",
-                            eos_token_id=w.eos_token_id, pad_token_id=w.pad_token_id,
-                            decoder_start_token_id=w.decoder_start_token_id, model_type=1,
-                            encoder=_placeholder_encoder_graph(w), decoder=_decoder_graph(w, scope),
+              "repetition_penalty", vocab_mask, "", mask]
+    node = helper.make_node("BeamSearch", inputs, [found], name=f"{scope}BeamSearch", domain="com.microsoft",
+                            **ids_attrs, model_type=1, encoder=_placeholder_encoder_graph(w),
+                            decoder=_decoder_graph(w, scope, decoder_shortlist),
                             no_repeat_ngram_size=0, early_stopping=int(bool(early_stopping)))
-    return [*g.nodes, node], store
+    nodes = [*g.nodes, node]
+    if shortlist is not None:
+        tail = _Graph(store, f"{scope}out/")
+        tail.op("Cast", [tail.op("Gather", [f"{scope}shortlist", found])], [out], to=TensorProto.INT32)
+        nodes += tail.nodes
+    return nodes, store
 
 
-def _per_sentence_loop(w: MarianWeights, early_stopping: bool, store: dict):
+def _per_sentence_loop(w: MarianWeights, early_stopping: bool, store: dict, shortlist=None):
     """Nodes running the search on one sentence at a time (a Loop over the batch) -> `beam_sequences`."""
     from onnx import TensorProto, helper
 
     store["zero_i64"] = np.array([0], dtype=np.int64)
     store["one_i64"] = np.array([1], dtype=np.int64)
-    search_nodes, search_store = _search(w, early_stopping, "one_ids", "one_mask", "one_sequences", "one/")
+    search_nodes, search_store = _search(w, early_stopping, "one_ids", "one_mask", "one_sequences", "one/",
+                                         shortlist)
     body_nodes = [
         helper.make_node("Unsqueeze", ["i", "zero_i64"], ["i1"]),
         helper.make_node("Add", ["i1", "one_i64"], ["i2"]),
@@ -331,7 +462,7 @@ def _per_sentence_loop(w: MarianWeights, early_stopping: bool, store: dict):
 
 
 def build_translator(weights: MarianWeights, path=None, *, early_stopping: bool = True,
-                     batched_beams: bool = False):
+                     batched_beams: bool = False, shortlist: Shortlist | None = None, shortlist_size: int = 0):
     """Build the translator ModelProto (and save it to `path` when given).
 
     Graph inputs: `input_ids` int32 (batch, src_len), `attention_mask` int32 (batch, src_len),
@@ -347,15 +478,17 @@ def build_translator(weights: MarianWeights, path=None, *, early_stopping: bool 
     False beam search runs one sentence at a time inside the graph (a Loop) unless
     `batched_beams=True`.
     num_beams 1 is greedy search (BeamSearch with one beam and early_stopping=1).
-    Metadata records the vocabulary size, the position table size and the special ids.
+    With a `shortlist`, each search multiplies only `shortlist_size` rows of the output
+    projection, picked per batch from its source ids (`_shortlist_nodes`); the output is the same
+    vocabulary ids.
+    Metadata records the vocabulary size, the position table size, the special ids and the
+    shortlist size (0: none).
     """
     from onnx import TensorProto, helper
 
     check_weights(weights)
-    store: dict[str, np.ndarray] = {}
-    vocab_mask = np.ones(weights.vocab_size, dtype=np.int32)
-    vocab_mask[[weights.pad_token_id, *weights.bad_token_ids]] = 0
-    store["vocab_mask"] = vocab_mask
+    tables = None if shortlist is None else (_shortlist_tables(shortlist, weights, shortlist_size), shortlist_size)
+    store: dict[str, np.ndarray] = {} if tables else {"vocab_mask": _vocab_mask(weights)}
     store["num_return_sequences"] = np.array([1], dtype=np.int32)
 
     seq_info = helper.make_tensor_value_info
@@ -363,24 +496,24 @@ def build_translator(weights: MarianWeights, path=None, *, early_stopping: bool 
     # and early_stopping=1 is exactly greedy search (it stops at the first EOS), so with
     # early_stopping=True one BeamSearch node serves every beam count.
     if early_stopping:
-        nodes, search_store = _search(weights, True, "input_ids", "attention_mask", "sequences", "")
+        nodes, search_store = _search(weights, True, "input_ids", "attention_mask", "sequences", "", tables)
         store.update(search_store)
     else:
         # transformers' early_stopping=False is not greedy with one beam: an If picks a one-beam
         # early_stopping=1 search for num_beams 1 (each branch holds its own encoder and
         # decoder, weights included: outer-scope weights would not be pre-packed).
         greedy_nodes, greedy_store = _search(weights, True, "input_ids", "attention_mask", "greedy_sequences",
-                                             "greedy/")
+                                             "greedy/", tables)
         greedy_branch = helper.make_graph(
             greedy_nodes, "greedy", [], [seq_info("greedy_sequences", TensorProto.INT32, ["batch", 1, "max_length"])],
             initializer=_initializers(greedy_store))
         if batched_beams:
             beam_nodes, beam_store = _search(weights, False, "input_ids", "attention_mask", "beam_sequences",
-                                             "beams/")
+                                             "beams/", tables)
         else:
             # the op's early-stop test (early_stopping=0) reads another sentence's scores for
             # batch rows >= 2 in onnxruntime 1.32: one sentence at a time keeps rows independent.
-            beam_nodes, beam_store = _per_sentence_loop(weights, False, store), {}
+            beam_nodes, beam_store = _per_sentence_loop(weights, False, store, tables), {}
         beam_branch = helper.make_graph(beam_nodes, "beams", [],
                                         [seq_info("beam_sequences", TensorProto.INT32, ["batch", 1, "max_length"])],
                                         initializer=_initializers(beam_store))
@@ -406,7 +539,8 @@ def build_translator(weights: MarianWeights, path=None, *, early_stopping: bool 
                 pad_token_id=weights.pad_token_id, eos_token_id=weights.eos_token_id,
                 decoder_start_token_id=weights.decoder_start_token_id, early_stopping=int(bool(early_stopping)),
                 d_enc=weights.d_enc, d_dec=weights.d_dec, precision="fp32",
-                batched_beams=int(bool(early_stopping or batched_beams)), output_limit=output_limit_rule())
+                batched_beams=int(bool(early_stopping or batched_beams)), output_limit=output_limit_rule(),
+                shortlist_size=shortlist_size if shortlist is not None else 0)
     helper.set_model_props(model, {f"wdctl.{k}": str(v) for k, v in meta.items()})
     if path is not None:
         save_model(model, path)
