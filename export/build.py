@@ -23,6 +23,8 @@ from wdctl.export.package import OnnxPackage
 from wdctl.export.quantize import MODES, quantize_into
 from wdctl.export.session import providers_for
 from wdctl.passes.batching import output_limit_rule
+from wdctl.passes.shortlist import FILE as SHORTLIST_FILE
+from wdctl.passes.shortlist import VMAP_FILE, Shortlist
 
 QUANTIZE_CHOICES = (*MODES, "none")
 Translate = Callable[[list[str], int], list[str]]
@@ -65,6 +67,11 @@ def validation_line(report: dict) -> str:
     if graph:
         line += (f"in-graph translator greedy {graph['greedy']['agree']}/{graph['greedy']['total']}, "
                  f"beam-4 {graph['beam4']['agree']}/{graph['beam4']['total']} identical")
+        short = graph.get("shortlist")
+        if short:
+            line += (f"; with its {short['size']}-row shortlist greedy {short['greedy']['agree']}/"
+                     f"{short['greedy']['total']}, beam-4 {short['beam4']['agree']}/{short['beam4']['total']} "
+                     f"as without")
     return line.rstrip("; ")
 
 
@@ -120,11 +127,13 @@ def validate_translator(model, tokenizer, path: Path, sentences: Sequence[str] =
     return report
 
 
-def add_translator(model_dir: Path, package: Path, save_files: bool = False) -> dict:
+def add_translator(model_dir: Path, package: Path, save_files: bool = False, shortlist: bool = True) -> dict:
     """Build `translator.onnx` (fp32) into `package` from the model's weights and validate it
     against PyTorch: identical tokens or `WdctlError`. Returns the validation report. With
     `save_files`, also the config, generation config and tokenizer files (a translator-only
-    package: no optimum export wrote them)."""
+    package: no optimum export wrote them). With `shortlist` and a `shortlist.json` in the model
+    directory, the validated translator is then rebuilt with the shortlist inside
+    (`add_shortlist`)."""
     import time
     import warnings
 
@@ -150,7 +159,37 @@ def add_translator(model_dir: Path, package: Path, save_files: bool = False) -> 
                     if check[k]["agree"] != check[k]["total"]]
         raise TranslatorMismatch(f"{model_dir}: the in-graph translator disagrees with PyTorch ({'; '.join(failures)})",
                                  check)
+    if shortlist and (Path(model_dir) / SHORTLIST_FILE).is_file():
+        check["shortlist"] = add_shortlist(model, tokenizer, Shortlist.load(Path(model_dir) / SHORTLIST_FILE), package)
+        check["bytes"] = path.stat().st_size
     return check
+
+
+def add_shortlist(model, tokenizer, shortlist: Shortlist, package: Path,
+                  sentences: Sequence[str] = SAMPLE_SENTENCES, beams: int = VALIDATION_BEAMS) -> dict:
+    """Rebuild the package's (validated, full-vocabulary) translator with `shortlist` inside,
+    report how often its output equals the full search's on the validation sentences (a
+    shortlist may change a line by design: the figure says how often), and write the shortlist
+    beside it as CTranslate2's vocabulary mapping (`vmap.txt`; the translator holds its own copy)."""
+    from wdctl.export.translator import OnnxTranslator, export_translator
+
+    path = package / OnnxPackage.TRANSLATOR
+    full = OnnxTranslator(path)
+    shortlisted = package / f".{OnnxPackage.TRANSLATOR}.shortlist"
+    export_translator(model, shortlisted, shortlist=shortlist)
+    sources = [row for row in tokenizer([t for t in sentences if t.strip()], truncation=True,
+                                        max_length=min(256, tokenizer.model_max_length))["input_ids"]]
+    limit = min(256, full.max_positions)
+    report: dict = {"size": shortlist.size, "vocab_size": shortlist.vocab_size}
+    for name, num_beams in (("greedy", 1), (f"beam{beams}", beams)):
+        want = full.generate(sources, beams=num_beams, max_length=limit)
+        got = OnnxTranslator(shortlisted).generate(sources, beams=num_beams, max_length=limit)
+        agree = sum(a == b for a, b in zip(want, got))
+        report[name] = {"agree": agree, "total": len(want), "agreement": round(agree / len(want), 4)}
+    shortlisted.replace(path)
+    pieces = tokenizer.convert_ids_to_tokens(list(range(shortlist.vocab_size)))
+    shortlist.write_vmap(package / VMAP_FILE, pieces, pieces)
+    return report
 
 
 class TranslatorMismatch(WdctlError):
@@ -172,7 +211,7 @@ def _translator_only_report(model_dir: Path, device: str) -> dict:
 
 
 def _export_fp32(model_dir: Path, out: Path, *, device: str, force: bool, lenient: bool,
-                 optimum: bool = True) -> tuple[dict, str | None]:
+                 optimum: bool = True, shortlist: bool = True) -> tuple[dict, str | None]:
     """The validated export: optimum's files (`export_onnx`, with `optimum`) plus the in-graph
     translator, each checked against PyTorch; nothing is written at `out` when a check fails.
     With `lenient`, a model that fails only the agreement checks is exported anyway, with a note."""
@@ -191,7 +230,7 @@ def _export_fp32(model_dir: Path, out: Path, *, device: str, force: bool, lenien
         else:
             report, note = None, None
         try:
-            check = add_translator(model_dir, tmp, save_files=not optimum)
+            check = add_translator(model_dir, tmp, save_files=not optimum, shortlist=shortlist)
         except TranslatorMismatch as exc:
             if not lenient:
                 raise WdctlError(f"{exc}; nothing written to {out}") from None
@@ -221,7 +260,8 @@ def needs_optimum(device: str, mode: str | None) -> bool:
 def build_package(model_dir: Path | str, fp32_dir: Path | str | None, quant_dir: Path | str | None = None, *,
                   mode: str = "int8", isa: str = "auto", keep_fp32: Iterable[str] = (), device: str = "cpu",
                   force: bool = False, export: bool = True, lenient: bool = False, score: Scorer | None = None,
-                  log: Callable[[str], None] | None = None, optimum: bool | None = True) -> dict:
+                  log: Callable[[str], None] | None = None, optimum: bool | None = True,
+                  shortlist: bool = True) -> dict:
     """Export `model_dir` to the fp32 package `fp32_dir` (validated against PyTorch), quantize it
     to `quant_dir` (`mode`), and re-score the quantized package with `score` before keeping it.
 
@@ -231,6 +271,8 @@ def build_package(model_dir: Path | str, fp32_dir: Path | str | None, quant_dir:
     `optimum`: also write optimum's encoder and merged decoder (validated too); None: only where
     they are needed (`needs_optimum`: what `wdctl export` and `wdctl compress` do).
     Without them a package is the translator, config and tokenizer files.
+    `shortlist`: the translator multiplies only a shortlist of output rows when the model
+    directory has a `shortlist.json` (`add_shortlist`).
     Returns {"onnx": export report, MODE: quantize report, "quality": score's figures, "note": ...}.
     """
     model_dir = Path(model_dir)
@@ -239,7 +281,7 @@ def build_package(model_dir: Path | str, fp32_dir: Path | str | None, quant_dir:
         optimum = needs_optimum(device, mode if quant_dir is not None else "none")
     if quant_dir is None:
         result["onnx"], result["note"] = _export_fp32(model_dir, Path(fp32_dir), device=device, force=force,
-                                                      lenient=lenient, optimum=optimum)
+                                                      lenient=lenient, optimum=optimum, shortlist=shortlist)
         return result
     quant_dir = Path(quant_dir)
     with atomic_dir(quant_dir, force) as tmp, tempfile.TemporaryDirectory(
@@ -248,7 +290,7 @@ def build_package(model_dir: Path | str, fp32_dir: Path | str | None, quant_dir:
         source = Path(scratch) / "fp32" if standalone else Path(fp32_dir)
         if export:
             result["onnx"], result["note"] = _export_fp32(model_dir, source, device=device, force=force,
-                                                          lenient=lenient, optimum=optimum)
+                                                          lenient=lenient, optimum=optimum, shortlist=shortlist)
             if log:
                 log(f"fp32 export verified ({validation_line(result['onnx'])}); quantizing to {mode}")
         report = quantize_into(source, tmp, mode=mode, isa=isa, keep_fp32=keep_fp32)
@@ -325,7 +367,7 @@ def _sources_and_refs(data: str | None, max_sentences: int) -> tuple[list[str], 
 def export_model(model_dir: Path, out: Path, *, quantize: str | None = None, device: str = "cpu", threads: int = 1,
                  isa: str = "auto", keep_fp32: Sequence[str] = (), data: str | None = None, max_sentences: int = 200,
                  beams: int = 4, force: bool = False, log: Callable[[str], None] | None = None,
-                 optimum: bool | None = None) -> tuple[dict, str | None]:
+                 optimum: bool | None = None, shortlist: bool = True) -> tuple[dict, str | None]:
     """`wdctl export`: returns (the package's export report, the quantization mode or None).
     `optimum` None: optimum's files only where they are needed (`needs_optimum`)."""
     if device not in ("cpu", "cuda"):
@@ -349,13 +391,14 @@ def export_model(model_dir: Path, out: Path, *, quantize: str | None = None, dev
     check_output_dir(out, force)
     sources, refs = _sources_and_refs(data, max_sentences)
     if mode == "none":
-        return build_package(model_dir, out, None, device=device, force=force, optimum=optimum)["onnx"], None
+        return build_package(model_dir, out, None, device=device, force=force, optimum=optimum,
+                             shortlist=shortlist)["onnx"], None
 
     def score(fp32: Path, quantized: Path) -> dict:
         return compare_packages(fp32, quantized, mode, sources, refs, beams, threads, device)
 
     result = build_package(model_dir, None, out, mode=mode, isa=isa, keep_fp32=keep_fp32, device=device, force=force,
-                           score=score, log=log, optimum=optimum)
+                           score=score, log=log, optimum=optimum, shortlist=shortlist)
     return result["report"], mode
 
 

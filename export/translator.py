@@ -28,7 +28,7 @@ from wdctl.core.errors import InputError
 from wdctl.export.package import OnnxPackage
 from wdctl.export.session import detect_isa, session_options, settle_int8_kernels
 from wdctl.export.translator_embeddings import share_embeddings
-from wdctl.export.translator_graph import build_translator, save_model
+from wdctl.export.translator_graph import build_translator, save_model, set_shortlist_size
 from wdctl.export.translator_weights import (  # noqa: F401 - the public names, re-exported
     AttentionWeights,
     DecoderLayerWeights,
@@ -44,10 +44,10 @@ MAX_BEAMS = 64
 ROWS_PER_RUN = 16  # sentences x beams per search: see PackageTranslator
 
 
-def export_translator(model, path, *, early_stopping: bool = True, int8_path=None):
-    """Build the translator of a `MarianMTModel`, write it to `path` (and its weight-only int8
-    copy to `int8_path` when given); returns the path."""
-    model_proto = build_translator(marian_weights(model), path, early_stopping=early_stopping)
+def export_translator(model, path, *, early_stopping: bool = True, int8_path=None, shortlist=None):
+    """Build the translator of a `MarianMTModel` (with `shortlist` inside when given), write it
+    to `path` (and its weight-only int8 copy to `int8_path` when given); returns the path."""
+    model_proto = build_translator(marian_weights(model), path, early_stopping=early_stopping, shortlist=shortlist)
     if int8_path is not None:
         quantize_translator(model_proto, int8_path)
     return Path(path)
@@ -202,7 +202,7 @@ class OnnxTranslator:
     limit, with the same output.
     """
 
-    def __init__(self, path, threads: int = 1):
+    def __init__(self, path, threads: int = 1, shortlist: bool = True):
         import onnxruntime as ort
 
         path = Path(path)
@@ -210,11 +210,15 @@ class OnnxTranslator:
             raise InputError(f"{path}: translator file not found")
         if not isinstance(threads, int) or threads < 1:
             raise InputError(f"threads must be a positive integer (got {threads!r})")
+        source: str | bytes = str(path)
+        if not shortlist:  # the same file with every id in the shortlist: the full search
+            source = _without_shortlist(path)
         try:
-            self.session = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(source, session_options(threads), providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - a broken file is the user's input
             raise InputError(f"{path}: cannot load translator ({str(exc).splitlines()[0]})") from None
         meta = self.session.get_modelmeta().custom_metadata_map
+        self.shortlist_size = int(meta.get("wdctl.shortlist_size", 0))  # 0: no shortlist
         try:
             self.vocab_size = int(meta["wdctl.vocab_size"])
             self.max_positions = int(meta["wdctl.max_positions"])
@@ -317,6 +321,22 @@ class OnnxTranslator:
         return rows
 
 
+def _without_shortlist(path: Path) -> str | bytes:
+    """The translator file, or when it has a shortlist, its bytes with the shortlist as large as
+    the vocabulary (`set_shortlist_size`)."""
+    import onnx
+
+    meta = translator_metadata(path)
+    if int(meta.get("wdctl.shortlist_size", 0)) == 0:
+        return str(path)
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:  # noqa: BLE001 - a broken file is the user's input
+        raise InputError(f"{path}: cannot load translator ({str(exc).splitlines()[0]})") from None
+    set_shortlist_size(model, int(meta["wdctl.vocab_size"]))
+    return model.SerializeToString()
+
+
 def translator_metadata(path) -> dict[str, str]:
     """A translator file's metadata (`wdctl.*`), without loading its weights into a session."""
     import onnx
@@ -354,14 +374,15 @@ class PackageTranslator:
     same as smaller batches."""
 
     def __init__(self, package, threads: int = 1, tokenizer=None, workers: int = 1,
-                 rows_per_run: int = ROWS_PER_RUN):
+                 rows_per_run: int = ROWS_PER_RUN, shortlist: bool = True):
         package = OnnxPackage(package)
         if rows_per_run < 0:
             raise InputError(f"rows per run must be 0 (no limit) or more (got {rows_per_run})")
         self.package = package.path
         self.workers = workers
         self.rows_per_run = rows_per_run
-        self.translator = OnnxTranslator(package.translator, threads=1 if workers > 1 else threads)
+        self.translator = OnnxTranslator(package.translator, threads=1 if workers > 1 else threads,
+                                         shortlist=shortlist)
         self._tokenizer = tokenizer  # None: the package's, loaded when first needed
 
     @property

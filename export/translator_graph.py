@@ -222,9 +222,9 @@ def _shortlist_tables(shortlist: Shortlist, w: MarianWeights, size: int) -> dict
     if shortlist.vocab_size != w.vocab_size:
         raise InputError(f"shortlist for a vocabulary of {shortlist.vocab_size}, model has {w.vocab_size}")
     always = len(set(specials) | set(shortlist.frequent))
-    if size % 8 or size < always + 8 or size > w.vocab_size:
-        raise InputError(f"shortlist size {size}: must be a multiple of 8, at least {always + 8} (the frequent and "
-                         f"special ids + 8) and at most the vocabulary ({w.vocab_size})")
+    if size != w.vocab_size and (size % 8 or size < always + 8 or size > w.vocab_size):
+        raise InputError(f"shortlist size {size}: must be the vocabulary size ({w.vocab_size}) or a multiple of 8 "
+                         f"below it and at least {always + 8} (the frequent and special ids + 8)")
     priority = np.zeros(w.vocab_size, dtype=_F32)
     for rank, t in enumerate(shortlist.frequent):
         priority[t] = 1e6 + len(shortlist.frequent) - rank
@@ -352,7 +352,11 @@ def _decoder_graph(w: MarianWeights, scope: str, shortlist: tuple[int, str] | No
         h = g.op("Gather", [shortlist[1], g.op("Gather", [f"{scope}shortlist", "input_ids"])])
     step = g.op("Shape", ["past_key_self_0"], start=2, end=3)
     step1 = g.op("Add", [step, g.weight("one1", np.array([1], dtype=np.int64))])
-    h = g.op("Add", [h, _positions(g, w.decoder_positions, "dec.positions", step, step1)])
+    if np.array_equal(w.decoder_positions, w.encoder_positions):  # one table, the enclosing graph's
+        positions = g.op("Slice", [f"{scope}enc/enc.positions", step, step1, g.weight("axis0", np.array([0], np.int64))])
+    else:
+        positions = _positions(g, w.decoder_positions, "dec.positions", step, step1)
+    h = g.op("Add", [h, positions])
     for i, layer in enumerate(w.decoder_layers):
         name = f"dec.{i}"
         a = _self_attention(g, h, layer.self_attn, heads, name + ".self",
@@ -478,15 +482,16 @@ def build_translator(weights: MarianWeights, path=None, *, early_stopping: bool 
     False beam search runs one sentence at a time inside the graph (a Loop) unless
     `batched_beams=True`.
     num_beams 1 is greedy search (BeamSearch with one beam and early_stopping=1).
-    With a `shortlist`, each search multiplies only `shortlist_size` rows of the output
-    projection, picked per batch from its source ids (`_shortlist_nodes`); the output is the same
-    vocabulary ids.
+    With a `shortlist`, each search multiplies only `shortlist_size` (default: the shortlist's
+    own `size`) rows of the output projection, picked per batch from its source ids
+    (`_shortlist_nodes`); the output is the same vocabulary ids.
     Metadata records the vocabulary size, the position table size, the special ids and the
     shortlist size (0: none).
     """
     from onnx import TensorProto, helper
 
     check_weights(weights)
+    shortlist_size = (shortlist_size or shortlist.size) if shortlist is not None else 0
     tables = None if shortlist is None else (_shortlist_tables(shortlist, weights, shortlist_size), shortlist_size)
     store: dict[str, np.ndarray] = {} if tables else {"vocab_mask": _vocab_mask(weights)}
     store["num_return_sequences"] = np.array([1], dtype=np.int32)
@@ -540,11 +545,45 @@ def build_translator(weights: MarianWeights, path=None, *, early_stopping: bool 
                 decoder_start_token_id=weights.decoder_start_token_id, early_stopping=int(bool(early_stopping)),
                 d_enc=weights.d_enc, d_dec=weights.d_dec, precision="fp32",
                 batched_beams=int(bool(early_stopping or batched_beams)), output_limit=output_limit_rule(),
-                shortlist_size=shortlist_size if shortlist is not None else 0)
+                shortlist_size=shortlist_size)
     helper.set_model_props(model, {f"wdctl.{k}": str(v) for k, v in meta.items()})
     if path is not None:
         save_model(model, path)
     return model
+
+
+def set_shortlist_size(model, size: int) -> None:
+    """Give a translator built with a shortlist (ModelProto, edited in place) `size` positions:
+    at its vocabulary size, every id is in every batch's shortlist and the search is the full
+    one (what `wdctl translate --no-shortlist` runs). Every size-dependent value is set here:
+    the TopK count, the decoder's declared logits width (the op's vocabulary size) and the
+    forced-EOS row; EOS keeps its pinned position."""
+    from onnx import AttributeProto, numpy_helper
+
+    def graphs(graph):
+        yield graph
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.type == AttributeProto.GRAPH:
+                    yield from graphs(attr.g)
+                elif attr.type == AttributeProto.GRAPHS:
+                    for sub in attr.graphs:
+                        yield from graphs(sub)
+
+    for graph in graphs(model.graph):
+        for i, tensor in enumerate(graph.initializer):
+            if tensor.name.endswith("shortlist.size"):
+                graph.initializer[i].CopyFrom(numpy_helper.from_array(np.array([size], np.int64), tensor.name))
+            elif tensor.name.endswith("forced_eos"):
+                old = numpy_helper.to_array(tensor)
+                row = np.full(size, -1e9, dtype=_F32)
+                row[int(np.argmax(old))] = 0.0
+                graph.initializer[i].CopyFrom(numpy_helper.from_array(row, tensor.name))
+        if graph.name == "marian_decoder":
+            graph.output[0].type.tensor_type.shape.dim[2].dim_value = size
+    for prop in model.metadata_props:
+        if prop.key == "wdctl.shortlist_size":
+            prop.value = str(size)
 
 
 def save_model(model, path) -> None:

@@ -31,6 +31,10 @@ from wdctl.core.errors import InputError
 
 DEFAULT_FREQUENT = 256
 DEFAULT_PER_SOURCE = 32
+FILE = "shortlist.json"  # in a MarianMT directory (written by `wdctl compress` / `wdctl shortlist`) and a package
+VMAP_FILE = "vmap.txt"  # in a package: CTranslate2's --vocab_mapping
+SIZE_SENTENCES = 16  # a search's sentences the translator's shortlist size is chosen for (greedy, 16 rows)
+SIZE_QUANTILE = 0.95
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,7 @@ class Shortlist:
     vocab_size: int
     frequent: tuple[int, ...]  # target ids always kept, most frequent first
     per_source: dict[int, tuple[int, ...]]  # source id -> its best other target ids, best first
+    size: int = 0  # positions the in-graph translator keeps per search (`choose_size`); 0: not chosen
 
     def candidates(self, source_ids: Iterable[int], always: Iterable[int] = (), multiple_of: int = 8) -> np.ndarray:
         """Sorted target ids for a batch with these source ids: the frequent ids, each source id's
@@ -55,7 +60,7 @@ class Shortlist:
         return np.array(sorted(keep), dtype=np.int64)
 
     def to_dict(self) -> dict:
-        return {"vocab_size": self.vocab_size, "frequent": list(self.frequent),
+        return {"vocab_size": self.vocab_size, "size": self.size, "frequent": list(self.frequent),
                 "per_source": {str(s): list(t) for s, t in sorted(self.per_source.items())}}
 
     @classmethod
@@ -64,12 +69,15 @@ class Shortlist:
             vocab = int(data["vocab_size"])
             frequent = tuple(int(t) for t in data["frequent"])
             per_source = {int(s): tuple(int(t) for t in ts) for s, ts in data["per_source"].items()}
-        except (KeyError, TypeError, ValueError) as exc:
+            size = int(data.get("size", 0))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise InputError(f"{where}: not a wdctl shortlist ({exc})") from None
         ids = [*frequent, *(t for ts in per_source.values() for t in ts)]
         if any(not 0 <= t < vocab for t in ids):
             raise InputError(f"{where}: target id outside the vocabulary of {vocab}")
-        return cls(vocab, frequent, per_source)
+        if not 0 <= size <= vocab:
+            raise InputError(f"{where}: size {size} outside [0, {vocab}]")
+        return cls(vocab, frequent, per_source, size)
 
     def save(self, path: Path) -> None:
         atomic_write_text(Path(path), json.dumps(self.to_dict()))
@@ -134,6 +142,31 @@ def build_shortlist(pairs: Sequence[tuple[Sequence[int], Sequence[int]]], source
         if row:
             lists[int(s_np[a])] = tuple(row)
     return Shortlist(target_vocab, kept, lists)
+
+
+def choose_size(shortlist: Shortlist, sources: Sequence[Sequence[int]], always: Iterable[int] = (), *,
+                sentences: int = SIZE_SENTENCES, quantile: float = SIZE_QUANTILE, multiple_of: int = 64) -> int:
+    """The translator's shortlist size (fixed when its file is built: the search op reads the
+    vocabulary size from the graph): the `quantile` of the union's size over searches of
+    `sentences` consecutive `sources` of similar length (as `PackageTranslator` groups them),
+    rounded up to `multiple_of`, at most the vocabulary. A larger union is cut to this size by
+    score (`translator_graph._shortlist_nodes`), dropping the weakest candidates first."""
+    sources = sources[:: max(1, len(sources) // 4000)]  # a sample is enough for a quantile
+    order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
+    sizes = [len(shortlist.candidates((t for i in order[k:k + sentences] for t in sources[i]), always, 1))
+             for k in range(0, len(order), sentences)]
+    floor = len(set(shortlist.frequent) | set(always)) + 8  # room for candidates beyond the pinned ids
+    size = max(int(np.quantile(sizes, quantile)) if sizes else 0, floor)
+    return min(shortlist.vocab_size, -(-size // multiple_of) * multiple_of)
+
+
+def shortlist_for(pairs: Sequence[tuple[Sequence[int], Sequence[int]]], vocab_size: int, special_ids: Iterable[int],
+                  pad_token_id: int, **sizes) -> Shortlist:
+    """`build_shortlist` over encoded (source, target) pairs with its translator size chosen on
+    their sources (`choose_size`): what `wdctl compress` and `wdctl shortlist` write."""
+    built = build_shortlist(pairs, vocab_size, vocab_size, exclude=[pad_token_id], **sizes)
+    size = choose_size(built, [s for s, _ in pairs], special_ids)
+    return Shortlist(built.vocab_size, built.frequent, built.per_source, size)
 
 
 def coverage(shortlist: Shortlist, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], batch_size: int,

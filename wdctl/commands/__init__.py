@@ -2,7 +2,7 @@
 
 import importlib
 
-COMMAND_MODULES = ["data", "teacher", "compress", "export", "bench", "translate", "demo"]
+COMMAND_MODULES = ["data", "teacher", "compress", "export", "shortlist", "bench", "translate", "demo"]
 
 
 def register_all() -> None:

@@ -25,6 +25,7 @@ def export_command(
     max_sentences: int = typer.Option(200, "--max-sentences", help="Use at most this many --data sentences for re-scoring."),
     beams: int = typer.Option(4, "--beams", help="Beam size for BLEU re-scoring."),
     optimum: Optional[bool] = typer.Option(None, "--optimum/--no-optimum", help="Also write optimum's encoder_model.onnx and decoder_model_merged.onnx (validated against PyTorch too), for ORTModelForSeq2SeqLM. Default: only with --device cuda, --quantize fp16 or --keep-fp32, which need them (translator.onnx runs on the CPU, in fp32 or int8); otherwise the package is translator.onnx + config + tokenizer, about a third of the size."),
+    shortlist: bool = typer.Option(True, "--shortlist/--no-shortlist", help="When MODEL_DIR has a shortlist.json (written by `wdctl compress` and `wdctl shortlist`), build the translator to multiply only the batch's shortlisted output rows; the package gets shortlist.json and vmap.txt (CTranslate2's --vocab_mapping). `wdctl translate --no-shortlist` still searches the full vocabulary."),
     force: bool = ForceOpt,
 ) -> None:
     """Export a MarianMT model to an onnxruntime package, verify it, and quantize it.
@@ -37,7 +38,7 @@ def export_command(
 
     report, mode = export_model(model_dir, out, quantize=quantize, device=device, threads=threads, isa=isa,
                                 keep_fp32=keep_fp32, data=data, max_sentences=max_sentences, beams=beams, force=force,
-                                log=lambda text: typer.echo(text, err=True), optimum=optimum)
+                                log=lambda text: typer.echo(text, err=True), optimum=optimum, shortlist=shortlist)
     _summary(out, report, mode)
 
 

@@ -41,6 +41,7 @@ def translate_command(
     max_length: int = typer.Option(256, "--max-length", help="Longest output in tokens (also capped at 1.5 x source + 10)."),
     length_penalty: float = typer.Option(1.0, "--length-penalty", help="Beam-search length penalty (score / length ** penalty)."),
     device: str = typer.Option("cpu", "--device", help="cpu, or cuda for ONNX packages (needs onnxruntime-gpu: pip install 'wdctl\\[gpu]')."),
+    shortlist: bool = typer.Option(True, "--shortlist/--no-shortlist", help="With a package whose translator has a vocabulary shortlist (shortlist.json beside it): multiply only the shortlisted output rows (default), or search the full vocabulary (slower)."),
 ) -> None:
     """Translate one sentence per line; empty lines stay empty, so output lines match input lines.
 
@@ -51,7 +52,7 @@ def translate_command(
 
     hyps = translate_lines(model_dir, lambda: _read_input(input), beams=beams, batch_size=batch_size, threads=threads,
                            max_length=max_length, length_penalty=length_penalty, device=device,
-                           warn=lambda text: typer.echo(text, err=True))
+                           warn=lambda text: typer.echo(text, err=True), shortlist=shortlist)
     text = "".join(h + "\n" for h in hyps)
     if output is not None:
         atomic_write_text(output, text)

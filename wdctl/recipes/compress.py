@@ -54,11 +54,13 @@ from wdctl.passes.marian import check_model_dir, generation_config, load_marian,
 from wdctl.passes.methods import METHODS, choose_start
 from wdctl.passes.narrow_marian import count_parameters
 from wdctl.passes.selection import SELECTIONS
+from wdctl.passes.shortlist import FILE as SHORTLIST_FILE
 from wdctl.passes.phases import Job, check_memory, claim_run_dir, jsonable, schedule_fingerprint
 from wdctl.passes.student import STUDENT_PRESETS, StudentSpec, resolve_student, size_note, student_config
 from wdctl.passes.training import TrainConfig
 from wdctl.passes.translate import translate_torch
 from wdctl.passes.vocab import encode_pairs
+from wdctl.recipes.shortlist import model_shortlist
 
 MAX_LENGTH = 256  # tokens per training sentence (longer ones are cut)
 PROBE_SIZE = 64  # sentence pairs in the fixed batch whose loss is reported before/after each phase
@@ -251,6 +253,8 @@ def compress(settings: CompressSettings) -> dict:
     # 4. outputs and scores
     with atomic_dir(s.out, force=s.force) as tmp:
         save_marian(model, tokenizer, tmp)
+        # the shortlist of the pairs it trained on: `wdctl export` builds it into the translator
+        model_shortlist(tokenizer, examples).save(tmp / SHORTLIST_FILE)
     if test_pairs:
         def translate(sentences, beams):
             return translate_torch(model, tokenizer, sentences, beams=beams, batch_size=64, progress=s.progress)

@@ -23,8 +23,9 @@ def _warn_truncation(tokenizer, lines: list[str], max_length: int, warn: Callabl
 
 def translate_lines(model_dir: Path, read: Callable[[], list[str]], *, beams: int = 4, batch_size: int = 32, threads: int = 1,
                     max_length: int = 256, length_penalty: float = 1.0, device: str = "cpu",
-                    warn: Callable[[str], None] = print) -> list[str]:
-    """One translation per line of `read()` (called once the options are checked); empty lines stay empty."""
+                    warn: Callable[[str], None] = print, shortlist: bool = True) -> list[str]:
+    """One translation per line of `read()` (called once the options are checked); empty lines stay empty.
+    `shortlist=False` runs a package's in-graph translator over the full vocabulary."""
     if beams < 1 or batch_size < 1 or threads < 1 or max_length < 2:
         raise InputError("--beams, --batch-size and --threads must be at least 1, --max-length at least 2")
     from wdctl.export.translator import MAX_BEAMS
@@ -38,7 +39,7 @@ def translate_lines(model_dir: Path, read: Callable[[], list[str]], *, beams: in
 
         settle_kernels_for_search(beams, batch_size)  # before the session
         # the search settings are refused before the input is read or anything is allocated
-        translator = PackageTranslator(model_dir, threads=threads)
+        translator = PackageTranslator(model_dir, threads=threads, shortlist=shortlist)
         translator.check(beams, max_length)
         lines = read()
         _warn_truncation(translator.tokenizer, lines, max_length, warn)
