@@ -171,7 +171,7 @@ def no_gpu(monkeypatch):
     (["--student", "{corpus}"], "not a model directory (no config.json)"),
     (["--device", "tpu"], "--device: unknown device 'tpu' (choose from cpu, cuda)"),
     (["--backends", "torch,ort-int8"], "--backends: unknown backend(s) ort-int8 (choose from torch, ort-optimum, "
-                                       "ort-graph, ort-graph-int8, ct2)"),
+                                       "ort-graph, ort-graph-int8, ort-graph-int8-sl, ct2, ct2-vmap)"),
     (["--backends", "ort"], "--backends: unknown backend(s) ort (choose from torch, ort-optimum,"),
     (["--device", "cuda", "--backends", "torch,ort-graph-int8"],
      "--backends ort-graph-int8: the in-graph translator runs on CPU only; leave it out with --device cuda"),
@@ -275,9 +275,9 @@ def test_settings_defaults_quick_and_command(tiny_teacher_dir, tiny_corpus, tmp_
     assert (full.device, full.skipped_backends) == ("cpu", ()) and "--device" not in full.command
     monkeypatch.setattr(bench, "check_device", lambda device, backends: None)  # as if on a GPU machine
     gpu = make_settings(tiny_teacher_dir, [tiny_teacher_dir], tiny_corpus, tmp_path / "o", device="cuda")
-    assert gpu.backends == ("torch", "ort-optimum", "ct2")
-    assert gpu.skipped_backends == ("ort-graph", "ort-graph-int8")
-    assert "--backends torch,ort-optimum,ct2" in gpu.command and "--device cuda" in gpu.command
+    assert gpu.backends == ("torch", "ort-optimum", "ct2", "ct2-vmap")
+    assert gpu.skipped_backends == ("ort-graph", "ort-graph-int8", "ort-graph-int8-sl")
+    assert "--backends torch,ort-optimum,ct2,ct2-vmap" in gpu.command and "--device cuda" in gpu.command
     quick = make_settings(tiny_teacher_dir, [tiny_teacher_dir], tiny_corpus, tmp_path / "o", quick=True, beams="4,1,4")
     assert (quick.beams, quick.batch_sizes, quick.repeats, quick.max_sentences) == ((4, 1), (1,), 1, 16)
     assert "--beams 4,1 --batch-sizes 1 --threads 1" in quick.command and "--max-sentences 16" in quick.command
@@ -541,8 +541,8 @@ def test_workers_without_torch_are_told_so(monkeypatch):
     from wdctl.bench.run import TORCH_FREE_BACKENDS, worker_env
 
     monkeypatch.delenv("USE_TORCH", raising=False)
-    assert TORCH_FREE_BACKENDS == {"ort-graph", "ort-graph-int8", "ct2"}
-    for backend in ("ort-graph", "ort-graph-int8", "ct2"):
+    assert TORCH_FREE_BACKENDS == {"ort-graph", "ort-graph-int8", "ort-graph-int8-sl", "ct2", "ct2-vmap"}
+    for backend in sorted(TORCH_FREE_BACKENDS):
         env = worker_env(1, backend)
         assert env["USE_TORCH"] == "0" and env["OMP_NUM_THREADS"] == "1"
     for backend in ("torch", "ort-optimum"):

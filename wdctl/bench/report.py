@@ -14,7 +14,8 @@ from wdctl.core.runinfo import write_json
 from wdctl.export.session import AMX_SLOWER_UP_TO_ROWS
 
 PLOT_NAME = "bleu_vs_speed.png"
-BACKEND_MARKERS = {"torch": "o", "ort-optimum": "D", "ort-graph": "v", "ort-graph-int8": "P", "ct2": "*"}
+BACKEND_MARKERS = {"torch": "o", "ort-optimum": "D", "ort-graph": "v", "ort-graph-int8": "P",
+                   "ort-graph-int8-sl": "X", "ct2": "*", "ct2-vmap": "p"}
 SHOWN_VERSIONS = ("wdctl", "torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime",
                   "onnxruntime-gpu", "ctranslate2", "sacrebleu", "tokenizers", "sentencepiece")
 

@@ -83,7 +83,7 @@ def plan_measurements(settings: BenchSettings, systems: list[System], backends: 
 # Backends whose workers use transformers for the tokenizer only: told so, transformers does not
 # import torch. The reports' load_seconds of ort-graph-int8: 3.5-3.6 s before (examples/results/
 # bench at 71b3b71), 2.4-3.1 s after (examples/results/demo at 5d4ae8a).
-TORCH_FREE_BACKENDS = frozenset({"ort-graph", "ort-graph-int8", "ct2"})
+TORCH_FREE_BACKENDS = frozenset({"ort-graph", "ort-graph-int8", "ort-graph-int8-sl", "ct2", "ct2-vmap"})
 
 
 def worker_env(threads: int, backend: str) -> dict[str, str]:

@@ -18,15 +18,18 @@ from wdctl.core.errors import InputError
 from wdctl.export.session import DEVICES, providers_for
 from wdctl.passes.marian import check_model_dir
 
-BACKENDS = ("torch", "ort-optimum", "ort-graph", "ort-graph-int8", "ct2")
+BACKENDS = ("torch", "ort-optimum", "ort-graph", "ort-graph-int8", "ort-graph-int8-sl", "ct2", "ct2-vmap")
 BACKEND_LABELS = {
     "torch": "PyTorch fp32",
     "ort-optimum": "ORT fp32 (optimum generate)",
     "ort-graph": "ORT fp32 (in-graph search)",
     "ort-graph-int8": "ORT int8 (in-graph search)",
+    "ort-graph-int8-sl": "ORT int8 (in-graph search, shortlist)",
     "ct2": "CTranslate2 int8",
+    "ct2-vmap": "CTranslate2 int8 (vmap shortlist)",
 }
-PRECISION = {"torch": "fp32", "ort-optimum": "fp32", "ort-graph": "fp32", "ort-graph-int8": "int8", "ct2": "int8"}
+PRECISION = {"torch": "fp32", "ort-optimum": "fp32", "ort-graph": "fp32", "ort-graph-int8": "int8",
+             "ort-graph-int8-sl": "int8", "ct2": "int8", "ct2-vmap": "int8"}
 CPU_ONLY = GRAPH_BACKENDS  # the in-graph translator (`translator.onnx`) runs in the CPU provider only
 ORT_BACKENDS = ("ort-optimum", *GRAPH_BACKENDS)
 TORCH_BACKENDS = ("torch", "ort-optimum")  # optimum's generate runs torch tensors on the model's device

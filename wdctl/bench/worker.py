@@ -5,7 +5,8 @@ different libraries in one process (torch, onnxruntime, CTranslate2) distort eac
 timings badly on a 2-core machine, and a fresh process also gives an honest peak RSS.
 
 The spec is a JSON object:
-  backend       torch | ort-optimum | ort-graph | ort-graph-int8 | ct2
+  backend       torch | ort-optimum | ort-graph | ort-graph-int8 | ort-graph-int8-sl | ct2 | ct2-vmap
+                (-sl: a package whose translator has a shortlist; ct2-vmap: translate_batch(use_vmap=True))
   model         the directory this backend loads (MarianMT dir, ONNX package or CT2 model)
   tokenizer     a directory holding the model's tokenizer
   sources       a UTF-8 file, one source sentence per line
@@ -138,6 +139,7 @@ def _ct2_backend(spec: dict, tokenizer) -> Translate:
                                         intra_threads=spec["threads"], inter_threads=1)
     beams, max_length = spec["beams"], spec["max_length"]
     truncate = min(max_length, tokenizer.model_max_length)
+    use_vmap = spec["backend"] == "ct2-vmap"
 
     def run(sentences: list[str], batch_size: int) -> list[str]:
         out = [""] * len(sentences)
@@ -152,7 +154,7 @@ def _ct2_backend(spec: dict, tokenizer) -> Translate:
             limit = output_limit(max(len(x) for x in ids), max_length) - 2
             results = translator.translate_batch(
                 tokens, beam_size=beams, max_batch_size=0, max_decoding_length=limit,
-                length_penalty=spec["length_penalty"], return_scores=False)
+                length_penalty=spec["length_penalty"], return_scores=False, use_vmap=use_vmap)
             for i, result in zip(idx, results):
                 out[i] = tokenizer.decode(tokenizer.convert_tokens_to_ids(result.hypotheses[0]),
                                           skip_special_tokens=True)
@@ -162,7 +164,8 @@ def _ct2_backend(spec: dict, tokenizer) -> Translate:
 
 
 LOADERS = {"torch": _torch_backend, "ort-optimum": _ort_optimum_backend, "ort-graph": _graph_backend,
-           "ort-graph-int8": _graph_backend, "ct2": _ct2_backend}
+           "ort-graph-int8": _graph_backend, "ort-graph-int8-sl": _graph_backend, "ct2": _ct2_backend,
+           "ct2-vmap": _ct2_backend}
 
 
 def _one_line(texts: list[str]) -> list[str]:
