@@ -27,7 +27,7 @@ import numpy as np
 from wdctl.core.errors import InputError
 from wdctl.export.package import OnnxPackage
 from wdctl.export.session import detect_isa, session_options, settle_int8_kernels
-from wdctl.export.translator_embeddings import share_embeddings
+from wdctl.export.translator_embeddings import share_embeddings, share_shortlist_rows
 from wdctl.export.translator_graph import build_translator, save_model, set_shortlist_size
 from wdctl.export.translator_weights import (  # noqa: F401 - the public names, re-exported
     AttentionWeights,
@@ -105,6 +105,7 @@ def quantize_translator(src, dst, *, min_elements: int = 0, reduce_range: bool |
     # the embeddings first: one int8 table per distinct embedding, in the main graph, read by
     # the lookups and by the output projection tied to them (`translator_embeddings`)
     done: dict[tuple[int, str], tuple[str, str, str]] = share_embeddings(model, walked, limit)
+    share_shortlist_rows(walked)  # a shortlist's gathered output rows stay int8 too
     count = 0
     for graph, scope in walked:
         consumers: dict[str, list] = {}

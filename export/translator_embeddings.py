@@ -159,3 +159,63 @@ def _rewrite_lookup(graph, node, rows: str, scales: str) -> None:
     del node.attribute[:]
     del node.input[:]
     node.input.extend([out + ".float", out + ".scale"])
+
+
+def share_shortlist_rows(walked) -> int:
+    """With a shortlist (`translator_graph._shortlist_nodes`), the decoder's output projection
+    multiplies rows gathered per batch: after `share_embeddings` those come from the int8 table
+    as Gather -> Cast -> Mul(scales) [-> Mul(1 / sqrt(d))] -> Transpose (`*shortlist_w`), an fp32
+    (d, k) weight that the product would read (and pack) at four bytes a weight every step.
+    Here the weight stays int8: `*shortlist_w` = Transpose(the gathered int8 rows), its per-column
+    scales `*shortlist_w_scale` (k,), and the decoder's MatMul on it becomes a
+    `DynamicQuantizeMatMul`, as the full output projection is. Returns how many were rewritten."""
+    from onnx import helper, numpy_helper
+
+    producers = {o: (graph, node) for graph, _ in walked for node in graph.node for o in node.output}
+    count = 0
+    for graph, scope in walked:
+        for node in list(graph.node):
+            if node.op_type != "Transpose" or not node.output[0].endswith("shortlist_w"):
+                continue
+            name = node.output[0]
+            unscale = None
+            _, mul = producers[node.input[0]]
+            if mul.input[1] in scope:  # Mul(rows, 1 / sqrt(d)) after the lookup's own Mul
+                unscale = mul.input[1]
+                _, mul = producers[mul.input[0]]
+            float_rows, scales = mul.input  # the lookup: Mul(Cast(int8 rows), gathered scales (k, 1))
+            _, cast = producers[float_rows]
+            if mul.op_type != "Mul" or cast.op_type != "Cast":
+                raise ValueError(f"{name}: not the shortlist's int8 rows")
+            int8_rows = cast.input[0]
+            scale = helper.make_node("Mul", [scales, unscale], [name + "_scale2d"], name=name + ".scale") if unscale \
+                else helper.make_node("Identity", [scales], [name + "_scale2d"], name=name + ".scale")
+            flat = numpy_helper.from_array(np.array([-1], np.int64), name + ".flat")
+            graph.initializer.append(flat)
+            index = list(graph.node).index(node)
+            graph.node.insert(index, scale)
+            graph.node.insert(index + 1, helper.make_node("Reshape", [name + "_scale2d", flat.name], [name + "_scale"],
+                                                          name=name + ".reshape"))
+            del node.input[:]
+            node.input.append(int8_rows)
+            for sub, _ in walked:
+                for user in sub.node:
+                    if user.op_type == "MatMul" and list(user.input)[1:] == [name]:
+                        user.op_type, user.domain = "DynamicQuantizeMatMul", "com.microsoft"
+                        user.input.append(name + "_scale")
+            count += 1
+    _drop_unused(walked)
+    return count
+
+
+def _drop_unused(walked) -> None:
+    """Remove nodes whose outputs nothing reads (the float copies the rewrite left behind)."""
+    while True:
+        read = {i for graph, _ in walked for node in graph.node for i in node.input}
+        read |= {o.name for graph, _ in walked for o in graph.output}
+        dead = [(graph, node) for graph, _ in walked for node in graph.node
+                if node.op_type in ("Cast", "Mul", "Identity") and not any(o in read for o in node.output)]
+        if not dead:
+            return
+        for graph, node in dead:
+            graph.node.remove(node)

@@ -230,6 +230,8 @@ def _shortlist_tables(shortlist: Shortlist, w: MarianWeights, size: int) -> dict
         priority[t] = 1e6 + len(shortlist.frequent) - rank
     for rank, t in enumerate(specials):
         priority[t] = 1e7 * (len(specials) - rank + 1)
+    if size == w.vocab_size:  # every id scores, so every id is kept (as `set_shortlist_size` does)
+        priority = np.maximum(priority, _F32(1.0))
     width = max((len(ts) for ts in shortlist.per_source.values()), default=0) or 1
     dtype = np.uint16 if w.vocab_size <= 65536 else np.int32
     candidates = np.full((w.encoder_embed.shape[0], width), w.pad_token_id, dtype=dtype)
@@ -242,33 +244,47 @@ def _shortlist_tables(shortlist: Shortlist, w: MarianWeights, size: int) -> dict
 
 def _shortlist_nodes(g: _Graph, w: MarianWeights, tables: dict, size: int, ids: str, mask: str, scope: str) -> None:
     """A batch's shortlist, computed from its input ids in the graph that holds the search:
-    `{scope}shortlist` (size,) int64 vocabulary ids, the highest `size` scores of priority +
-    sum over the batch's (unpadded) source tokens of their candidates' weights, so the special
-    ids sit at positions 0.. in `_special_ids` order, then the frequent ids, then candidates by
-    score (lower ids first among equals: TopK's tie rule). The decoder step multiplies only these
-    rows (`{scope}shortlist_w`, (d_dec, size), and `{scope}shortlist_bias`), the search runs over
-    positions in it and `{scope}shortlist_mask` is the op's vocab_mask in those positions.
-    `size` is fixed when the file is built: the op reads the vocabulary size from the decoder's
-    declared logits shape."""
+    `{scope}shortlist` (k,) int64 vocabulary ids, the k highest scores of priority + sum over
+    the batch's (unpadded) source tokens of their candidates' weights, so the special ids sit at
+    positions 0.. in `_special_ids` order, then the frequent ids, then candidates by score
+    (lower ids first among equals: TopK's tie rule). k is the number of ids that score at all,
+    rounded up to a multiple of 8, at most `size`: one sentence's shortlist is much shorter than
+    a 16-sentence search's. The decoder step multiplies only these k rows
+    (`{scope}shortlist_w`, (d_dec, k), and `{scope}shortlist_bias`) and pads its logits to
+    `size` with -1e9 (`{scope}shortlist_pads`): `size` is fixed when the file is built, since
+    the op reads the vocabulary size from the decoder's declared logits shape. The search runs
+    over positions in the shortlist; `{scope}shortlist_mask` (size,) is the op's vocab_mask
+    there (positions past k banned)."""
     from onnx import TensorProto
 
+    i64 = np.int64
     picked = g.op("Gather", [g.weight("shortlist.candidates", tables["candidates"]), ids])  # (B, L, C)
-    picked = g.op("Reshape", [g.op("Cast", [picked], to=TensorProto.INT64), g.weight("flat", np.array([-1], np.int64))])
-    present = g.op("Unsqueeze", [g.op("Cast", [mask], to=TensorProto.FLOAT), g.weight("axis_last", np.array([2], np.int64))])
+    picked = g.op("Reshape", [g.op("Cast", [picked], to=TensorProto.INT64), g.weight("flat", np.array([-1], i64))])
+    present = g.op("Unsqueeze", [g.op("Cast", [mask], to=TensorProto.FLOAT), g.weight("axis_last", np.array([2], i64))])
     gains = g.op("Reshape", [g.op("Mul", [present, g.weight("shortlist.weights", tables["weights"])]),
-                             g.weight("flat", np.array([-1], np.int64))])
+                             g.weight("flat", np.array([-1], i64))])
     score = g.op("ScatterElements", [g.weight("shortlist.priority", tables["priority"]), picked, gains], axis=0,
                  reduction="add")
-    g.op("TopK", [score, g.weight("shortlist.size", np.array([size], np.int64))],
-         [f"{scope}shortlist_score", f"{scope}shortlist"], axis=0, largest=1, sorted=1)
+    scored = g.op("ReduceSum", [g.op("Cast", [g.op("Greater", [score, g.weight("zero_f", np.array([0.0], _F32))])],
+                                     to=TensorProto.INT64)], keepdims=1)
+    eight = g.weight("eight", np.array([8], i64))
+    k = g.op("Min", [g.op("Mul", [g.op("Div", [g.op("Add", [scored, g.weight("seven", np.array([7], i64))]), eight]),
+                                  eight]),
+                     g.weight("shortlist.size", np.array([size], i64))])
+    g.op("TopK", [score, k], [f"{scope}shortlist_score", f"{scope}shortlist"], axis=0, largest=1, sorted=1)
     # the output projection's rows: the decoder's lookup table (scaled by sqrt(d) when the model
-    # scales embeddings) at the shortlist, unscaled, transposed to (d, size)
+    # scales embeddings) at the shortlist, unscaled, transposed to (d, k)
     rows = g.op("Gather", [_shared_decoder_table(g, w), f"{scope}shortlist"])
     if w.scale_embedding:
         rows = g.op("Mul", [rows, g.weight("dec.unscale", np.array([1 / math.sqrt(w.d_dec)], _F32))])
     g.op("Transpose", [rows], [f"{scope}shortlist_w"], perm=[1, 0])
     g.op("Gather", [g.weight("dec.final_logits_bias", _final_bias(w)), f"{scope}shortlist"], [f"{scope}shortlist_bias"])
-    g.op("Gather", [g.weight("vocab_mask", _vocab_mask(w)), f"{scope}shortlist"], [f"{scope}shortlist_mask"])
+    missing = g.op("Sub", [g.weight("shortlist.size", np.array([size], i64)), k])
+    zeros = g.weight("zeros5", np.zeros(5, i64))
+    g.op("Concat", [zeros, missing], [f"{scope}shortlist_pads"], axis=0)  # (rows, 1, k) -> (rows, 1, size)
+    mask_pads = g.op("Concat", [g.weight("zero1_pad", np.zeros(1, i64)), missing], axis=0)
+    g.op("Pad", [g.op("Gather", [g.weight("vocab_mask", _vocab_mask(w)), f"{scope}shortlist"]), mask_pads,
+                 g.weight("zero_i32", np.array(0, np.int32))], [f"{scope}shortlist_mask"])
 
 
 def _shared_decoder_table(g: _Graph, w: MarianWeights) -> str:
@@ -376,8 +392,8 @@ def _decoder_graph(w: MarianWeights, scope: str, shortlist: tuple[int, str] | No
         g.op("Add", [logits, g.weight("dec.final_logits_bias", _final_bias(w))], ["logits"])
         _row_length_limit(g, w, step)
     else:
-        logits = g.op("MatMul", [h, f"{scope}shortlist_w"])
-        g.op("Add", [logits, f"{scope}shortlist_bias"], ["logits"])
+        logits = g.op("Add", [g.op("MatMul", [h, f"{scope}shortlist_w"]), f"{scope}shortlist_bias"])
+        g.op("Pad", [logits, f"{scope}shortlist_pads", g.weight("minus_inf", np.array(-1e9, _F32))], ["logits"])
         _row_length_limit(g, w, step, width=shortlist[0], eos=_special_ids(w).index(w.eos_token_id))
     width = w.vocab_size if shortlist is None else shortlist[0]
     inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT32, ["batch", 1]),  # fixed 1: see module doc
@@ -574,6 +590,10 @@ def set_shortlist_size(model, size: int) -> None:
         for i, tensor in enumerate(graph.initializer):
             if tensor.name.endswith("shortlist.size"):
                 graph.initializer[i].CopyFrom(numpy_helper.from_array(np.array([size], np.int64), tensor.name))
+            elif tensor.name.endswith("shortlist.priority") and size >= len(numpy_helper.to_array(tensor)):
+                # every id scores, so every id is kept: the full search
+                graph.initializer[i].CopyFrom(numpy_helper.from_array(
+                    np.maximum(numpy_helper.to_array(tensor), _F32(1.0)), tensor.name))
             elif tensor.name.endswith("forced_eos"):
                 old = numpy_helper.to_array(tensor)
                 row = np.full(size, -1e9, dtype=_F32)

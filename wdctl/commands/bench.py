@@ -13,7 +13,7 @@ from wdctl.app import app
 @app.command("bench")
 def bench_command(
     teacher: Path = typer.Option(..., "--teacher", help="Teacher MarianMT directory."),
-    student: List[Path] = typer.Option(..., "--student", help="Student MarianMT directory; repeat for several."),
+    student: List[Path] = typer.Option([], "--student", help="Student MarianMT directory; repeat for several (none: the teacher alone)."),
     data: str = typer.Option(..., "--data", help="Test data: a corpus directory (its --split is used), a TSV file, or SRC,TGT text files."),
     split: str = typer.Option("test", "--split", help="Split to read from a corpus directory."),
     beams: Optional[str] = typer.Option(None, "--beams", help="Beam sizes, comma-separated (default 1,4; with --quick 1)."),

@@ -21,9 +21,11 @@ from wdctl.passes.distributed import Distributed, check_accum, distributed
 from wdctl.passes.marian import TEACHER_PRESETS, build_teacher, save_marian
 from wdctl.passes.memory import training_peak
 from wdctl.passes.phases import check_memory
+from wdctl.passes.shortlist import FILE as SHORTLIST_FILE
 from wdctl.passes.training import TrainConfig, train
 from wdctl.passes.translate import dev_bleu_evaluator, translate_torch
 from wdctl.passes.vocab import encode_pairs, train_vocabulary
+from wdctl.recipes.shortlist import model_shortlist
 
 
 def load_or_train_vocab(pairs, vocab_dir: Path, vocab_size: int, seed: int, dist: Distributed = Distributed()):
@@ -98,5 +100,8 @@ def train_teacher(
             metrics.update(score_bleu(translate, pairs, sorted({1, final_beams}), name))
     with atomic_dir(out, force=force) as tmp:
         save_marian(model, tokenizer, tmp)
+        # the shortlist of its training pairs (`wdctl export` builds it into the translator;
+        # `wdctl shortlist --translations` can add the teacher's own translations later)
+        model_shortlist(tokenizer, examples).save(tmp / SHORTLIST_FILE)
     write_json(run_dir / "metrics.json", metrics)
     return metrics
