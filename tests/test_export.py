@@ -544,3 +544,38 @@ def test_onnx_teacher_exports_the_translator_alone(tiny_teacher_dir, tmp_path, b
     lines = teacher.load(tiny_teacher_dir, workdir, threads=1, device="cpu").translate(
         [s for s, _ in bible_pairs["test"][:3]], beams=2)
     assert len(lines) == 3 and all(lines)
+
+
+def test_export_builds_the_model_shortlist_into_the_translator(tmp_path, tiny_teacher_dir, bible_pairs, cli):
+    """A model directory with a shortlist.json (teacher train and compress write one) exports a
+    translator that multiplies only the shortlisted rows, reports its agreement with the full
+    search, writes CTranslate2's vmap.txt; --no-shortlist (translate) and export --no-shortlist
+    give the full search."""
+    from wdctl.export.translator import translator_metadata
+    from wdctl.passes.shortlist import Shortlist
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_teacher_dir, model)
+    written = Shortlist.load(model / "shortlist.json")  # by `wdctl teacher train`
+    assert written.size > 0 and written.vocab_size == 400
+    Shortlist(400, written.frequent[:64], written.per_source, 128).save(model / "shortlist.json")
+    code, out, err = cli("export", model, "--out", tmp_path / "sl", "--beams", "2")
+    assert code == 0, err
+    assert "with its 128-row shortlist greedy" in out
+    check = _report(tmp_path / "sl")["translator"]["shortlist"]
+    assert check["size"] == 128 and check["greedy"]["total"] == check["beam4"]["total"] > 0
+    assert translator_metadata(tmp_path / "sl" / "translator.onnx")["wdctl.shortlist_size"] == "128"
+    vmap = (tmp_path / "sl" / "vmap.txt").read_text(encoding="utf-8").splitlines()
+    assert vmap[0].startswith("\t") and len(vmap[0].split(" ")) == 64 and len(vmap) > 1
+    code, _, err = cli("export", model, "--out", tmp_path / "full", "--no-shortlist")
+    assert code == 0, err
+    assert not (tmp_path / "full" / "vmap.txt").exists()
+    assert translator_metadata(tmp_path / "full" / "translator.onnx")["wdctl.shortlist_size"] == "0"
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(s for s, _ in bible_pairs["test"][:8]) + "\n", encoding="utf-8")
+    lines = {}
+    for name, package, flags in (("full", "full", []), ("sl-off", "sl", ["--no-shortlist"]), ("sl", "sl", [])):
+        code, out, err = cli("translate", tmp_path / package, "--input", src, "--beams", "2", *flags)
+        assert code == 0, err
+        lines[name] = out.splitlines()
+    assert lines["sl-off"] == lines["full"] and len(lines["sl"]) == 8
