@@ -16,7 +16,8 @@ stage resumes from its checkpoints):
             finished student is reused only if it was trained with the same budgets).
 4. export   `OUT/packages/`: ONNX fp32 and int8 packages of both (the int8 one is benchmarked).
 5. bench    `OUT/bench/`: `wdctl bench` over the first test sentences in onnxruntime int8 with
-            the in-graph search, greedy and beam 4, batch sizes 1 and 32, one timed pass each;
+            the in-graph search (without and with the vocabulary shortlist), greedy and beam 4,
+            batch sizes 1 and 32, one timed pass each;
             its report.md and plot are copied to `OUT/report.md` and `OUT/bleu_vs_speed.png`.
 
 `OUT/demo.json` records each stage's wall time and whether it was reused. `--threads` is the
@@ -74,10 +75,11 @@ class DemoPlan:
     batch_sizes: str = "1,32"
     bench_sentences: int = 300
     repeats: int = 1
-    # teacher against student in onnxruntime int8 with the in-graph search; CTranslate2,
-    # PyTorch, fp32 and optimum's generate() are left out to fit the time budget (`wdctl bench`
-    # runs them; the README's bench table has them)
-    backends: str | None = "ort-graph-int8"
+    # teacher against student in onnxruntime int8 with the in-graph search, over the full
+    # vocabulary and with the shortlist `wdctl export` builds in; CTranslate2, PyTorch, fp32 and
+    # optimum's generate() are left out to fit the time budget (`wdctl bench` runs them; the
+    # README's bench table has them)
+    backends: str | None = "ort-graph-int8,ort-graph-int8-sl"
 
     def estimate(self) -> str:
         teacher = f"train a teacher for {self.teacher_steps} steps" if self.train_teacher else "the bundled teacher"
