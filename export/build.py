@@ -405,7 +405,8 @@ def export_model(model_dir: Path, out: Path, *, quantize: str | None = None, dev
 class OnnxTeacher:
     """A `wdctl.passes.distill.TeacherBackend`: the teacher exported once (fp32, validated) into
     the distillation cache and decoded by its in-graph translator on the CPU (`compress
-    --onnx-distill`): the same output as PyTorch (validated at export), one batch per thread."""
+    --onnx-distill`): the same output as PyTorch (validated at export), one batch per thread.
+    It searches the full vocabulary: a shortlist would change the teacher's lines."""
 
     name = "onnx"
 
@@ -415,21 +416,24 @@ class OnnxTeacher:
         if not (workdir / "config.json").is_file():
             tqdm.write(f"distill: exporting the teacher to ONNX once, into {workdir}")
         elif not self.current(workdir):
-            tqdm.write(f"distill: the teacher's ONNX export in {workdir} predates the per-sentence output limit; "
-                       "exporting it again")
+            tqdm.write(f"distill: the teacher's ONNX export in {workdir} predates the per-sentence output limit "
+                       "or has a shortlist; exporting it again")
         else:
             return
-        build_package(teacher_dir, workdir, force=workdir.exists(), optimum=False)  # the translator is all it runs
+        # the translator is all it runs
+        build_package(teacher_dir, workdir, force=workdir.exists(), optimum=False, shortlist=False)
 
     @staticmethod
     def current(workdir: Path) -> bool:
-        """Whether the export in `workdir` has a translator that ends each sentence at this wdctl's
-        output limit (older ones still run, one search per limit: slower)."""
+        """Whether the export in `workdir` has a full-vocabulary translator that ends each sentence
+        at this wdctl's output limit (older ones still run, one search per limit: slower)."""
         from wdctl.export.translator import translator_metadata
 
         package = OnnxPackage(workdir)
-        return package.has_translator() and \
-            translator_metadata(package.translator).get("wdctl.output_limit") == output_limit_rule()
+        if not package.has_translator():
+            return False
+        meta = translator_metadata(package.translator)
+        return meta.get("wdctl.output_limit") == output_limit_rule() and meta.get("wdctl.shortlist_size", "0") == "0"
 
     def load(self, teacher_dir: Path, workdir: Path, threads: int, device):
         from wdctl.export.translator import PackageTranslator
