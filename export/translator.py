@@ -288,10 +288,12 @@ class OnnxTranslator:
                     results[i] = row
         return results
 
-    def raw_sequences(self, sources, beams: int, max_length: int, length_penalty: float = 1.0) -> np.ndarray:
+    def raw_sequences(self, sources, beams: int, max_length: int, length_penalty: float = 1.0,
+                      min_length: int = 0) -> np.ndarray:
         """One `session.run` on one batch of id lists: the op's own `sequences`, (batch, 1,
         max_length - 1) int32, decoder start token first, right-padded with `<pad>`, no EOS on
-        finished rows (what any other onnxruntime binding gets from the same feeds)."""
+        finished rows (what any other onnxruntime binding gets from the same feeds). `min_length`
+        (counted as `max_length` is) holds EOS off until then (benchmarks decode a fixed length)."""
         width = max(len(s) for s in sources)
         ids = np.full((len(sources), width), self.pad_token_id, dtype=np.int32)
         mask = np.zeros((len(sources), width), dtype=np.int32)
@@ -301,7 +303,7 @@ class OnnxTranslator:
         feeds = {
             "input_ids": ids, "attention_mask": mask,
             "max_length": np.array([max_length - 1], dtype=np.int32),
-            "min_length": np.array([0], dtype=np.int32),
+            "min_length": np.array([max(0, min_length - 1)], dtype=np.int32),
             "num_beams": np.array([beams], dtype=np.int32),
             "length_penalty": np.array([length_penalty], dtype=np.float32),
             "repetition_penalty": np.array([1.0], dtype=np.float32),
