@@ -160,7 +160,12 @@ def add_translator(model_dir: Path, package: Path, save_files: bool = False, sho
         raise TranslatorMismatch(f"{model_dir}: the in-graph translator disagrees with PyTorch ({'; '.join(failures)})",
                                  check)
     if shortlist and (Path(model_dir) / SHORTLIST_FILE).is_file():
-        check["shortlist"] = add_shortlist(model, tokenizer, Shortlist.load(Path(model_dir) / SHORTLIST_FILE), package)
+        where = Path(model_dir) / SHORTLIST_FILE
+        try:
+            check["shortlist"] = add_shortlist(model, tokenizer, Shortlist.load(where), package)
+        except InputError as exc:  # e.g. a shortlist of another vocabulary: name the file
+            message = str(exc) if str(where) in str(exc) else f"{where}: {exc}"
+            raise InputError(f"{message} (export with --no-shortlist to leave it out)") from None
         check["bytes"] = path.stat().st_size
     return check
 

@@ -126,3 +126,14 @@ def test_shortlist_file_keeps_its_size(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps(data))
     with pytest.raises(InputError, match="bad.json: size 99"):
         Shortlist.load(tmp_path / "bad.json")
+
+
+def test_export_names_a_shortlist_that_does_not_fit_the_model(tmp_path, tiny_teacher_dir, cli):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_teacher_dir, model)
+    Shortlist(99, (), {}).save(model / "shortlist.json")
+    code, _, err = cli("export", model, "--out", tmp_path / "pkg")
+    assert code == 2 and "shortlist.json: shortlist for a vocabulary of 99" in err and "--no-shortlist" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "pkg").exists()
