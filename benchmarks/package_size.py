@@ -36,12 +36,20 @@ def _dir_bytes(path: Path) -> dict[str, int]:
     return {p.name: p.stat().st_size for p in sorted(path.iterdir()) if p.is_file()}
 
 
-def _ct2(model_dir: Path, out: Path, placeholder_vocab: int | None) -> None:
+def placeholder_pieces(vocab: int) -> list[str]:
+    """The pieces a random model without a tokenizer gets here: `</s>` 0, `<unk>` 1, `<pad>` last
+    (Marian's layout), `t<id>` for the others."""
+    return ["</s>" if i == 0 else "<unk>" if i == 1 else "<pad>" if i == vocab - 1 else f"t{i}" for i in range(vocab)]
+
+
+def _ct2(model_dir: Path, out: Path, placeholder_vocab: int | None, vmap: Path | None = None) -> None:
+    """CTranslate2 int8 of `model_dir` into `out` (with `vmap` as its vocabulary mapping); a model
+    without a tokenizer (`placeholder_vocab`: its vocabulary size) gets `placeholder_pieces`."""
     if placeholder_vocab is None:
         venv_tool = Path(sys.executable).parent / "ct2-transformers-converter"
         tool = str(venv_tool) if venv_tool.is_file() else "ct2-transformers-converter"
-        subprocess.run([tool, "--model", str(model_dir), "--quantization", "int8",
-                        "--output_dir", str(out), "--force"], check=True, capture_output=True)
+        subprocess.run([tool, "--model", str(model_dir), "--quantization", "int8", "--output_dir", str(out),
+                        "--force", *(["--vocab_mapping", str(vmap)] if vmap else [])], check=True, capture_output=True)
         return
     # a random model has no tokenizer: the converter reads only its vocabulary and special tokens
     import ctranslate2.converters.transformers as ct
@@ -50,13 +58,13 @@ def _ct2(model_dir: Path, out: Path, placeholder_vocab: int | None) -> None:
         eos_token, unk_token, bos_token, pad_token = "</s>", "<unk>", "<s>", "<pad>"
 
         def get_vocab(self):
-            return {("</s>" if i == 0 else "<unk>" if i == 1 else "<pad>" if i == placeholder_vocab - 1 else f"t{i}"): i
-                    for i in range(placeholder_vocab)}
+            return {piece: i for i, piece in enumerate(placeholder_pieces(placeholder_vocab))}
 
     original = ct.TransformersConverter.load_tokenizer
     ct.TransformersConverter.load_tokenizer = lambda self, *a, **k: Placeholder()
     try:
-        ct.TransformersConverter(str(model_dir)).convert(str(out), quantization="int8", force=True)
+        ct.TransformersConverter(str(model_dir)).convert(str(out), vmap=None if vmap is None else str(vmap),
+                                                         quantization="int8", force=True)
     finally:
         ct.TransformersConverter.load_tokenizer = original
 

@@ -88,30 +88,16 @@ def _translators(model_dir: Path, shortlist, work: Path) -> dict[str, Path]:
     return files
 
 
-def _ct2(model_dir: Path, out: Path, vocab: int, pad: int, shortlist=None) -> Path:
-    """CTranslate2 int8 of a random model (no tokenizer: a placeholder vocabulary t0..tN), with
-    the shortlist as its vocabulary map when given."""
-    import ctranslate2.converters.transformers as ct
-
-    names = ["</s>" if i == 0 else "<unk>" if i == 1 else "<pad>" if i == pad else f"t{i}" for i in range(vocab)]
-
-    class Placeholder:
-        eos_token, unk_token, bos_token, pad_token = "</s>", "<unk>", "<s>", "<pad>"
-
-        def get_vocab(self):
-            return {name: i for i, name in enumerate(names)}
+def _ct2(model_dir: Path, out: Path, vocab: int, shortlist=None) -> Path:
+    """CTranslate2 int8 of a random model (`package_size`'s placeholder pieces), with the
+    shortlist as its vocabulary map when given."""
+    from package_size import _ct2 as convert, placeholder_pieces
 
     vmap = None
     if shortlist is not None:
         vmap = out.parent / f"{out.name}.vmap.txt"
-        shortlist.write_vmap(vmap, names, names)
-    original = ct.TransformersConverter.load_tokenizer
-    ct.TransformersConverter.load_tokenizer = lambda self, *a, **k: Placeholder()
-    try:
-        ct.TransformersConverter(str(model_dir)).convert(str(out), vmap=None if vmap is None else str(vmap),
-                                                         quantization="int8", force=True)
-    finally:
-        ct.TransformersConverter.load_tokenizer = original
+        shortlist.write_vmap(vmap, placeholder_pieces(vocab))
+    convert(model_dir, out, vocab, vmap)
     return out
 
 
@@ -138,7 +124,11 @@ def _time_ct2(path: Path, sources, beams: int, batch: int, tokens: int, vmap: bo
 
     translator = ctranslate2.Translator(str(path), device="cpu", compute_type="int8", intra_threads=1,
                                         inter_threads=1)
-    words = [["</s>" if t == 0 else f"t{t}" for t in s] for s in sources]
+    from package_size import placeholder_pieces
+    from test_opus_shape import VOCAB
+
+    pieces = placeholder_pieces(VOCAB)
+    words = [[pieces[t] for t in s] for s in sources]
 
     def run(chunk):
         out = translator.translate_batch(chunk, beam_size=beams, max_decoding_length=tokens,
@@ -188,7 +178,11 @@ def main(argv=None) -> None:
     parser.add_argument("--source-length", type=int, default=24, help="source tokens per sentence (EOS included)")
     parser.add_argument("--models", default="teacher,small,tiny")
     args = parser.parse_args(argv)
+    from test_opus_shape import PAD, VOCAB
+    from transformers import MarianConfig
+
     from wdctl.export.session import detect_isa
+    from wdctl.passes.narrow_marian import ct2_unsupported
     from wdctl.passes.shortlist import Shortlist, choose_size
 
     started = time.perf_counter()
@@ -196,8 +190,6 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory(prefix="wdctl-scale-") as tmp:
         work = Path(tmp)
         dirs = _models(work)
-        from test_opus_shape import PAD, VOCAB
-
         raw, rng = _shortlist(VOCAB, PAD)
         sources = _sources(VOCAB, PAD, args.sentences, args.source_length, rng)
         more = _sources(VOCAB, PAD, 256, args.source_length, rng)
@@ -206,12 +198,9 @@ def main(argv=None) -> None:
             files = _translators(dirs[name], shortlist, work)
             row = {"model": name, "output_share_full": round(_output_share(files["full"], sources, args.tokens), 3)}
             ct2 = {}
-            from wdctl.passes.narrow_marian import ct2_unsupported
-            from transformers import MarianConfig
-
             if not ct2_unsupported(MarianConfig.from_pretrained(dirs[name])):
-                ct2 = {"ct2": _ct2(dirs[name], work / f"{name}.ct2", VOCAB, PAD),
-                       "ct2-vmap": _ct2(dirs[name], work / f"{name}.ct2-vmap", VOCAB, PAD, shortlist)}
+                ct2 = {"ct2": _ct2(dirs[name], work / f"{name}.ct2", VOCAB),
+                       "ct2-vmap": _ct2(dirs[name], work / f"{name}.ct2-vmap", VOCAB, shortlist)}
             for beams in (1, 4):
                 for batch in (1, 32):
                     key = f"beam{beams}_bs{batch}"

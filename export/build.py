@@ -186,14 +186,15 @@ def add_shortlist(model, tokenizer, shortlist: Shortlist, package: Path,
                                         max_length=min(256, tokenizer.model_max_length))["input_ids"]]
     limit = min(256, full.max_positions)
     report: dict = {"size": shortlist.size, "vocab_size": shortlist.vocab_size}
+    candidate = OnnxTranslator(shortlisted)
     for name, num_beams in (("greedy", 1), (f"beam{beams}", beams)):
         want = full.generate(sources, beams=num_beams, max_length=limit)
-        got = OnnxTranslator(shortlisted).generate(sources, beams=num_beams, max_length=limit)
+        got = candidate.generate(sources, beams=num_beams, max_length=limit)
         agree = sum(a == b for a, b in zip(want, got))
         report[name] = {"agree": agree, "total": len(want), "agreement": round(agree / len(want), 4)}
     shortlisted.replace(path)
     pieces = tokenizer.convert_ids_to_tokens(list(range(shortlist.vocab_size)))
-    shortlist.write_vmap(package / VMAP_FILE, pieces, pieces)
+    shortlist.write_vmap(package / VMAP_FILE, pieces)
     return report
 
 

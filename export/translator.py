@@ -28,7 +28,7 @@ from wdctl.core.errors import InputError
 from wdctl.export.package import OnnxPackage
 from wdctl.export.session import detect_isa, session_options, settle_int8_kernels
 from wdctl.export.translator_embeddings import share_embeddings, share_shortlist_rows
-from wdctl.export.translator_graph import build_translator, save_model, set_shortlist_size
+from wdctl.export.translator_graph import _subgraphs, build_translator, save_model, set_shortlist_size
 from wdctl.export.translator_weights import (  # noqa: F401 - the public names, re-exported
     AttentionWeights,
     DecoderLayerWeights,
@@ -56,23 +56,6 @@ def export_translator(model, path, *, early_stopping: bool = True, int8_path=Non
 # --------------------------------------------------------------------------------------------
 # Weight-only int8
 # --------------------------------------------------------------------------------------------
-
-def _subgraphs(graph, scope=None):
-    """Yield (graph, scope) for a graph and every graph nested in it; scope maps each visible
-    initializer name to the GraphProto that holds it (inner graphs shadow outer ones)."""
-    from onnx import AttributeProto
-
-    scope = dict(scope or {})
-    scope.update({t.name: graph for t in graph.initializer})
-    yield graph, scope
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == AttributeProto.GRAPH:
-                yield from _subgraphs(attr.g, scope)
-            elif attr.type == AttributeProto.GRAPHS:
-                for sub in attr.graphs:
-                    yield from _subgraphs(sub, scope)
-
 
 def quantize_translator(src, dst, *, min_elements: int = 0, reduce_range: bool | None = None):
     """Weight-only int8: every MatMul whose second operand is an initializer (in any subgraph,
@@ -329,13 +312,13 @@ def _without_shortlist(path: Path) -> str | bytes:
     the vocabulary (`set_shortlist_size`)."""
     import onnx
 
-    meta = translator_metadata(path)
-    if int(meta.get("wdctl.shortlist_size", 0)) == 0:
-        return str(path)
     try:
         model = onnx.load(str(path))
     except Exception as exc:  # noqa: BLE001 - a broken file is the user's input
         raise InputError(f"{path}: cannot load translator ({str(exc).splitlines()[0]})") from None
+    meta = {prop.key: prop.value for prop in model.metadata_props}
+    if int(meta.get("wdctl.shortlist_size", 0)) == 0:
+        return str(path)
     set_shortlist_size(model, int(meta["wdctl.vocab_size"]))
     return model.SerializeToString()
 

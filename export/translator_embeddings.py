@@ -62,7 +62,7 @@ def share_embeddings(model, walked, limit: float = 127.0) -> dict:
     """Rewrite every float embedding lookup (a `Gather` on a 2-D float initializer, axis 0) and
     every output projection tied to one (a `MatMul` whose weight transposed equals a lookup
     table up to 1 or sqrt(d)) of `model` to read one int8 table per distinct embedding, held by
-    the main graph (see the module doc). `walked` is `_subgraphs(model.graph)` as a list, whose
+    the main graph (see the module doc). `walked` is `translator_graph._subgraphs(model.graph)` as a list, whose
     graphs are edited in place. Returns {(id(owner graph), weight name): (int8, scale, zero
     point) names} for the tied MatMuls, for `quantize_translator` to turn into
     `DynamicQuantizeMatMul`s on the shared table; the float tables are left for it to drop once
@@ -161,18 +161,17 @@ def _rewrite_lookup(graph, node, rows: str, scales: str) -> None:
     node.input.extend([out + ".float", out + ".scale"])
 
 
-def share_shortlist_rows(walked) -> int:
+def share_shortlist_rows(walked) -> None:
     """With a shortlist (`translator_graph._shortlist_nodes`), the decoder's output projection
     multiplies rows gathered per batch: after `share_embeddings` those come from the int8 table
     as Gather -> Cast -> Mul(scales) [-> Mul(1 / sqrt(d))] -> Transpose (`*shortlist_w`), an fp32
     (d, k) weight that the product would read (and pack) at four bytes a weight every step.
     Here the weight stays int8: `*shortlist_w` = Transpose(the gathered int8 rows), its per-column
     scales `*shortlist_w_scale` (k,), and the decoder's MatMul on it becomes a
-    `DynamicQuantizeMatMul`, as the full output projection is. Returns how many were rewritten."""
+    `DynamicQuantizeMatMul`, as the full output projection is."""
     from onnx import helper, numpy_helper
 
     producers = {o: (graph, node) for graph, _ in walked for node in graph.node for o in node.output}
-    count = 0
     for graph, scope in walked:
         for node in list(graph.node):
             if node.op_type != "Transpose" or not node.output[0].endswith("shortlist_w"):
@@ -203,9 +202,7 @@ def share_shortlist_rows(walked) -> int:
                     if user.op_type == "MatMul" and list(user.input)[1:] == [name]:
                         user.op_type, user.domain = "DynamicQuantizeMatMul", "com.microsoft"
                         user.input.append(name + "_scale")
-            count += 1
     _drop_unused(walked)
-    return count
 
 
 def _drop_unused(walked) -> None:

@@ -80,6 +80,23 @@ class _Graph:
         return outputs[0] if len(outputs) == 1 else list(outputs)
 
 
+def _subgraphs(graph, scope=None):
+    """Yield (graph, scope) for a graph and every graph nested in it; scope maps each visible
+    initializer name to the GraphProto that holds it (inner graphs shadow outer ones)."""
+    from onnx import AttributeProto
+
+    scope = dict(scope or {})
+    scope.update({t.name: graph for t in graph.initializer})
+    yield graph, scope
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == AttributeProto.GRAPH:
+                yield from _subgraphs(attr.g, scope)
+            elif attr.type == AttributeProto.GRAPHS:
+                for sub in attr.graphs:
+                    yield from _subgraphs(sub, scope)
+
+
 def _activation(g: _Graph, x: str, kind: str) -> str:
     if kind in ("swish", "silu"):
         return g.op("QuickGelu", [x], domain="com.microsoft", alpha=1.0)
@@ -242,7 +259,7 @@ def _shortlist_tables(shortlist: Shortlist, w: MarianWeights, size: int) -> dict
     return {"priority": priority, "candidates": candidates, "weights": weights}
 
 
-def _shortlist_nodes(g: _Graph, w: MarianWeights, tables: dict, size: int, ids: str, mask: str, scope: str) -> None:
+def _shortlist_nodes(g: _Graph, w: MarianWeights, tables: dict, size: int, ids: str, mask: str, scope: str) -> str:
     """A batch's shortlist, computed from its input ids in the graph that holds the search:
     `{scope}shortlist` (k,) int64 vocabulary ids, the k highest scores of priority + sum over
     the batch's (unpadded) source tokens of their candidates' weights, so the special ids sit at
@@ -254,7 +271,8 @@ def _shortlist_nodes(g: _Graph, w: MarianWeights, tables: dict, size: int, ids: 
     `size` with -1e9 (`{scope}shortlist_pads`): `size` is fixed when the file is built, since
     the op reads the vocabulary size from the decoder's declared logits shape. The search runs
     over positions in the shortlist; `{scope}shortlist_mask` (size,) is the op's vocab_mask
-    there (positions past k banned)."""
+    there (positions past k banned). Returns the name of the decoder's lookup table, which the
+    decoder step reads from this graph too."""
     from onnx import TensorProto
 
     i64 = np.int64
@@ -274,7 +292,8 @@ def _shortlist_nodes(g: _Graph, w: MarianWeights, tables: dict, size: int, ids: 
     g.op("TopK", [score, k], [f"{scope}shortlist_score", f"{scope}shortlist"], axis=0, largest=1, sorted=1)
     # the output projection's rows: the decoder's lookup table (scaled by sqrt(d) when the model
     # scales embeddings) at the shortlist, unscaled, transposed to (d, k)
-    rows = g.op("Gather", [_shared_decoder_table(g, w), f"{scope}shortlist"])
+    table = _shared_decoder_table(g, w)
+    rows = g.op("Gather", [table, f"{scope}shortlist"])
     if w.scale_embedding:
         rows = g.op("Mul", [rows, g.weight("dec.unscale", np.array([1 / math.sqrt(w.d_dec)], _F32))])
     g.op("Transpose", [rows], [f"{scope}shortlist_w"], perm=[1, 0])
@@ -285,6 +304,7 @@ def _shortlist_nodes(g: _Graph, w: MarianWeights, tables: dict, size: int, ids: 
     mask_pads = g.op("Concat", [g.weight("zero1_pad", np.zeros(1, i64)), missing], axis=0)
     g.op("Pad", [g.op("Gather", [g.weight("vocab_mask", _vocab_mask(w)), f"{scope}shortlist"]), mask_pads,
                  g.weight("zero_i32", np.array(0, np.int32))], [f"{scope}shortlist_mask"])
+    return table
 
 
 def _shared_decoder_table(g: _Graph, w: MarianWeights) -> str:
@@ -431,11 +451,11 @@ def _search(w: MarianWeights, early_stopping: bool, ids: str, mask: str, out: st
     decoder_shortlist = None
     if shortlist is not None:
         tables, size = shortlist
-        _shortlist_nodes(g, w, tables, size, ids, mask, scope)
+        table = _shortlist_nodes(g, w, tables, size, ids, mask, scope)
         specials = _special_ids(w)
         ids_attrs = {k: specials.index(v) for k, v in ids_attrs.items()}
         vocab_mask, found = f"{scope}shortlist_mask", f"{out}_positions"
-        decoder_shortlist = (size, _shared_decoder_table(g, w))
+        decoder_shortlist = (size, table)
     inputs = [ids, "max_length", "min_length", "num_beams", "num_return_sequences", "length_penalty",
               "repetition_penalty", vocab_mask, "", mask]
     node = helper.make_node("BeamSearch", inputs, [found], name=f"{scope}BeamSearch", domain="com.microsoft",
@@ -574,19 +594,9 @@ def set_shortlist_size(model, size: int) -> None:
     one (what `wdctl translate --no-shortlist` runs). Every size-dependent value is set here:
     the TopK count, the decoder's declared logits width (the op's vocabulary size) and the
     forced-EOS row; EOS keeps its pinned position."""
-    from onnx import AttributeProto, numpy_helper
+    from onnx import numpy_helper
 
-    def graphs(graph):
-        yield graph
-        for node in graph.node:
-            for attr in node.attribute:
-                if attr.type == AttributeProto.GRAPH:
-                    yield from graphs(attr.g)
-                elif attr.type == AttributeProto.GRAPHS:
-                    for sub in attr.graphs:
-                        yield from graphs(sub)
-
-    for graph in graphs(model.graph):
+    for graph, _ in _subgraphs(model.graph):
         for i, tensor in enumerate(graph.initializer):
             if tensor.name.endswith("shortlist.size"):
                 graph.initializer[i].CopyFrom(numpy_helper.from_array(np.array([size], np.int64), tensor.name))

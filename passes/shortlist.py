@@ -17,6 +17,7 @@ Stored as JSON (`shortlist.json`) and written for CTranslate2 as a vocabulary ma
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 from collections.abc import Iterable, Sequence
@@ -90,8 +91,10 @@ class Shortlist:
             raise InputError(f"{path}: unreadable shortlist ({exc})") from None
         return cls.from_dict(data, str(path))
 
-    def write_vmap(self, path: Path, source_pieces: Sequence[str], target_pieces: Sequence[str]) -> None:
-        """CTranslate2's vocabulary mapping for `translate_batch(..., use_vmap=True)`."""
+    def write_vmap(self, path: Path, source_pieces: Sequence[str], target_pieces: Sequence[str] | None = None) -> None:
+        """CTranslate2's vocabulary mapping for `translate_batch(..., use_vmap=True)`; `target_pieces`
+        default to `source_pieces` (a shared vocabulary, as Marian's)."""
+        target_pieces = source_pieces if target_pieces is None else target_pieces
         lines = ["\t" + " ".join(target_pieces[t] for t in self.frequent)]
         lines += [f"{source_pieces[s]}\t{' '.join(target_pieces[t] for t in ts)}"
                   for s, ts in sorted(self.per_source.items()) if ts]
@@ -165,8 +168,7 @@ def shortlist_for(pairs: Sequence[tuple[Sequence[int], Sequence[int]]], vocab_si
     """`build_shortlist` over encoded (source, target) pairs with its translator size chosen on
     their sources (`choose_size`): what `wdctl compress` and `wdctl shortlist` write."""
     built = build_shortlist(pairs, vocab_size, vocab_size, exclude=[pad_token_id], **sizes)
-    size = choose_size(built, [s for s, _ in pairs], special_ids)
-    return Shortlist(built.vocab_size, built.frequent, built.per_source, size)
+    return dataclasses.replace(built, size=choose_size(built, [s for s, _ in pairs], special_ids))
 
 
 def coverage(shortlist: Shortlist, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], batch_size: int,

@@ -105,10 +105,10 @@ def convert_ct2(model_dir: Path, out: Path, force: bool = False, shortlist: bool
     with atomic_dir(out, force=force) as tmp:
         vmap = None
         if shortlist:
-            pieces = AutoTokenizer.from_pretrained(model_dir).convert_ids_to_tokens
             table = Shortlist.load(model_dir / SHORTLIST_FILE)
             vmap = tmp.parent / f".{out.name}.{VMAP_FILE}"
-            table.write_vmap(vmap, pieces(list(range(table.vocab_size))), pieces(list(range(table.vocab_size))))
+            table.write_vmap(vmap, AutoTokenizer.from_pretrained(model_dir).convert_ids_to_tokens(
+                list(range(table.vocab_size))))
         try:
             ctranslate2.converters.TransformersConverter(str(model_dir)).convert(
                 str(tmp), vmap=None if vmap is None else str(vmap), quantization="int8", force=True)
