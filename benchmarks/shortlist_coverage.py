@@ -7,17 +7,23 @@ model's own outputs, which are closer to the training targets than human referen
 mean shortlist size against the full vocabulary. No decoding: this picks the sizes worth timing.
 
     python benchmarks/shortlist_coverage.py [--teacher examples/teacher] [--data examples/data/bible]
+    python benchmarks/shortlist_coverage.py --union examples/teacher/shortlist.json
+
+With --union: the rows a built shortlist gives a search (its union, specials included, padded
+to 8, as the translator's k) over the test sources in length-sorted searches of 1, 4 and 16
+sentences, as `PackageTranslator` groups them: mean, 95th percentile and largest.
 """
 
 import argparse
 import itertools
 import json
+from pathlib import Path
 
 import torch
 
 from wdctl.core.corpus import read_parallel
 from wdctl.passes.marian import load_marian
-from wdctl.passes.shortlist import build_shortlist, coverage
+from wdctl.passes.shortlist import Shortlist, build_shortlist, coverage
 from wdctl.passes.vocab import encode_pairs
 
 
@@ -27,9 +33,12 @@ def main() -> None:
     ap.add_argument("--data", default="examples/data/bible")
     ap.add_argument("--frequent", default="128,256,512")
     ap.add_argument("--per-source", default="8,16,32,64")
+    ap.add_argument("--union", type=Path, help="a shortlist.json: print its union sizes instead")
     args = ap.parse_args()
     torch.set_num_threads(1)
     _, tokenizer = load_marian(args.teacher)
+    if args.union:
+        return union_sizes(Shortlist.load(args.union), tokenizer, args.data)
     train, _ = encode_pairs(tokenizer, read_parallel(args.data, "train"), 256)
     dev, _ = encode_pairs(tokenizer, read_parallel(args.data, "dev"), 256)
     vocab = len(tokenizer)
@@ -44,6 +53,19 @@ def main() -> None:
         print(f"| {f} | {k} | {one['token_coverage']:.4f} | {one['mean_size']:.0f} ({one['mean_size'] / vocab:.1%}) | "
               f"{many['token_coverage']:.4f} | {many['mean_size']:.0f} ({many['mean_size'] / vocab:.1%}) |", flush=True)
     print(json.dumps(rows))
+
+
+def union_sizes(shortlist: Shortlist, tokenizer, data: str) -> None:
+    import numpy as np
+
+    sources = tokenizer([s for s, _ in read_parallel(data, "test")])["input_ids"]
+    order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
+    always = [tokenizer.pad_token_id, tokenizer.eos_token_id]
+    print("| sentences a search | mean rows | p95 | max |\n|---:|---:|---:|---:|")
+    for n in (1, 4, 16):
+        sizes = [len(shortlist.candidates([t for i in order[k:k + n] for t in sources[i]], always, 8))
+                 for k in range(0, len(order), n)]
+        print(f"| {n} | {np.mean(sizes):.0f} | {int(np.quantile(sizes, 0.95))} | {max(sizes)} |")
 
 
 if __name__ == "__main__":
