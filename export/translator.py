@@ -357,7 +357,8 @@ class PackageTranslator:
     teacher, int8, beam 4, 256 test sentences, 1 thread: 1,100 tok/s in searches of 4
     sentences, 704 in searches of 32 (`benchmarks/search_rows.py`). CTranslate2 offers
     the same split as `max_batch_size`; the batches being length-sorted, a split batch is the
-    same as smaller batches."""
+    same as smaller batches. `shortlist=False` searches the full vocabulary of a translator
+    built with a shortlist (`OnnxTranslator`)."""
 
     def __init__(self, package, threads: int = 1, tokenizer=None, workers: int = 1,
                  rows_per_run: int = ROWS_PER_RUN, shortlist: bool = True):
