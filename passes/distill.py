@@ -39,6 +39,7 @@ from wdctl.core.corpus import Pair
 from wdctl.core.errors import InputError, WdctlError
 from wdctl.passes.batching import output_limit_rule
 from wdctl.passes.distributed import distributed
+from wdctl.passes import shortlist
 from wdctl.passes.marian import load_marian
 from wdctl.passes.translate import translate_torch
 
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 CACHE_VERSION = 1
 CHUNK_SIZE = 512  # sentences per resumable chunk
 _BLOCK = 1 << 20
+NOT_TRANSLATION_INPUTS = {shortlist.FILE, shortlist.VMAP_FILE}  # distillation searches the full vocabulary
 
 
 @dataclass(frozen=True)
@@ -60,10 +62,13 @@ class DistillResult:
 
 
 def teacher_fingerprint(teacher_dir: Path | str) -> str:
-    """sha256 over the names and bytes of every (non-hidden) file of the teacher directory."""
+    """sha256 over the names and bytes of the teacher directory's (non-hidden) files, except
+    those that do not change its translations (`NOT_TRANSLATION_INPUTS`: a shortlist written
+    into the directory later must not orphan its distillation caches)."""
     teacher_dir = Path(teacher_dir)
     digest = hashlib.sha256()
-    files = sorted(p for p in teacher_dir.iterdir() if p.is_file() and not p.name.startswith("."))
+    files = sorted(p for p in teacher_dir.iterdir()
+                   if p.is_file() and not p.name.startswith(".") and p.name not in NOT_TRANSLATION_INPUTS)
     if not any(p.name == "model.safetensors" for p in files):
         raise InputError(f"{teacher_dir}: no model.safetensors")
     for path in files:

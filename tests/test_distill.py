@@ -73,6 +73,23 @@ def test_distilled_pairs_are_cached_and_reused(tmp_path, tiny_teacher_dir, tiny_
     assert counter.sentences == 70
 
 
+def test_a_shortlist_written_into_the_teacher_keeps_its_distillation_caches(tmp_path, tiny_teacher_dir):
+    """`wdctl shortlist` writes into a teacher's directory; its translations (full vocabulary) do
+    not change, so neither does the fingerprint that keys their caches. Its weights do."""
+    import shutil
+
+    from wdctl.passes.distill import teacher_fingerprint
+
+    teacher = tmp_path / "teacher"
+    shutil.copytree(tiny_teacher_dir, teacher)
+    before = teacher_fingerprint(teacher)
+    (teacher / "shortlist.json").write_text("{}")
+    (teacher / "vmap.txt").write_text("a b\n")
+    assert teacher_fingerprint(teacher) == before
+    (teacher / "model.safetensors").write_bytes((teacher / "model.safetensors").read_bytes() + b" ")
+    assert teacher_fingerprint(teacher) != before
+
+
 def test_interrupted_distillation_resumes_after_the_finished_chunks(tmp_path, tiny_teacher_dir, tiny_corpus,
                                                                     monkeypatch):
     pairs = read_parallel(tiny_corpus, "train")[:25]
