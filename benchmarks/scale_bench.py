@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
 import sys
 import tempfile
 import time
@@ -164,10 +165,11 @@ def _output_share(path: Path, sources, tokens: int) -> float:
     decoder = [e for e in events if e.get("cat") == "Node" and e["name"].startswith("dec/")
                and e["name"].endswith("_kernel_time")]
     total = sum(e["dur"] for e in decoder)
-    # the output projection: the decoder's product whose weight is the embedding table (its last one)
-    last = max((e["name"] for e in decoder if "DynamicQuantizeMatMul" in e["name"] or "MatMul" in e["name"]),
-               key=lambda n: int(n.split("_")[1]))
-    return sum(e["dur"] for e in decoder if e["name"] == last) / total
+    # the output projection: the decoder's last product (its weight is the embedding table), with
+    # the node that quantizes its input where int8 has calibrated activation scales
+    products = [e["name"] for e in decoder if re.fullmatch(r"dec/MatMul_\d+_kernel_time", e["name"])]
+    last = max(products, key=lambda n: int(n.split("_")[1])).removesuffix("_kernel_time")
+    return sum(e["dur"] for e in decoder if e["name"] in (f"{last}_kernel_time", f"{last}.quantize_kernel_time")) / total
 
 
 def main(argv=None) -> None:

@@ -17,6 +17,7 @@ from wdctl.core.corpus import read_parallel
 from wdctl.core.errors import InputError, WdctlError
 from wdctl.core.metrics import bleu, chrf
 from wdctl.core.runinfo import write_json
+from wdctl.export.calibration import activation_ranges
 from wdctl.export.onnx_export import SAMPLE_SENTENCES, VALIDATION_BEAMS, export_onnx
 from wdctl.export.optimum_model import load_optimum
 from wdctl.export.package import OnnxPackage
@@ -127,13 +128,14 @@ def validate_translator(model, tokenizer, path: Path, sentences: Sequence[str] =
     return report
 
 
-def add_translator(model_dir: Path, package: Path, save_files: bool = False, shortlist: bool = True) -> dict:
+def add_translator(model_dir: Path, package: Path, save_files: bool = False, shortlist: bool = True,
+                   calibration: Sequence[str] = SAMPLE_SENTENCES) -> dict:
     """Build `translator.onnx` (fp32) into `package` from the model's weights and validate it
     against PyTorch: identical tokens or `WdctlError`. Returns the validation report. With
     `save_files`, also the config, generation config and tokenizer files (a translator-only
     package: no optimum export wrote them). With `shortlist` and a `shortlist.json` in the model
     directory, the validated translator is then rebuilt with the shortlist inside
-    (`add_shortlist`)."""
+    (`add_shortlist`). `calibration`: the sentences int8's activation ranges are measured on."""
     import time
     import warnings
 
@@ -150,8 +152,11 @@ def add_translator(model_dir: Path, package: Path, save_files: bool = False, sho
             if (Path(model_dir) / name).is_file():
                 shutil.copy2(Path(model_dir) / name, package / name)
         tokenizer.save_pretrained(package)
-    path = export_translator(model, package / OnnxPackage.TRANSLATOR)
+    # int8's fixed activation scales (`calibration`): measured once here, kept in the file
+    ranges = activation_ranges(model, tokenizer, calibration)
+    path = export_translator(model, package / OnnxPackage.TRANSLATOR, activation_ranges=ranges)
     check = validate_translator(model, tokenizer, path)
+    check["calibration_sentences"] = len([s for s in calibration if s.strip()])
     check["seconds"] = round(time.perf_counter() - started, 2)
     check["bytes"] = path.stat().st_size
     if not check["passed"]:
@@ -162,7 +167,7 @@ def add_translator(model_dir: Path, package: Path, save_files: bool = False, sho
     if shortlist and (Path(model_dir) / SHORTLIST_FILE).is_file():
         where = Path(model_dir) / SHORTLIST_FILE
         try:
-            check["shortlist"] = add_shortlist(model, tokenizer, Shortlist.load(where), package)
+            check["shortlist"] = add_shortlist(model, tokenizer, Shortlist.load(where), package, ranges)
         except InputError as exc:  # e.g. a shortlist of another vocabulary: name the file
             message = str(exc) if str(where) in str(exc) else f"{where}: {exc}"
             raise InputError(f"{message} (export with --no-shortlist to leave it out)") from None
@@ -170,7 +175,7 @@ def add_translator(model_dir: Path, package: Path, save_files: bool = False, sho
     return check
 
 
-def add_shortlist(model, tokenizer, shortlist: Shortlist, package: Path,
+def add_shortlist(model, tokenizer, shortlist: Shortlist, package: Path, ranges: dict | None = None,
                   sentences: Sequence[str] = SAMPLE_SENTENCES, beams: int = VALIDATION_BEAMS) -> dict:
     """Rebuild the package's (validated, full-vocabulary) translator with `shortlist` inside,
     report how often its output equals the full search's on the validation sentences (a
@@ -181,7 +186,7 @@ def add_shortlist(model, tokenizer, shortlist: Shortlist, package: Path,
     path = package / OnnxPackage.TRANSLATOR
     full = OnnxTranslator(path)
     shortlisted = package / f".{OnnxPackage.TRANSLATOR}.shortlist"
-    export_translator(model, shortlisted, shortlist=shortlist)
+    export_translator(model, shortlisted, shortlist=shortlist, activation_ranges=ranges)
     sources = [row for row in tokenizer([t for t in sentences if t.strip()], truncation=True,
                                         max_length=min(256, tokenizer.model_max_length))["input_ids"]]
     limit = min(256, full.max_positions)
@@ -217,7 +222,8 @@ def _translator_only_report(model_dir: Path, device: str) -> dict:
 
 
 def _export_fp32(model_dir: Path, out: Path, *, device: str, force: bool, lenient: bool,
-                 optimum: bool = True, shortlist: bool = True) -> tuple[dict, str | None]:
+                 optimum: bool = True, shortlist: bool = True,
+                 calibration: Sequence[str] = SAMPLE_SENTENCES) -> tuple[dict, str | None]:
     """The validated export: optimum's files (`export_onnx`, with `optimum`) plus the in-graph
     translator, each checked against PyTorch; nothing is written at `out` when a check fails.
     With `lenient`, a model that fails only the agreement checks is exported anyway, with a note."""
@@ -236,7 +242,8 @@ def _export_fp32(model_dir: Path, out: Path, *, device: str, force: bool, lenien
         else:
             report, note = None, None
         try:
-            check = add_translator(model_dir, tmp, save_files=not optimum, shortlist=shortlist)
+            check = add_translator(model_dir, tmp, save_files=not optimum, shortlist=shortlist,
+                                   calibration=calibration)
         except TranslatorMismatch as exc:
             if not lenient:
                 raise WdctlError(f"{exc}; nothing written to {out}") from None
@@ -267,7 +274,7 @@ def build_package(model_dir: Path | str, fp32_dir: Path | str | None, quant_dir:
                   mode: str = "int8", isa: str = "auto", keep_fp32: Iterable[str] = (), device: str = "cpu",
                   force: bool = False, export: bool = True, lenient: bool = False, score: Scorer | None = None,
                   log: Callable[[str], None] | None = None, optimum: bool | None = True,
-                  shortlist: bool = True) -> dict:
+                  shortlist: bool = True, calibration: Sequence[str] = SAMPLE_SENTENCES) -> dict:
     """Export `model_dir` to the fp32 package `fp32_dir` (validated against PyTorch), quantize it
     to `quant_dir` (`mode`), and re-score the quantized package with `score` before keeping it.
 
@@ -279,6 +286,8 @@ def build_package(model_dir: Path | str, fp32_dir: Path | str | None, quant_dir:
     Without them a package is the translator, config and tokenizer files.
     `shortlist`: the translator multiplies only a shortlist of output rows when the model
     directory has a `shortlist.json` (`add_shortlist`).
+    `calibration`: source sentences int8's fixed activation scales are measured on
+    (`wdctl.export.calibration`; the exporter's samples unless given).
     Returns {"onnx": export report, MODE: quantize report, "quality": score's figures, "note": ...}.
     """
     model_dir = Path(model_dir)
@@ -287,7 +296,8 @@ def build_package(model_dir: Path | str, fp32_dir: Path | str | None, quant_dir:
         optimum = needs_optimum(device, mode if quant_dir is not None else "none")
     if quant_dir is None:
         result["onnx"], result["note"] = _export_fp32(model_dir, Path(fp32_dir), device=device, force=force,
-                                                      lenient=lenient, optimum=optimum, shortlist=shortlist)
+                                                      lenient=lenient, optimum=optimum, shortlist=shortlist,
+                                                      calibration=calibration)
         return result
     quant_dir = Path(quant_dir)
     with atomic_dir(quant_dir, force) as tmp, tempfile.TemporaryDirectory(
@@ -296,7 +306,8 @@ def build_package(model_dir: Path | str, fp32_dir: Path | str | None, quant_dir:
         source = Path(scratch) / "fp32" if standalone else Path(fp32_dir)
         if export:
             result["onnx"], result["note"] = _export_fp32(model_dir, source, device=device, force=force,
-                                                          lenient=lenient, optimum=optimum, shortlist=shortlist)
+                                                          lenient=lenient, optimum=optimum, shortlist=shortlist,
+                                                          calibration=calibration)
             if log:
                 log(f"fp32 export verified ({validation_line(result['onnx'])}); quantizing to {mode}")
         report = quantize_into(source, tmp, mode=mode, isa=isa, keep_fp32=keep_fp32)
@@ -346,7 +357,7 @@ def compare_packages(fp32_dir: Path, quant_dir: Path, mode: str, sources: list[s
 
 def _compare_translators(fp32_dir: Path, quant_dir: Path, sources: list[str], refs: list[str] | None, beams: int,
                          threads: int) -> dict:
-    """The in-graph translator's re-score: fp32 and weight-only int8, the same figures as above."""
+    """The in-graph translator's re-score: fp32 and int8, the same figures as above."""
     from wdctl.export.translator import PackageTranslator
 
     hyps = {name: PackageTranslator(path, threads=threads).translate(sources, beams=beams)
@@ -398,13 +409,13 @@ def export_model(model_dir: Path, out: Path, *, quantize: str | None = None, dev
     sources, refs = _sources_and_refs(data, max_sentences)
     if mode == "none":
         return build_package(model_dir, out, None, device=device, force=force, optimum=optimum,
-                             shortlist=shortlist)["onnx"], None
+                             shortlist=shortlist, calibration=sources)["onnx"], None
 
     def score(fp32: Path, quantized: Path) -> dict:
         return compare_packages(fp32, quantized, mode, sources, refs, beams, threads, device)
 
     result = build_package(model_dir, None, out, mode=mode, isa=isa, keep_fp32=keep_fp32, device=device, force=force,
-                           score=score, log=log, optimum=optimum, shortlist=shortlist)
+                           score=score, log=log, optimum=optimum, shortlist=shortlist, calibration=sources)
     return result["report"], mode
 
 

@@ -158,19 +158,21 @@ def _quantize_fp16(src: Path, dest: Path) -> dict:
 
 
 def _quantize_translator_file(src: Path, dest: Path, mode: str, isa: str | None = None) -> dict:
-    """The in-graph translator: weight-only int8 (`quantize_translator`; 7-bit weights for an avx2
+    """The in-graph translator: int8 (`quantize_translator`; 7-bit weights for an avx2
     target, as optimum's files); fp16 keeps it fp32."""
     if mode != "int8":
         shutil.copy2(src, dest / src.name)
         return {"mode": "fp32 (kept: the translator has no fp16 build)"}
-    from wdctl.export.translator import quantize_translator
+    from wdctl.export.translator import quantize_translator, translator_metadata
 
     try:
         count = quantize_translator(src, dest / src.name, reduce_range=isa == "avx2")
     except Exception as exc:  # noqa: BLE001
         raise WdctlError(f"{src}: int8 quantization of the translator failed ({str(exc).splitlines()[0][:200]})") from None
-    return {"mode": "weight-only int8 (DynamicQuantizeMatMul)", "quantized_matmuls": count,
-            "weight_range": 63 if isa == "avx2" else 127}
+    calibrated = translator_metadata(dest / src.name).get("wdctl.int8_activations") == "calibrated"
+    return {"mode": "int8 weights, calibrated activation scales (QuantizeLinear + MatMulIntegerToFloat)" if calibrated
+            else "int8 weights, activation scale per call (DynamicQuantizeMatMul; a file from before calibration)",
+            "quantized_matmuls": count, "weight_range": 63 if isa == "avx2" else 127}
 
 
 def quantize_into(package_dir: Path, dest: Path, *, mode: str = "int8", isa: str = "auto",

@@ -5,8 +5,10 @@ numpy weights: the encoder, run once per sentence beside the `BeamSearch` op, an
 decoder step that the op runs and that reads the encoder's K/V once per sentence, not per beam.
 
 `quantize_translator(src, dst)` stores the weight operand of every MatMul (in every subgraph) as
-int8 with per-column scales and runs it with `DynamicQuantizeMatMul`; attention's
-activation x activation products stay float (they are inside MultiHeadAttention anyway).
+int8 with per-column scales; its input is quantized with the fixed scale calibrated at export
+(`calibration`: `QuantizeLinear` + `MatMulIntegerToFloat`, so a sentence's rounding does not
+depend on its batch), or per call (`DynamicQuantizeMatMul`) in a file without calibrated ranges;
+attention's activation x activation products stay float (inside MultiHeadAttention anyway).
 
 `OnnxTranslator(path)` runs the file in a plain `InferenceSession` on id lists and undoes the
 documented differences from transformers' `generate` (see `OnnxTranslator.generate`).
@@ -25,6 +27,7 @@ from typing import Sequence
 import numpy as np
 
 from wdctl.core.errors import InputError
+from wdctl.export.calibration import METADATA_KEY, OUTPUT_PROJECTION, ranges_metadata, read_ranges
 from wdctl.export.package import OnnxPackage
 from wdctl.export.session import detect_isa, session_options, settle_int8_kernels
 from wdctl.export.translator_embeddings import share_embeddings, share_shortlist_rows
@@ -44,10 +47,16 @@ MAX_BEAMS = 64
 ROWS_PER_RUN = 16  # sentences x beams per search: see PackageTranslator
 
 
-def export_translator(model, path, *, early_stopping: bool = True, int8_path=None, shortlist=None):
+def export_translator(model, path, *, early_stopping: bool = True, int8_path=None, shortlist=None,
+                      activation_ranges: dict | None = None):
     """Build the translator of a `MarianMTModel` (with `shortlist` inside when given), write it
-    to `path` (and its weight-only int8 copy to `int8_path` when given); returns the path."""
-    model_proto = build_translator(marian_weights(model), path, early_stopping=early_stopping, shortlist=shortlist)
+    to `path` (and its int8 copy to `int8_path` when given); returns the path.
+    `activation_ranges` (`calibration.activation_ranges`) go into its metadata, for int8 to
+    quantize each product's input with a fixed scale; without them int8 scales per call."""
+    model_proto = build_translator(marian_weights(model), None, early_stopping=early_stopping, shortlist=shortlist)
+    if activation_ranges is not None:
+        model_proto.metadata_props.add(key=METADATA_KEY, value=ranges_metadata(activation_ranges))
+    save_model(model_proto, path)
     if int8_path is not None:
         quantize_translator(model_proto, int8_path)
     return Path(path)
@@ -58,9 +67,11 @@ def export_translator(model, path, *, early_stopping: bool = True, int8_path=Non
 # --------------------------------------------------------------------------------------------
 
 def quantize_translator(src, dst, *, min_elements: int = 0, reduce_range: bool | None = None):
-    """Weight-only int8: every MatMul whose second operand is an initializer (in any subgraph,
-    including the search op's encoder and decoder) becomes a `DynamicQuantizeMatMul` with an int8
-    weight and per-column scales (symmetric, zero point 0); the float bias stays separate.
+    """int8: every MatMul whose second operand is an initializer (in any subgraph, including the
+    search op's encoder and decoder) becomes a `DynamicQuantizeMatMul` with an int8 weight and
+    per-column scales (symmetric, zero point 0); the float bias stays separate. Where the file
+    records calibrated activation ranges (`calibration`, written by `wdctl export`), each then
+    quantizes its input with that fixed scale instead (`fix_activation_scales`).
     Everything else (attention's activation x activation products, layer norms) stays float,
     except the embeddings: each distinct table is stored once, int8, in the main graph, and
     serves the encoder's and decoder's lookups and the tied output projection
@@ -88,7 +99,8 @@ def quantize_translator(src, dst, *, min_elements: int = 0, reduce_range: bool |
     # the embeddings first: one int8 table per distinct embedding, in the main graph, read by
     # the lookups and by the output projection tied to them (`translator_embeddings`)
     done: dict[tuple[int, str], tuple[str, str, str]] = share_embeddings(model, walked, limit)
-    share_shortlist_rows(walked)  # a shortlist's gathered output rows stay int8 too
+    # a shortlist's gathered output rows stay int8 too
+    products = {out: OUTPUT_PROJECTION for out in share_shortlist_rows(walked)}  # output -> weight name
     count = 0
     for graph, scope in walked:
         consumers: dict[str, list] = {}
@@ -132,8 +144,12 @@ def quantize_translator(src, dst, *, min_elements: int = 0, reduce_range: bool |
                         del node.output[:]
                         node.output.append(out)
                         folded.append(add)
+            products[node.output[0]] = tensor.name.rsplit("/", 1)[-1]
         for add in folded:
             graph.node.remove(add)
+    ranges = read_ranges(model)
+    if ranges is not None:
+        fix_activation_scales(walked, products, ranges)
     # drop float weights nobody reads any more
     used = {i for graph in graphs for node in graph.node for i in node.input}
     for graph in graphs:
@@ -144,10 +160,44 @@ def quantize_translator(src, dst, *, min_elements: int = 0, reduce_range: bool |
         if prop.key == "wdctl.precision":
             prop.value = "int8"
     onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props},
-                                        "wdctl.int8_weight_range": str(int(limit))})
+                                        "wdctl.int8_weight_range": str(int(limit)),
+                                        "wdctl.int8_activations": "dynamic" if ranges is None else "calibrated"})
     if dst is not None:
         save_model(model, dst)
     return count
+
+
+def fix_activation_scales(walked, products: dict[str, str], ranges: dict[str, list[float]]) -> None:
+    """Each `DynamicQuantizeMatMul` (its output -> its weight's name in `products`) becomes
+    `QuantizeLinear` with the calibrated range of its input (`wdctl.export.calibration`; u8, the
+    zero point exact) + `MatMulIntegerToFloat` on the same int8 weight, scales and bias: the
+    same work, but a row's rounding no longer depends on the other rows of its call."""
+    from onnx import helper, numpy_helper
+
+    for graph, _ in walked:
+        for node in list(graph.node):
+            if node.op_type != "DynamicQuantizeMatMul":
+                continue
+            out = node.output[0]
+            key = products.get(out)
+            if key not in ranges:
+                raise ValueError(f"no calibrated activation range for the product {key or out}")
+            lo, hi = min(ranges[key][0], 0.0), max(ranges[key][1], 0.0)
+            scale = max(hi - lo, 1e-8) / 255.0
+            zero = int(np.clip(np.rint(-lo / scale), 0, 255))
+            graph.initializer.extend([numpy_helper.from_array(np.array(scale, np.float32), out + ".a_scale"),
+                                      numpy_helper.from_array(np.array(zero, np.uint8), out + ".a_zp")])
+            a, b, b_scale, *rest = node.input
+            b_zero, bias = (list(rest) + ["", ""])[:2]
+            index = list(graph.node).index(node)
+            graph.node.insert(index, helper.make_node("QuantizeLinear", [a, out + ".a_scale", out + ".a_zp"],
+                                                      [out + ".a_u8"], name=(node.name or out) + ".quantize"))
+            inputs = [out + ".a_u8", b, out + ".a_scale", b_scale, out + ".a_zp", b_zero, bias]
+            while not inputs[-1]:
+                inputs.pop()
+            del node.input[:]
+            node.input.extend(inputs)
+            node.op_type = "MatMulIntegerToFloat"
 
 
 # --------------------------------------------------------------------------------------------

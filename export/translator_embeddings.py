@@ -161,15 +161,18 @@ def _rewrite_lookup(graph, node, rows: str, scales: str) -> None:
     node.input.extend([out + ".float", out + ".scale"])
 
 
-def share_shortlist_rows(walked) -> None:
+def share_shortlist_rows(walked) -> list[str]:
     """With a shortlist (`translator_graph._shortlist_nodes`), the decoder's output projection
     multiplies rows gathered per batch: after `share_embeddings` those come from the int8 table
     as Gather -> Cast -> Mul(scales) [-> Mul(1 / sqrt(d))] -> Transpose (`*shortlist_w`), an fp32
     (d, k) weight that the product would read (and pack) at four bytes a weight every step.
     Here the weight stays int8: `*shortlist_w` = Transpose(the gathered int8 rows), its per-column
     scales `*shortlist_w_scale` (k,), and the decoder's MatMul on it becomes a
-    `DynamicQuantizeMatMul`, as the full output projection is."""
+    `DynamicQuantizeMatMul`, as the full output projection is. Returns the outputs of the
+    products it rewrote."""
     from onnx import helper, numpy_helper
+
+    rewritten = []
 
     producers = {o: (graph, node) for graph, _ in walked for node in graph.node for o in node.output}
     for graph, scope in walked:
@@ -202,7 +205,9 @@ def share_shortlist_rows(walked) -> None:
                     if user.op_type == "MatMul" and list(user.input)[1:] == [name]:
                         user.op_type, user.domain = "DynamicQuantizeMatMul", "com.microsoft"
                         user.input.append(name + "_scale")
+                        rewritten.append(user.output[0])
     _drop_unused(walked)
+    return rewritten
 
 
 def _drop_unused(walked) -> None:

@@ -24,6 +24,8 @@ BEAMS = 4
 def setup(tiny_teacher_dir, bible_pairs, tmp_path_factory):
     """(model, tokenizer, sentences, fp32 package dir, int8 package dir): the packages hold only
     the tokenizer and `translator.onnx`, all that `PackageTranslator` reads."""
+    from wdctl.export.calibration import activation_ranges
+    from wdctl.export.onnx_export import SAMPLE_SENTENCES
     from wdctl.export.translator import export_translator
     from wdctl.passes.marian import load_marian
 
@@ -38,7 +40,9 @@ def setup(tiny_teacher_dir, bible_pairs, tmp_path_factory):
     for d in (fp32, int8):
         d.mkdir()
         tokenizer.save_pretrained(d)
-    export_translator(model, fp32 / "translator.onnx", int8_path=int8 / "translator.onnx")
+    # int8 with the activation ranges `wdctl export` measures (on its sample sentences)
+    ranges = activation_ranges(model, tokenizer, SAMPLE_SENTENCES)
+    export_translator(model, fp32 / "translator.onnx", int8_path=int8 / "translator.onnx", activation_ranges=ranges)
     return model, tokenizer, sentences, fp32, int8
 
 
@@ -137,16 +141,21 @@ def test_onnx_fp32_lines_do_not_depend_on_the_batch_and_equal_pytorch(setup):
     assert PackageTranslator(fp32).translate(sentences, beams=BEAMS) == runs["batch 1"]
 
 
-@pytest.mark.xfail(reason="int8 activations are quantized at run time with one scale per tensor "
-                          "(DynamicQuantizeMatMul), so a sentence's int8 output can still depend on the other "
-                          "rows of its search; the output limit itself is per sentence (see the fp32 test)",
-                   strict=False)
 def test_onnx_int8_lines_do_not_depend_on_the_batch(setup):
-    from wdctl.export.translator import PackageTranslator
+    """int8 quantizes each product's input with a calibrated fixed scale, not one per call over
+    the whole batch (`wdctl.export.calibration`): a row's rounding is its own."""
+    import onnx
+
+    from wdctl.export.translator import PackageTranslator, translator_metadata
+    from wdctl.export.translator_graph import _subgraphs
 
     _, _, sentences, _, int8 = setup
+    ops = [n.op_type for g, _ in _subgraphs(onnx.load(str(int8 / "translator.onnx")).graph) for n in g.node]
+    assert "DynamicQuantizeMatMul" not in ops and ops.count("MatMulIntegerToFloat") >= 10
+    assert translator_metadata(int8 / "translator.onnx")["wdctl.int8_activations"] == "calibrated"
     translator = PackageTranslator(int8, rows_per_run=0)
-    _assert_same(_in_orders(lambda s, b: translator.translate(s, beams=BEAMS, batch_size=b), sentences))
+    for beams in (1, BEAMS):
+        _assert_same(_in_orders(lambda s, b: translator.translate(s, beams=beams, batch_size=b), sentences))
 
 
 def test_onnx_int8_rows_end_at_their_own_limit(setup):

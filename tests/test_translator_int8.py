@@ -123,3 +123,26 @@ def test_untied_encoder_embedding_gets_its_own_int8_table(tmp_path):
     ref = [tt._np_greedy(ref_w, s, MAX_LENGTH) for s in sources]
     ours = OnnxTranslator(tmp_path / "emb8.onnx").generate(sources, beams=1, max_length=MAX_LENGTH, batch_size=1)
     assert sum(a == b for a, b in zip(ours, ref)) >= SENTENCES - 2
+
+
+def test_calibrated_int8_needs_a_range_for_every_product(tmp_path):
+    """Fail closed: a file whose recorded activation ranges miss a product is refused, not
+    quantized half per call, half fixed. With every range, no product scales per call."""
+    import json
+
+    from wdctl.export.calibration import METADATA_KEY
+    from wdctl.export.translator_graph import _subgraphs
+
+    model = build_translator(_weights(32, 32, tied=True))
+    names = {t.name.rsplit("/", 1)[-1] for g, _ in _subgraphs(model.graph) for t in g.initializer
+             if t.name.endswith(".w")}
+    ranges = {name: [-1.0, 1.0] for name in names}
+    model.metadata_props.add(key=METADATA_KEY, value=json.dumps(ranges))
+    quantize_translator(model, tmp_path / "int8.onnx")
+    _, graphs, _ = _tensors(tmp_path / "int8.onnx")
+    ops = [n.op_type for g in graphs for n in g.node]
+    assert "DynamicQuantizeMatMul" not in ops and ops.count("QuantizeLinear") == ops.count("MatMulIntegerToFloat") > 0
+    del ranges["dec.0.fc2.w"]
+    model.metadata_props[-1].value = json.dumps(ranges)
+    with pytest.raises(ValueError, match="dec.0.fc2.w"):
+        quantize_translator(model, tmp_path / "partial.onnx")
