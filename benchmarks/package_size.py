@@ -1,19 +1,21 @@
 """Package size: the int8 translator package against CTranslate2 int8 of the same model.
 
-For each model it builds what an int8 export ships for CPU decoding (`translator.onnx` from
-`export_translator` + `quantize_translator`, and the config, generation config and tokenizer
-files `copy_package_files` copies; optimum's encoder/decoder files are not counted) and
-converts the same model with `ct2-transformers-converter --quantization int8`, then reports
-the bytes of the model file (translator.onnx / model.bin), of each directory, and their ratio.
+For each model it builds what an int8 export ships for CPU decoding (for a model with a
+tokenizer, `wdctl export --quantize int8`'s own package, via `build_package`; optimum's
+encoder/decoder files are not part of it) and converts the same model with
+`ct2-transformers-converter --quantization int8` (with the package's vmap.txt when it has one),
+then reports the bytes of the model file (translator.onnx / model.bin), of each directory, and
+their ratio.
 
-Models: any MarianMT directories given (e.g. the bundled teacher `examples/teacher`), the
+Models: any MarianMT directories given (e.g. the bundled teacher `examples/teacher`, the demo's
+trained student `runs/demo/wd-small`: what `wdctl export` writes for them), the
 demo's student shape (`--demo-student`: the paper's SMALL of the bundled teacher, random
 weights: size does not depend on training), and `--opus-shape`: an opus-mt-en-de-shaped model
 (d 512, 6+6 layers, FFN 2048, shared 58,101-piece vocabulary, tied embeddings; random weights,
 no download). A random model has no tokenizer: its package is counted without tokenizer files
 and CTranslate2 gets a placeholder vocabulary of the same size (its vocabulary file is counted).
 
-    python benchmarks/package_size.py examples/teacher --demo-student --opus-shape \\
+    python benchmarks/package_size.py examples/teacher runs/demo/wd-small --demo-student --opus-shape \\
         --out examples/results/package-size
 """
 
@@ -69,19 +71,15 @@ def _ct2(model_dir: Path, out: Path, placeholder_vocab: int | None, vmap: Path |
         ct.TransformersConverter.load_tokenizer = original
 
 
-def measure(name: str, model_dir: Path, work: Path, has_tokenizer: bool) -> dict:
+def _random_package(model, model_dir: Path, package: Path, work: Path) -> int:
+    """A random model's int8 package as export builds it, less what needs a tokenizer (the
+    validation, the calibration of activation ranges, the shortlist). Returns the fp32
+    translator's bytes."""
     from wdctl.export.quantize import copy_package_files
     from wdctl.export.translator import export_translator, quantize_translator
-    from wdctl.passes.marian import load_marian
 
-    from transformers import MarianMTModel
-
-    package, ct2_dir = work / f"{name}.int8", work / f"{name}.ct2"
     package.mkdir(parents=True)
-    started = time.perf_counter()
-    model = MarianMTModel.from_pretrained(model_dir) if not has_tokenizer else load_marian(model_dir)[0]
-    model.eval()
-    fp32 = work / f"{name}.fp32.onnx"
+    fp32 = work / f"{package.name}.fp32.onnx"
     export_translator(model, fp32)
     quantize_translator(fp32, package / "translator.onnx")
     copy_package_files(model_dir, package)
@@ -91,16 +89,41 @@ def measure(name: str, model_dir: Path, work: Path, has_tokenizer: bool) -> dict
             shutil.rmtree(target)
         elif target.exists():
             target.unlink()
+    return fp32.stat().st_size
+
+
+def measure(name: str, model_dir: Path, work: Path, has_tokenizer: bool) -> dict:
+    """A model with a tokenizer gets exactly what `wdctl export --quantize int8` writes (with its
+    shortlist and vmap.txt when the model has a shortlist.json: CTranslate2 then gets the same
+    vmap); CTranslate2's side is also counted with the sentencepiece models it needs to
+    translate text (its directory holds only a vocabulary list)."""
+    from wdctl.export.build import build_package
+    from wdctl.passes.marian import load_marian
+
+    from transformers import MarianMTModel
+
+    package, ct2_dir = work / f"{name}.int8", work / f"{name}.ct2"
+    started = time.perf_counter()
+    model = MarianMTModel.from_pretrained(model_dir) if not has_tokenizer else load_marian(model_dir)[0]
+    model.eval()
+    if has_tokenizer:
+        # lenient: a random-weight model's beams may tie; sizes do not depend on it
+        built_package = build_package(model_dir, None, package, mode="int8", optimum=False, lenient=True)
+        fp32_bytes = built_package["onnx"]["translator"]["bytes"]
+    else:
+        fp32_bytes = _random_package(model, model_dir, package, work)
     built = time.perf_counter() - started
-    _ct2(model_dir, ct2_dir, None if has_tokenizer else model.config.vocab_size)
+    vmap = package / "vmap.txt"
+    _ct2(model_dir, ct2_dir, None if has_tokenizer else model.config.vocab_size, vmap if vmap.is_file() else None)
     ours, theirs = _dir_bytes(package), _dir_bytes(ct2_dir)
+    spm = sum(p.stat().st_size for p in model_dir.glob("*.spm"))
     weights = sum(p.stat().st_size for p in model_dir.glob("*.safetensors"))
     row = {
         "model": name, "source": str(model_dir) if has_tokenizer else "random weights",
         "parameters": sum(p.numel() for p in model.parameters()),
         "d_model": model.config.d_model, "layers": [model.config.encoder_layers, model.config.decoder_layers],
         "vocab": model.config.vocab_size, "tokenizer_files": has_tokenizer,
-        "pytorch_weights_bytes": weights, "fp32_translator_bytes": fp32.stat().st_size,
+        "pytorch_weights_bytes": weights, "fp32_translator_bytes": fp32_bytes, "shortlist": vmap.is_file(),
         "int8_translator_bytes": ours["translator.onnx"], "int8_package_bytes": sum(ours.values()),
         "int8_package_files": ours,
         "ct2_model_bin_bytes": theirs["model.bin"], "ct2_dir_bytes": sum(theirs.values()), "ct2_files": theirs,
@@ -108,6 +131,8 @@ def measure(name: str, model_dir: Path, work: Path, has_tokenizer: bool) -> dict
     }
     row["ratio_model_file"] = round(row["int8_translator_bytes"] / row["ct2_model_bin_bytes"], 3)
     row["ratio_dir"] = round(row["int8_package_bytes"] / row["ct2_dir_bytes"], 3)
+    row["ct2_with_sentencepiece_bytes"] = row["ct2_dir_bytes"] + spm
+    row["ratio_to_translate_text"] = round(row["int8_package_bytes"] / row["ct2_with_sentencepiece_bytes"], 3)
     return row
 
 
@@ -172,19 +197,27 @@ def main(argv=None) -> None:
             "# int8 package size against CTranslate2 int8",
             "",
             f"`{record['command']}` (onnxruntime {onnxruntime.__version__}, ctranslate2 {ctranslate2.__version__}).",
-            "The int8 package is translator.onnx + config + tokenizer files; CTranslate2's directory is",
-            "model.bin + config.json + its vocabulary. MB = 10^6 bytes.",
+            "The int8 package is what `wdctl export --quantize int8` writes for a model with a tokenizer",
+            "(translator.onnx, config, tokenizer files, and vmap.txt where the model has a shortlist.json);",
+            "for a random model, translator.onnx + config. CTranslate2's directory is model.bin + config.json +",
+            "its vocabulary list (+ the same vmap.txt, given as --vocab_mapping, where the package has one); to",
+            "translate text it also needs the model's sentencepiece files, counted in the last two columns.",
+            "MB = 10^6 bytes.",
             "",
-            "| model | params | PyTorch fp32 | translator.onnx int8 | CT2 model.bin | ratio | package dir | CT2 dir | ratio |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| model | params | PyTorch fp32 | translator.onnx int8 | CT2 model.bin | ratio | package dir | CT2 dir | ratio "
+            "| CT2 dir + .spm | ratio |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for r in rows:
             note = "" if r["tokenizer_files"] else " (no tokenizer files)"
+            if r.get("shortlist"):
+                note += " (with shortlist)"
             lines.append(f"| {r['model']} (d {r['d_model']}, {r['layers'][0]}+{r['layers'][1]}, vocab {r['vocab']:,}) "
                          f"| {r['parameters'] / 1e6:.1f}M | {r['pytorch_weights_bytes'] / MB:.1f} MB "
                          f"| {r['int8_translator_bytes'] / MB:.1f} MB | {r['ct2_model_bin_bytes'] / MB:.1f} MB "
                          f"| {r['ratio_model_file']:.2f}x | {r['int8_package_bytes'] / MB:.1f} MB{note} "
-                         f"| {r['ct2_dir_bytes'] / MB:.1f} MB | {r['ratio_dir']:.2f}x |")
+                         f"| {r['ct2_dir_bytes'] / MB:.1f} MB | {r['ratio_dir']:.2f}x "
+                         f"| {r['ct2_with_sentencepiece_bytes'] / MB:.1f} MB | {r['ratio_to_translate_text']:.2f}x |")
         (args.out / "package-size.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
