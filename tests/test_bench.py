@@ -258,6 +258,31 @@ def test_graph_backends_bench_translator_only_packages(tiny_teacher_dir, tiny_co
     assert logs == ["teacher: reusing the fp32 package teacher-fp32"]
 
 
+def test_packages_cached_before_calibrated_int8_are_rebuilt(tiny_teacher_dir, tmp_path):
+    """A cached package whose translator lacks the calibrated activation ranges (fp32) or scales
+    (int8), as every package built before them, is built again rather than measured."""
+    import onnx
+
+    import wdctl.bench.packages as packages
+    from wdctl.export.calibration import METADATA_KEY
+
+    cache = tmp_path / "packages"
+    systems = packages.make_systems(tiny_teacher_dir, [])
+    packages.prepare_packages(systems, ("ort-graph-int8",), cache, log=lambda _: None)
+    for kind in ("fp32", "int8"):
+        assert packages._package_ready(cache / f"teacher-{kind}", kind)
+    path = cache / "teacher-fp32" / "translator.onnx"
+    model = onnx.load(str(path))
+    kept = [p for p in model.metadata_props if p.key != METADATA_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    onnx.save(model, str(path))
+    logs: list[str] = []
+    packages.prepare_packages(systems, ("ort-graph-int8",), cache, log=logs.append)
+    assert logs == ["teacher: building the fp32 package teacher-fp32", "teacher: reusing the int8 package teacher-int8"]
+    assert packages._package_ready(cache / "teacher-fp32", "fp32")
+
+
 def test_ct2_missing_is_a_note_not_a_failure(tiny_teacher_dir, tmp_path, monkeypatch):
     import wdctl.bench.packages as packages
 

@@ -19,7 +19,9 @@ from pathlib import Path
 from wdctl.core.atomic import MARKER, atomic_dir
 from wdctl.core.errors import WdctlError
 from wdctl.export.build import build_package
+from wdctl.export.calibration import METADATA_KEY as ACTIVATION_RANGES
 from wdctl.export.package import OnnxPackage
+from wdctl.export.translator import translator_metadata
 from wdctl.passes.marian import count_parameters, load_marian_config
 from wdctl.passes.narrow_marian import ct2_unsupported
 from wdctl.passes.shortlist import FILE as SHORTLIST_FILE
@@ -88,12 +90,19 @@ def _weights(stamp: dict) -> dict:
 
 def _package_ready(path: Path, kind: str = "ct2", optimum: bool = False) -> bool:
     """A finished package; an ONNX one must hold the in-graph translator (older caches do not)
-    and, with `optimum`, optimum's encoder and decoder (translator-only packages do not)."""
+    and, with `optimum`, optimum's encoder and decoder (translator-only packages do not), and its
+    translator int8's calibrated activation ranges (fp32) or scales (int8): a package cached
+    before them would measure the per-call scales wdctl no longer writes."""
     ready = path.is_dir() and (path / MARKER).is_file()
     if not ready or kind.startswith("ct2"):
         return ready
     package = OnnxPackage(path)
-    return package.has_translator() and (not optimum or package.has_optimum())
+    if not package.has_translator() or (optimum and not package.has_optimum()):
+        return False
+    meta = translator_metadata(package.translator)
+    if kind == "fp32":
+        return ACTIVATION_RANGES in meta
+    return meta.get("wdctl.int8_activations") == "calibrated"
 
 
 def convert_ct2(model_dir: Path, out: Path, force: bool = False, shortlist: bool = False) -> dict:
