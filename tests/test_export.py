@@ -232,9 +232,11 @@ def test_int8_with_dev_data_scores_both_against_references(tiny_teacher_dir, tin
     code, out, err = cli("export", tiny_teacher_dir, "--out", tmp_path / "pkg", "--data", tiny_corpus,
                          "--max-sentences", "6", "--beams", "1", "--keep-fp32", "lm_head")
     assert code == 0, err
-    quality = _report(tmp_path / "pkg")["quality"]
+    report = _report(tmp_path / "pkg")
+    quality = report["quality"]
     assert quality["references"] and quality["sentences"] == 6
     assert {"bleu_fp32", "bleu_int8", "chrf_fp32", "chrf_int8"} <= set(quality)
+    assert report["translator"]["calibration_sentences"] == 6  # int8's activation ranges: the dev sentences
     assert "package written to" in out
 
 
