@@ -220,6 +220,7 @@ def test_tiny_student_compresses_exports_and_translates(cli, tiny_teacher_dir, c
     assert model.config.decoder_d_model == model.config.d_model // 2
     report = json.loads((Path(f"{out}.onnx") / "export_report.json").read_text())
     assert report["translator"]["passed"]
+    assert report["translator"]["calibration_sentences"] == 10  # int8 calibrated on the 10 dev sources
     assert any(Path(f"{out}.int8").glob("*.onnx"))
     src = tmp_path / "src.txt"
     src.write_text("In the beginning God created the heaven and the earth.\nYes.\n", encoding="utf-8")

@@ -64,6 +64,7 @@ from wdctl.recipes.shortlist import model_shortlist
 
 MAX_LENGTH = 256  # tokens per training sentence (longer ones are cut)
 PROBE_SIZE = 64  # sentence pairs in the fixed batch whose loss is reported before/after each phase
+CALIBRATION_SENTENCES = 200  # source sentences int8's activation ranges are measured on (as `wdctl export --data`)
 
 
 @dataclass
@@ -261,24 +262,26 @@ def compress(settings: CompressSettings) -> dict:
 
         metrics.update(score_bleu(translate, test_pairs, sorted({1, s.eval_beams}), "test"))
         metrics["test_sentences"] = len(test_pairs)
-    if s.export:
-        metrics["exports"] = _export(s, outputs, test_pairs)
+    if s.export:  # int8's activation ranges from the student's own data, not the exporter's English samples
+        calibration = [src for src, _ in (dev_pairs or train_pairs)[:CALIBRATION_SENTENCES]]
+        metrics["exports"] = _export(s, outputs, test_pairs, calibration)
     metrics["total_wall_seconds"] = round(time.perf_counter() - started, 2)
     metrics["outputs"] = {k: str(v) for k, v in outputs.items()}
     write_json(run_dir / "metrics.json", metrics)
     return metrics
 
 
-def _export(s: CompressSettings, outputs: dict[str, Path], test_pairs: list[Pair] | None) -> dict:
+def _export(s: CompressSettings, outputs: dict[str, Path], test_pairs: list[Pair] | None,
+            calibration: list[str]) -> dict:
     """OUT.onnx/ and OUT.<mode>/, the quantized package's test BLEU scored again, as `wdctl
-    translate` runs it (its in-graph translator)."""
+    translate` runs it (its in-graph translator); int8 calibrated on `calibration`."""
     def score(fp32: Path, quantized: Path) -> dict:
         translate = package_translator(quantized, threads=s.threads or 1, batch_size=64, max_length=MAX_LENGTH,
                                        graph=True)
         return score_bleu(translate, test_pairs, [s.eval_beams], f"{s.quantize}_test")
 
     built = build_package(s.out, outputs["onnx"], outputs.get(s.quantize), mode=s.quantize or "int8", force=s.force,
-                          score=score if test_pairs and s.quantize else None,
+                          score=score if test_pairs and s.quantize else None, calibration=calibration,
                           optimum=None)  # optimum's files only where the mode needs them (fp16)
     info = {"onnx": built["onnx"]}
     if s.quantize:
