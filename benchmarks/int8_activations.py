@@ -30,20 +30,24 @@ VARIANTS = ("fp32", "dynamic", "calibrated", "nbits-b32", "nbits-b128")
 
 
 def _model(k: int, n: int, calls: int, variant: str, path: Path):
-    """`calls` products x @ W_i (i cycling over WEIGHTS matrices) summed."""
+    """`calls` products x @ W_i (i cycling over WEIGHTS matrices, `int8_rows`'s) summed, as `variant`."""
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
+    from int8_rows import chain_model, fp32_chain, random_weights
     from wdctl.export.translator import quantize_translator
 
-    rng = np.random.default_rng(0)
-    ws = [(rng.standard_normal((k, n)) * 0.05).astype(np.float32) for _ in range(WEIGHTS)]
+    if variant in ("fp32", "dynamic"):
+        model = fp32_chain(k, n, WEIGHTS, calls)
+        if variant == "dynamic":
+            quantize_translator(model, path, reduce_range=True)
+        else:
+            onnx.save(model, str(path))
+        return
+    ws = random_weights(k, n, WEIGHTS)
     outs = [f"y{c}" for c in range(calls)]
     inits, nodes = [], []
-    if variant in ("fp32", "dynamic"):
-        inits = [numpy_helper.from_array(w, f"w{i}") for i, w in enumerate(ws)]
-        nodes = [helper.make_node("MatMul", ["x", f"w{c % WEIGHTS}"], [o]) for c, o in enumerate(outs)]
-    elif variant == "calibrated":
+    if variant == "calibrated":
         for i, w in enumerate(ws):
             amax = np.abs(w).max(0)
             scale = np.where(amax > 0, amax / 63, 1).astype(np.float32)  # 7-bit weights, as on AVX2
@@ -65,34 +69,24 @@ def _model(k: int, n: int, calls: int, variant: str, path: Path):
             inits += [numpy_helper.from_array(q, f"b{i}"), numpy_helper.from_array(scale.reshape(-1), f"s{i}")]
         nodes = [helper.make_node("MatMulNBits", ["x", f"b{c % WEIGHTS}", f"s{c % WEIGHTS}"], [o], domain="com.microsoft",
                                   K=k, N=n, bits=8, block_size=block, accuracy_level=4) for c, o in enumerate(outs)]
-    nodes.append(helper.make_node("Sum", outs, ["y"]))
-    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["rows", k])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["rows", n])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
-    if variant == "dynamic":
-        quantize_translator(model, path, reduce_range=True)
-    else:
-        onnx.save(model, str(path))
+    onnx.save(chain_model(k, n, inits, nodes, outs), str(path))
 
 
 def main(argv=None) -> None:
-    import onnxruntime as ort
+    from int8_rows import one_thread_session
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default="1,4,16,128")
     parser.add_argument("--calls", type=int, default=48)
     args = parser.parse_args(argv)
     rows_list = [int(r) for r in args.rows.split(",")]
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # no merging of equal nodes
     print(f"µs per call, 1 thread, rows {rows_list}; * = row 0 differs from row 0 computed alone")
     with tempfile.TemporaryDirectory() as tmp:
         for shape, (k, n) in SHAPES.items():
             for variant in VARIANTS:
                 path = Path(tmp) / f"{variant}.onnx"
                 _model(k, n, args.calls, variant, path)
-                session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+                session = one_thread_session(path)
                 cells = []
                 for rows in rows_list:
                     x = np.random.default_rng(1).standard_normal((rows, k)).astype(np.float32)

@@ -26,31 +26,52 @@ SHAPES = {"qkv 256x768": (256, 768, 24), "ffn out 1024x256": (1024, 256, 24), "f
           "output 256x8000": (256, 8000, 1)}
 
 
-def _session(k: int, n: int, weights: int, calls: int):
-    """`calls` products x @ W_i (i cycling over `weights` matrices) summed, fp32 MatMuls made
-    int8 by the translator's own `quantize_translator`."""
+def random_weights(k: int, n: int, count: int) -> list:
+    """`count` random (k, n) fp32 matrices, the same on every call."""
     import numpy as np
-    import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
-
-    from wdctl.export.translator import quantize_translator
 
     rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array((rng.standard_normal((k, n)) * 0.05).astype(np.float32), f"w{i}")
-             for i in range(weights)]
-    outs = [f"y{c}" for c in range(calls)]
-    nodes = [helper.make_node("MatMul", ["x", f"w{c % weights}"], [out]) for c, out in enumerate(outs)]
-    nodes.append(helper.make_node("Sum", outs, ["y"]))
+    return [(rng.standard_normal((k, n)) * 0.05).astype(np.float32) for _ in range(count)]
+
+
+def chain_model(k: int, n: int, inits: list, nodes: list, outs: list[str]):
+    """The model x (rows, k) -> y = the sum of `outs`, which `nodes` compute from x and `inits`."""
+    from onnx import TensorProto, helper
+
+    nodes = [*nodes, helper.make_node("Sum", outs, ["y"])]
     graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["rows", k])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["rows", n])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+
+
+def one_thread_session(path: Path):
+    """1 thread, no graph optimization (equal nodes stay separate calls)."""
+    import onnxruntime as ort
+
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # no merging of equal nodes
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def fp32_chain(k: int, n: int, weights: int, calls: int):
+    """`calls` fp32 products x @ W_i, i cycling over `weights` matrices, summed."""
+    from onnx import helper, numpy_helper
+
+    inits = [numpy_helper.from_array(w, f"w{i}") for i, w in enumerate(random_weights(k, n, weights))]
+    outs = [f"y{c}" for c in range(calls)]
+    nodes = [helper.make_node("MatMul", ["x", f"w{c % weights}"], [out]) for c, out in enumerate(outs)]
+    return chain_model(k, n, inits, nodes, outs)
+
+
+def _session(k: int, n: int, weights: int, calls: int):
+    """`fp32_chain` made int8 by the translator's own `quantize_translator`."""
+    from wdctl.export.translator import quantize_translator
+
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "chain.onnx"
-        assert quantize_translator(model, path) == calls
-        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        assert quantize_translator(fp32_chain(k, n, weights, calls), path) == calls
+        return one_thread_session(path)
 
 
 def measure(rows: list[int], calls: int, rounds: int) -> dict:

@@ -65,15 +65,13 @@ def main(argv=None) -> None:
             rows.append(row)
             print(f"beam {beams} batch {batch:<3d} {name:48s} {row['tok_s']:8.1f} tok/s "
                   f"({row['tok_s_range'][0]:.0f}-{row['tok_s_range'][1]:.0f})  BLEU {row['bleu']:.2f}", flush=True)
-    batches = sorted({b for _, b in settings})
     same = {}
-    for name in translators:
-        for beams in sorted({b for b, _ in settings}):
-            if (name, beams, batches[0]) in lines and (name, beams, batches[-1]) in lines and len(batches) > 1:
-                a, b = lines[(name, beams, batches[0])], lines[(name, beams, batches[-1])]
-                same[f"{name} beam {beams}"] = f"{sum(x == y for x, y in zip(a, b))}/{len(a)}"
-                print(f"{name} beam {beams}: lines at batch {batches[0]} = at batch {batches[-1]}: "
-                      f"{same[f'{name} beam {beams}']}")
+    for (name, beams, batch), a in lines.items():
+        largest = max(b for n, m, b in lines if (n, m) == (name, beams))
+        if batch == 1 and largest > 1:
+            b = lines[(name, beams, largest)]
+            same[f"{name} beam {beams}"] = f"{sum(x == y for x, y in zip(a, b))}/{len(a)}"
+            print(f"{name} beam {beams}: lines at batch 1 = at batch {largest}: {same[f'{name} beam {beams}']}")
     if args.out:
         args.out.write_text(json.dumps({"command": "python benchmarks/package_speed.py " + " ".join(argv or sys.argv[1:]),
                                         "rows": rows, "identical_lines": same}, indent=1) + "\n", encoding="utf-8")

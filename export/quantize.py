@@ -163,13 +163,17 @@ def _quantize_translator_file(src: Path, dest: Path, mode: str, isa: str | None 
     if mode != "int8":
         shutil.copy2(src, dest / src.name)
         return {"mode": "fp32 (kept: the translator has no fp16 build)"}
-    from wdctl.export.translator import quantize_translator, translator_metadata
+    import onnx
+
+    from wdctl.export.calibration import read_ranges
+    from wdctl.export.translator import quantize_translator
 
     try:
-        count = quantize_translator(src, dest / src.name, reduce_range=isa == "avx2")
+        model = onnx.load(str(src))  # once: its metadata says how int8 will quantize activations
+        calibrated = read_ranges(model) is not None
+        count = quantize_translator(model, dest / src.name, reduce_range=isa == "avx2")
     except Exception as exc:  # noqa: BLE001
         raise WdctlError(f"{src}: int8 quantization of the translator failed ({str(exc).splitlines()[0][:200]})") from None
-    calibrated = translator_metadata(dest / src.name).get("wdctl.int8_activations") == "calibrated"
     return {"mode": "int8 weights, calibrated activation scales (QuantizeLinear + MatMulIntegerToFloat)" if calibrated
             else "int8 weights, activation scale per call (DynamicQuantizeMatMul; a file from before calibration)",
             "quantized_matmuls": count, "weight_range": 63 if isa == "avx2" else 127}

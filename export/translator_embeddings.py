@@ -172,9 +172,8 @@ def share_shortlist_rows(walked) -> list[str]:
     products it rewrote."""
     from onnx import helper, numpy_helper
 
-    rewritten = []
-
     producers = {o: (graph, node) for graph, _ in walked for node in graph.node for o in node.output}
+    rewritten = []
     for graph, scope in walked:
         for node in list(graph.node):
             if node.op_type != "Transpose" or not node.output[0].endswith("shortlist_w"):

@@ -37,9 +37,9 @@ from tqdm.auto import tqdm
 from wdctl.core.atomic import atomic_write_text
 from wdctl.core.corpus import Pair
 from wdctl.core.errors import InputError, WdctlError
+from wdctl.passes import shortlist
 from wdctl.passes.batching import output_limit_rule
 from wdctl.passes.distributed import distributed
-from wdctl.passes import shortlist
 from wdctl.passes.marian import load_marian
 from wdctl.passes.translate import translate_torch
 
