@@ -3,8 +3,10 @@
 For each student preset, the label-smoothed cross-entropy (the probe `wdctl compress` reports
 before training, on the first 64 dev pairs) of the cut student from each `--start`: `leading`,
 `importance` (coordinates by activation, layers by the cut student's loss) and
-`block-importance` (layers by 1 − cos(layer input, output)), and, for a one-layer decoder, the
-cut from every single teacher decoder layer. The uniform distribution's loss is ln(vocab).
+`block-importance` (layers by 1 − cos(layer input, output)), each also with its top decoder
+layer refitted to the teacher's output (`--refit-output`), and, for a one-layer decoder, the cut
+from every single teacher decoder layer, with and without the refit. The uniform
+distribution's loss is ln(vocab).
 
     python benchmarks/start_probe.py [--teacher examples/teacher] [--presets small tiny]
 """
@@ -19,8 +21,9 @@ from wdctl.core.corpus import read_parallel
 from wdctl.passes.cutoff import cut_from_plan
 from wdctl.passes.grouping import GroupPlan
 from wdctl.passes.marian import load_marian, load_marian_config
-from wdctl.passes.methods import IMPORTANCE_BATCHES, IMPORTANCE_BATCH_SIZE
+from wdctl.passes.methods import IMPORTANCE_BATCHES, IMPORTANCE_BATCH_SIZE, REFIT_BATCHES
 from wdctl.passes.phases import probe_loss
+from wdctl.passes.refit import refit_output_layer
 from wdctl.passes.selection import block_importance, choose_start_layers, importance_start, most_important_layers
 from wdctl.passes.student import resolve_student, student_config
 from wdctl.passes.training import collate
@@ -43,9 +46,10 @@ def main() -> None:
     state = teacher.state_dict()
     probe, _ = encode_pairs(tokenizer, read_parallel(args.data, "dev")[:PROBE_SIZE], MAX_LENGTH)
     n = IMPORTANCE_BATCH_SIZE
-    train, _ = encode_pairs(tokenizer, read_parallel(args.data, "train")[: IMPORTANCE_BATCHES * n], MAX_LENGTH)
+    train, _ = encode_pairs(tokenizer, read_parallel(args.data, "train")[: REFIT_BATCHES * n], MAX_LENGTH)
     pad, start_id = t_config.pad_token_id, t_config.decoder_start_token_id
-    batches = [collate(train[i : i + n], pad, start_id) for i in range(0, len(train), n)]
+    refit_batches = [collate(train[i : i + n], pad, start_id) for i in range(0, len(train), n)]
+    batches = refit_batches[:IMPORTANCE_BATCHES]
     loss = lambda model: round(probe_loss(model, probe, pad, start_id, 0.1), 3)  # noqa: E731
     results = {"teacher": loss(teacher), "uniform": round(math.log(t_config.vocab_size), 3)}
     importance = block_importance(teacher, batches)
@@ -59,16 +63,23 @@ def main() -> None:
             "importance": (coords, choose_start_layers(plan, state, batches[:1], start=coords)),
             "block-importance": (coords, most_important_layers(plan, importance)),
         }
+        def probes(start, layers) -> dict:
+            """The cut's probe, and the probe with the top decoder layer refitted."""
+            moved = plan.with_start_layers(layers)
+            cut = cut_from_plan(state, moved, start)
+            keep = {**plan.start_indices(), **(start or {})}.get("decoder.residual")
+            refit = refit_output_layer(teacher, cut, refit_batches, keep)
+            return {"probe": loss(cut), "refit probe": loss(cut_from_plan(state, moved, start, refit))}
+
         row = {}
         for name, (start, layers) in starts.items():
             chosen = {f"{side}.{i}": plan.groups[side][i][j] for (side, i), j in sorted(layers.items())
                       if len(plan.groups[side][i]) > 1}
-            row[name] = {"probe": loss(cut_from_plan(state, plan.with_start_layers(layers), start)), "layers": chosen}
+            row[name] = {**probes(start, layers), "layers": chosen}
         if len(plan.groups["decoder"]) == 1:
             group = plan.groups["decoder"][0]
             row["single decoder layer (importance coordinates)"] = {
-                str(group[j]): loss(cut_from_plan(state, plan.with_start_layers({("decoder", 0): j}), coords))
-                for j in range(len(group))}
+                str(group[j]): probes(coords, {("decoder", 0): j}) for j in range(len(group))}
         results[preset] = row
     print(json.dumps(results, indent=1))
 

@@ -16,13 +16,18 @@
 #                                                                    the warm-up restarts at P1)
 #   kd        wdctl compress --method kd                            (random init, P1+P2 steps)
 #
+# For the presets in REFIT (default: tiny), wd and prune-kd start from the importance slice with
+# its top decoder layer refitted to the teacher's output (--refit-output): TINY's one-layer
+# decoder cut from any teacher layer probes at the uniform loss without it
+# (examples/results/start-probe/). SMALL's runs were started before the refit existed.
+#
 # Every run checkpoints under ROOT and resumes: rerun the script (or the one run) after an
 # interruption. Finished runs are skipped. Then examples/plateau_table.py writes
 # RESULTS/{plateau.md,plateau.json,curves.png} from whatever runs have finished or are under way.
 #
 # Settings (environment variables):
 #   ROOT=runs/plateau  RESULTS=examples/results/plateau  DATA=examples/data/bible  THREADS=2
-#   PHASE1_STEPS=300  PHASE2_STEPS=3000  PHASE1_WARMUP=50  EVAL_SENTENCES=500
+#   PHASE1_STEPS=300  PHASE2_STEPS=3000  PHASE1_WARMUP=50  EVAL_SENTENCES=500  REFIT="tiny"
 #   RUNS="small-wd-s1 small-prune-kd-s1 ... tiny-kd-s1" (the list below)
 # On 2 CPU cores: distilling the 27,928 sources takes 20-60 min once (cached in ROOT/distill-cache);
 # a SMALL step takes 0.7-0.9 s in bf16, a dev evaluation ~20 s.
@@ -38,17 +43,20 @@ PHASE1_STEPS=${PHASE1_STEPS:-300}
 PHASE2_STEPS=${PHASE2_STEPS:-3000}
 PHASE1_WARMUP=${PHASE1_WARMUP:-50}
 EVAL_SENTENCES=${EVAL_SENTENCES:-500}
+REFIT=${REFIT-tiny}
 RUNS=${RUNS:-small-wd-s1 small-prune-kd-s1 small-kd-s1 small-wd-s2 small-prune-kd-s2 small-prune-kd-2ph-s1 tiny-wd-s1 tiny-prune-kd-s1 tiny-kd-s1}
 WDCTL=${WDCTL:-$( [ -x .venv/bin/wdctl ] && echo .venv/bin/wdctl || echo wdctl )}
 PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 export OMP_NUM_THREADS=$THREADS HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-# A system name -> its `wdctl compress` flags.
+# A system name and preset -> its `wdctl compress` flags.
 system_flags() {
+  local refit=""
+  case " $REFIT " in *" $2 "*) refit=" --refit-output" ;; esac
   case "$1" in
-    wd) echo "--method wd --start importance" ;;
-    prune-kd) echo "--method cut-kd --start importance" ;;
-    prune-kd-2ph) echo "--method cut-kd-two-phase --start importance" ;;
+    wd) echo "--method wd --start importance$refit" ;;
+    prune-kd) echo "--method cut-kd --start importance$refit" ;;
+    prune-kd-2ph) echo "--method cut-kd-two-phase --start importance$refit" ;;
     kd) echo "--method kd" ;;
     *) echo "unknown system '$1' (wd, prune-kd, prune-kd-2ph, kd)" >&2; exit 2 ;;
   esac
@@ -62,7 +70,7 @@ for run in ${*:-$RUNS}; do
   fi
   echo "== $run"
   # shellcheck disable=SC2046
-  "$WDCTL" compress "$TEACHER" --data "$DATA" --out "$ROOT/$run" --student "$preset" $(system_flags "$system") \
+  "$WDCTL" compress "$TEACHER" --data "$DATA" --out "$ROOT/$run" --student "$preset" $(system_flags "$system" "$preset") \
     --phase1-steps "$PHASE1_STEPS" --phase2-steps "$PHASE2_STEPS" --phase1-warmup "$PHASE1_WARMUP" \
     --seed "$seed" --onnx-distill --distill-cache "$ROOT/distill-cache" --eval-sentences "$EVAL_SENTENCES" \
     --no-export --config examples/plateau.yaml --threads "$THREADS"

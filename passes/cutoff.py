@@ -43,26 +43,30 @@ def cut_teacher(
     student_config: MarianConfig,
     start: Mapping[str, Tensor] | None = None,
     start_layers: Mapping[tuple[str, int], int] | None = None,
+    values: Mapping[str, Tensor] | None = None,
 ) -> MarianMTModel:
     """A student initialised from teacher slices (eval mode; tied weights stay tied).
 
     `start` overrides the leading selection per space (teacher coordinates in student order),
     exactly as `ParameterGenerator(..., start=...)` does, and `start_layers` the teacher layer
     each student layer copies (`GroupPlan.with_start_layers`), so cut-kd and coherent WD start
-    from the same slice."""
+    from the same slice; `values` replaces student tensors of the slice (`refit.refit_output_layer`)."""
     plan = GroupPlan.build(teacher_config, student_config, generator="coherent")
     if start_layers:
         plan = plan.with_start_layers(start_layers)
-    return cut_from_plan(teacher_state, plan, start)
+    return cut_from_plan(teacher_state, plan, start, values)
 
 
 def cut_from_plan(
-    teacher_state: Mapping[str, Tensor], plan: GroupPlan, start: Mapping[str, Tensor] | None = None
+    teacher_state: Mapping[str, Tensor], plan: GroupPlan, start: Mapping[str, Tensor] | None = None,
+    values: Mapping[str, Tensor] | None = None,
 ) -> MarianMTModel:
     """`cut_teacher` for a coherent plan already built (its entries' `select` pick the layers)."""
     if plan.generator != "coherent":
         raise WdctlError("cut_from_plan needs a coherent plan (its spaces say what to slice)")
     plan.check_teacher_state(teacher_state)
+    values = values or {}
+    plan.check_start_values(values)
     student_config = plan.student_config
     indices = {**plan.start_indices(), **(start or {})}
     model = build_model(student_config)
@@ -70,7 +74,7 @@ def cut_from_plan(
     with torch.no_grad():
         for e in plan.entries:
             value = _select(e, teacher_state[e.teacher_names[e.select]].float(), indices)
-            targets[e.name].copy_(value)
+            targets[e.name].copy_(values.get(e.name, value))
             if e.pad_row is not None:
                 targets[e.name][e.pad_row].zero_()
         for c in plan.constants:

@@ -174,20 +174,23 @@ def _project(m: Tensor, p_out: Tensor | None, p_in: Tensor | None, out_first: bo
 
 
 class _CoherentGenerator(_Generator):
-    """S = W ⊙ tanh(S') + B with B₀ = S'₀ − tanh(S'₀): the step-0 student is S'₀ itself.
+    """S = W ⊙ tanh(S') + B with B₀ = S'₀ − tanh(S'₀): the step-0 student is S'₀ itself, or
+    `value` when one is given (B₀ = value − tanh(S'₀), e.g. the output refit's fc2).
 
     `pre(spaces)` computes S' from the teacher and the shared projections of `spaces`."""
 
     affine = True
 
-    def __init__(self, entry: GeneratorEntry, teachers: list[Tensor], spaces: Spaces):
+    def __init__(self, entry: GeneratorEntry, teachers: list[Tensor], spaces: Spaces, value: Tensor | None = None):
         super().__init__(entry, teachers, None)
         self._setup(entry)
         if self.affine:
             with torch.no_grad():
                 start = self.pre(spaces)
             self.W = nn.Parameter(torch.ones(entry.student_shape))
-            self.B = nn.Parameter(start - torch.tanh(start))
+            self.B = nn.Parameter((start if value is None else value.float()) - torch.tanh(start))
+        elif value is not None:
+            raise WdctlError(f"{entry.name} has no parameters of its own: its start cannot be replaced")
 
     def _setup(self, entry: GeneratorEntry) -> None:
         """Parameters that `pre` needs (made before B is derived from it)."""
@@ -286,17 +289,22 @@ class ParameterGenerator(nn.Module):
     """
 
     def __init__(self, teacher_state: Mapping[str, Tensor], plan: GroupPlan, seed: int = 0,
-                 start: Mapping[str, Tensor] | None = None):
+                 start: Mapping[str, Tensor] | None = None, start_values: Mapping[str, Tensor] | None = None):
         """`seed` fixes the release form's random projections (the coherent start is
         deterministic); `start` (coherent only) overrides `plan.start_indices()`: per projected
         space, the teacher coordinates the student starts from (the indices `cut_teacher` takes,
         e.g. from `wdctl.passes.selection.importance_start`). The teacher layer each student
-        layer starts from is the plan's (`GroupPlan.with_start_layers`)."""
+        layer starts from is the plan's (`GroupPlan.with_start_layers`). `start_values`
+        (coherent only) replaces student tensors of that start, as `cut_teacher(values=...)`."""
         super().__init__()
         plan.check_teacher_state(teacher_state)
         self.plan = plan
         rng = torch.Generator().manual_seed(seed)
         self.projections = nn.ParameterDict()
+        start_values = start_values or {}
+        plan.check_start_values(start_values)
+        if start_values and plan.generator != "coherent":
+            raise InputError("start values need the coherent generator")
         if plan.generator == "coherent":
             indices = {**plan.start_indices(), **(start or {})}
             for space in plan.projected_spaces:
@@ -308,7 +316,8 @@ class ParameterGenerator(nn.Module):
                 self.projections[_buffer_name(space.name)] = nn.Parameter(selection_matrix(index, space.teacher_dim))
             spaces = self.spaces()
             self.generators = nn.ModuleDict({
-                _buffer_name(e.name): COHERENT_GENERATORS[e.form](e, [teacher_state[n] for n in e.teacher_names], spaces)
+                _buffer_name(e.name): COHERENT_GENERATORS[e.form](e, [teacher_state[n] for n in e.teacher_names], spaces,
+                                                                  start_values.get(e.name))
                 for e in plan.entries
             })
         else:

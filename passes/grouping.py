@@ -43,7 +43,7 @@ from dataclasses import dataclass, replace
 import torch
 from transformers import MarianConfig
 
-from wdctl.core.errors import InputError
+from wdctl.core.errors import InputError, WdctlError
 from wdctl.passes.memory import training_peak
 from wdctl.passes.narrow_marian import count_parameters, is_narrow
 # the per-tensor planning lives in `spaces`; its public names are re-exported from here
@@ -202,6 +202,17 @@ class GroupPlan:
                     f"teacher weight {name} has shape {_fmt_shape(tuple(teacher_state[name].shape))}, "
                     f"the teacher config implies {_fmt_shape(shape)}"
                 )
+
+    def check_start_values(self, values: Mapping[str, torch.Tensor]) -> None:
+        """Student tensors given to replace the start's (e.g. the output refit's) must each be
+        one entry's, with its student shape."""
+        shapes = {e.name: e.student_shape for e in self.entries}
+        for name, value in values.items():
+            if name not in shapes:
+                raise WdctlError(f"start value {name} is not a generated student tensor")
+            if tuple(value.shape) != shapes[name]:
+                raise WdctlError(f"start value {name} has shape {_fmt_shape(tuple(value.shape))}, "
+                                 f"the student has {_fmt_shape(shapes[name])}")
 
     def subset_entries(self, index: int) -> list[GeneratorEntry]:
         return [self.entries[i] for i in self.subsets[index]]

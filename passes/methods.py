@@ -25,11 +25,13 @@ from wdctl.passes.cutoff import cut_teacher
 from wdctl.passes.generator import GeneratedStudent, ParameterGenerator, materialize_student
 from wdctl.passes.narrow_marian import build_model
 from wdctl.passes.phases import Job, run_phase
+from wdctl.passes.refit import refit_output_layer
 from wdctl.passes.selection import block_importance, choose_start_layers, importance_start, most_important_layers
 from wdctl.passes.training import TrainConfig, collate
 
 IMPORTANCE_BATCHES = 4  # batches of training examples the importance ranking looks at
 IMPORTANCE_BATCH_SIZE = 16
+REFIT_BATCHES = 48  # batches (of IMPORTANCE_BATCH_SIZE) the output refit fits on: ~24k target tokens
 
 
 def baseline_config(phase1: TrainConfig, phase2: TrainConfig) -> TrainConfig:
@@ -42,7 +44,7 @@ def run_wd(job: Job) -> nn.Module:
     """Phase 1 trains the parameter generators (teacher frozen), phase 2 the materialized student."""
     def build_generated():
         return GeneratedStudent(ParameterGenerator(job.teacher.state_dict(), job.plan, seed=job.phase1.seed,
-                                                  start=job.start))
+                                                  start=job.start, start_values=job.start_values))
 
     def materialize(model):
         return materialize_student(model.generator, job.student_config)
@@ -62,7 +64,7 @@ def run_kd(job: Job) -> nn.Module:
 
 def _cut_student(job: Job) -> nn.Module:
     return cut_teacher(job.teacher.state_dict(), job.teacher_config, job.student_config,
-                       start=job.start, start_layers=job.start_layers)
+                       start=job.start, start_layers=job.start_layers, values=job.start_values)
 
 
 def run_cut_kd(job: Job) -> nn.Module:
@@ -74,6 +76,18 @@ def run_cut_kd_two_phase(job: Job) -> nn.Module:
     """cut-kd on wd's schedule: phase 1's steps and schedule, then phase 2's (warm-up restarted)."""
     first = run_phase(job, "phase1", lambda: _cut_student(job), job.phase1)
     return run_phase(job, "phase2", lambda: first, job.phase2)
+
+
+def refit_start(job: Job) -> None:
+    """`--refit-output`: the student's top decoder layer refitted to the teacher's last decoder
+    state (`refit.refit_output_layer`) on REFIT_BATCHES training batches, from the job's start
+    slice; stored as `job.start_values`, so wd and cut-kd start from the same refitted slice."""
+    n = IMPORTANCE_BATCH_SIZE
+    examples = job.examples[: REFIT_BATCHES * n]
+    batches = [collate(examples[i : i + n], job.pad_id, job.start_id) for i in range(0, len(examples), n)]
+    cut = _cut_student(job)
+    keep = {**job.plan.start_indices(), **(job.start or {})}.get("decoder.residual")
+    job.start_values = refit_output_layer(job.teacher, cut, batches, keep)
 
 
 def choose_start(job: Job, layers: str = "loss") -> None:
@@ -105,3 +119,4 @@ METHODS: dict[str, Method] = {
     "cut-kd": Method(run_cut_kd, needs_generator=False),
     "cut-kd-two-phase": Method(run_cut_kd_two_phase, needs_generator=False),
 }
+STARTS_FROM_TEACHER = ("wd", "cut-kd", "cut-kd-two-phase")  # the methods whose student starts from a teacher slice

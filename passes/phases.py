@@ -50,6 +50,7 @@ class Job:
     plan: object = None
     start: dict | None = None  # per projected space, the teacher coordinates to start from (importance)
     start_layers: dict | None = None  # per (side, student layer), the teacher layer to start from
+    start_values: dict | None = None  # student tensors replacing the cut's (the output refit)
     teacher: nn.Module | None = None
     tokenizer: object = None
     examples: list = field(default_factory=list)

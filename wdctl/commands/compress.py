@@ -85,6 +85,7 @@ def compress_command(
     heads: Optional[int] = HeadsOpt,
     generator: str = GeneratorOpt,
     start: str = StartOpt,
+    refit_output: bool = typer.Option(False, "--refit-output/--no-refit-output", help="Refit the start's top decoder layer (its fc2, by least squares on a few teacher-forced batches) so that its output matches the teacher's last decoder layer (wd, cut-kd): a student with fewer decoder layers then starts from an output the output layer can read."),
     method: str = typer.Option("wd", "--method", help="wd: weight distillation (phase 1 trains the parameter generator with the teacher frozen, phase 2 fine-tunes the materialized student). Baselines on the same shape, data and step budget (phase1+phase2 steps, phase-1 schedule): kd = random init; cut-kd = init cut from the teacher (every r-th layer, leading rows/columns, or --start importance); cut-kd-two-phase = the same cut on wd's two schedules (warm-up restarted at phase 2)."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML of training options (TrainConfig keys): top-level keys apply to both phases, 'phase1:'/'phase2:' sections to one."),
     phase1_steps: Optional[int] = typer.Option(None, "--phase1-steps", help="Phase-1 (generator) steps [2000]."),
@@ -137,7 +138,7 @@ def compress_command(
     result = compress(CompressSettings(
         teacher_dir, data, out,
         student=student_request(student, encoder_layers, decoder_layers, d_model, ffn_dim, heads),
-        method=method, generator=generator, start=start, phase1=p1, phase2=p2, run_dir=run_dir, force=force, export=export, quantize=quantize,
+        method=method, generator=generator, start=start, refit_output=refit_output, phase1=p1, phase2=p2, run_dir=run_dir, force=force, export=export, quantize=quantize,
         dry_run=dry_run,
         cache_dir=distill_cache, distill_beams=distill_beams, distill_sentences=distill_sentences,
         fast_distill=onnx_distill,

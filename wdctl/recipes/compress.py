@@ -51,7 +51,7 @@ from wdctl.passes.distill import distill
 from wdctl.passes.distributed import check_accum, distributed
 from wdctl.passes.grouping import DEFAULT_SUBSET_BYTES, GENERATOR_FORMS, GroupPlan, generator_sizes
 from wdctl.passes.marian import check_model_dir, generation_config, load_marian, load_marian_config, save_marian
-from wdctl.passes.methods import METHODS, choose_start
+from wdctl.passes.methods import METHODS, STARTS_FROM_TEACHER, choose_start, refit_start
 from wdctl.passes.narrow_marian import count_parameters
 from wdctl.passes.selection import SELECTIONS
 from wdctl.passes.shortlist import FILE as SHORTLIST_FILE
@@ -80,6 +80,7 @@ class CompressSettings:
     method: str = "wd"
     generator: str = "coherent"  # grouping.GENERATOR_FORMS
     start: str = "leading"  # selection.SELECTIONS: the student's start slice of the teacher
+    refit_output: bool = False  # the start's top decoder layer refitted to the teacher's output (refit.py)
     phase1: TrainConfig = field(default_factory=lambda: DEFAULT_PHASE1)
     phase2: TrainConfig = field(default_factory=lambda: DEFAULT_PHASE2)
     run_dir: Path | None = None
@@ -107,6 +108,10 @@ class CompressSettings:
         for name, value, choices in (("generator", self.generator, GENERATOR_FORMS), ("start", self.start, SELECTIONS)):
             if value not in choices:
                 raise InputError(f"unknown {name} '{value}'; choose one of {', '.join(choices)}")
+        if self.refit_output and (self.method not in STARTS_FROM_TEACHER or self.generator != "coherent"):
+            raise InputError(f"--refit-output refits the teacher slice a student starts from: methods "
+                             f"{', '.join(STARTS_FROM_TEACHER)} (wd with the coherent generator), not {self.method}"
+                             + (f" with the {self.generator} generator" if self.method == "wd" else ""))
         threads = {"threads": self.threads} if self.threads else {}
         quantize = None if self.quantize in ("", "none") else self.quantize
         if self.distill_beams < 1 or self.eval_beams < 1:
@@ -160,7 +165,7 @@ def compress(settings: CompressSettings) -> dict:
     subset_bytes = s.subset_bytes or DEFAULT_SUBSET_BYTES
     plan = GroupPlan.build(teacher_config, s_config, subset_bytes=subset_bytes, generator=s.generator)
     memory = phase_memory(plan, s)
-    summary = {"method": s.method, "generator": s.generator, "start": s.start,
+    summary = {"method": s.method, "generator": s.generator, "start": s.start, "refit_output": s.refit_output,
                "teacher": StudentSpec.from_config(teacher_config).to_dict(), "student": spec.to_dict(),
                "teacher_parameters": count_parameters(teacher_config), "student_parameters": count_parameters(s_config),
                "generator_parameters": plan.total_generator_params,
@@ -195,6 +200,7 @@ def compress(settings: CompressSettings) -> dict:
                     "fast": s.fast_distill, "sentences": s.distill_sentences},
         "phase1": schedule_fingerprint(s.phase1), "phase2": schedule_fingerprint(s.phase2),
         "subset_bytes": plan.subset_bytes,
+        **({"refit_output": True} if s.refit_output else {}),  # absent when off: older run dirs still resume
     })
     start_over = claim_run_dir(run_dir, fingerprint, s.force)
     dist.barrier()  # every rank has checked the run directory before rank 0 changes it
@@ -241,6 +247,8 @@ def compress(settings: CompressSettings) -> dict:
         metrics["start_layers"] = {f"{side}.{layer}": groups[side][layer][index]  # the teacher layer chosen
                                    for (side, layer), index in sorted(job.start_layers.items())
                                    if len(groups[side][layer]) > 1}
+    if s.refit_output:
+        refit_start(job)
     if needs_generator and dist.is_main:  # the plan as the generator starts (moved by --start importance)
         (run_dir / "plan.txt").write_text(job.plan.format() + "\n", encoding="utf-8")
         write_json(run_dir / "plan.json", job.plan.to_dict())
