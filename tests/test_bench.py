@@ -283,6 +283,27 @@ def test_packages_cached_before_calibrated_int8_are_rebuilt(tiny_teacher_dir, tm
     assert packages._package_ready(cache / "teacher-fp32", "fp32")
 
 
+def test_shortlisted_packages_cached_before_the_left_out_mass_are_rebuilt(tiny_teacher_dir, tmp_path):
+    """A cached shortlisted translator that renormalizes over its shortlist (no
+    `wdctl.shortlist_mass`, as every one built before the rest slot) is built again."""
+    import onnx
+
+    import wdctl.bench.packages as packages
+
+    cache = tmp_path / "packages"
+    systems = packages.make_systems(tiny_teacher_dir, [])
+    packages.prepare_packages(systems, ("ort-graph-int8-sl",), cache, log=lambda _: None)
+    path = cache / "teacher-int8-sl" / "translator.onnx"
+    assert packages._package_ready(path.parent, "int8-sl")
+    model = onnx.load(str(path))
+    kept = [p for p in model.metadata_props if p.key != "wdctl.shortlist_mass"]
+    assert len(kept) == len(model.metadata_props) - 1
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    onnx.save(model, str(path))
+    assert not packages._package_ready(path.parent, "int8-sl")
+
+
 def test_ct2_missing_is_a_note_not_a_failure(tiny_teacher_dir, tmp_path, monkeypatch):
     import wdctl.bench.packages as packages
 

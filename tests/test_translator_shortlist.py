@@ -137,3 +137,43 @@ def test_export_names_a_shortlist_that_does_not_fit_the_model(tmp_path, tiny_tea
     code, _, err = cli("export", model, "--out", tmp_path / "pkg")
     assert code == 2 and "shortlist.json: shortlist for a vocabulary of 99" in err and "--no-shortlist" in err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "pkg").exists()
+
+
+def test_the_left_out_mass_is_estimated_from_the_rows_outside_the_shortlist(copy_files):
+    """The decoder's rest slot (`translator_graph._rest_logit`) reads three per-batch values; the
+    graph must compute them from exactly the live rows outside the batch's shortlist: the
+    Gaussian estimate's quadratic, linear and constant terms (against numpy on those rows), and
+    the estimate tracks the true log-mass of those rows for decoder-like states."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from wdctl.export.translator_graph import _final_bias
+
+    w, _, sources = copy_files
+    shortlist = Shortlist(w.vocab_size, (5,), {s: (s,) for s in range(w.vocab_size)}, 16)
+    model = build_translator(w, None, shortlist=shortlist)
+    names = ("shortlist", "rest_quad", "rest_lin", "rest_const")
+    model.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.INT64 if n == "shortlist" else
+                                                            TensorProto.FLOAT, None) for n in names)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    src = np.array([sources[0]], np.int32)
+    feeds = {"input_ids": src, "attention_mask": np.ones_like(src), "max_length": np.array([8], np.int32),
+             "min_length": np.array([0], np.int32), "num_beams": np.array([1], np.int32),
+             "length_penalty": np.array([1.0], np.float32), "repetition_penalty": np.array([1.0], np.float32)}
+    kept, quad, lin, const = session.run(list(names), feeds)
+    bias = _final_bias(w).astype(np.float64)
+    rest = np.setdiff1d(np.flatnonzero(bias > -1e8), kept)
+    assert 0 < len(rest) < w.vocab_size
+    rows = np.concatenate([w.decoder_embed.astype(np.float64), bias[:, None]], axis=1)[rest]
+    mean, cov = rows.mean(0), np.cov(rows, rowvar=False, bias=True)
+    d = w.d_dec
+    np.testing.assert_allclose(quad, cov[:d, :d] / 2, atol=1e-4, rtol=1e-3)
+    np.testing.assert_allclose(lin, mean[:d] + cov[:d, d], atol=1e-4, rtol=1e-3)
+    np.testing.assert_allclose(const, [np.log(len(rest)) + mean[d] + cov[d, d] / 2], atol=1e-4, rtol=1e-3)
+    h = np.random.default_rng(0).standard_normal((64, d))  # LayerNorm-like states
+    estimate = np.einsum("rd,de,re->r", h, quad, h) + h @ lin + const
+    logits = h @ w.decoder_embed[rest].T.astype(np.float64) + bias[rest]
+    true = np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1)) + logits.max(1)
+    # 0.007 nats here; without the variance term 0.16
+    assert np.abs(estimate - true).mean() < 0.05, (estimate[:4], true[:4])

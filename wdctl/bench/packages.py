@@ -92,7 +92,8 @@ def _package_ready(path: Path, kind: str = "ct2", optimum: bool = False) -> bool
     """A finished package; an ONNX one must hold the in-graph translator (older caches do not)
     and, with `optimum`, optimum's encoder and decoder (translator-only packages do not), and its
     translator int8's calibrated activation ranges (fp32) or scales (int8): a package cached
-    before them would measure the per-call scales wdctl no longer writes."""
+    before them would measure the per-call scales wdctl no longer writes; and a shortlisted
+    translator must estimate the mass of the ids it leaves out (older ones renormalize)."""
     ready = path.is_dir() and (path / MARKER).is_file()
     if not ready or kind.startswith("ct2"):
         return ready
@@ -100,6 +101,8 @@ def _package_ready(path: Path, kind: str = "ct2", optimum: bool = False) -> bool
     if not package.has_translator() or (optimum and not package.has_optimum()):
         return False
     meta = translator_metadata(package.translator)
+    if meta.get("wdctl.shortlist_size", "0") != "0" and "wdctl.shortlist_mass" not in meta:
+        return False
     if kind == "fp32":
         return ACTIVATION_RANGES in meta
     return meta.get("wdctl.int8_activations") == "calibrated"
