@@ -31,7 +31,7 @@ from wdctl.export.calibration import METADATA_KEY, OUTPUT_PROJECTION, ranges_met
 from wdctl.export.package import OnnxPackage
 from wdctl.export.session import detect_isa, session_options, settle_int8_kernels
 from wdctl.export.translator_embeddings import share_embeddings, share_shortlist_rows
-from wdctl.export.translator_graph import _subgraphs, build_translator, save_model, set_shortlist_size
+from wdctl.export.translator_graph import REST_COVARIANCE, _subgraphs, build_translator, save_model, set_shortlist_size
 from wdctl.export.translator_weights import (  # noqa: F401 - the public names, re-exported
     AttentionWeights,
     DecoderLayerWeights,
@@ -72,7 +72,8 @@ def quantize_translator(src, dst, *, min_elements: int = 0, reduce_range: bool |
     per-column scales (symmetric, zero point 0); the float bias stays separate. Where the file
     records calibrated activation ranges (`calibration`, written by `wdctl export`), each then
     quantizes its input with that fixed scale instead (`fix_activation_scales`).
-    Everything else (attention's activation x activation products, layer norms) stays float,
+    Everything else (attention's activation x activation products, layer norms, a shortlist's
+    rest-mass estimate) stays float,
     except the embeddings: each distinct table is stored once, int8, in the main graph, and
     serves the encoder's and decoder's lookups and the tied output projection
     (`translator_embeddings.share_embeddings`).
@@ -114,8 +115,8 @@ def quantize_translator(src, dst, *, min_elements: int = 0, reduce_range: bool |
             owner = scope[node.input[1]]
             tensor = next(t for t in owner.initializer if t.name == node.input[1])
             w = numpy_helper.to_array(tensor)
-            if w.ndim != 2 or w.dtype != np.float32 or w.size < min_elements:
-                continue
+            if w.ndim != 2 or w.dtype != np.float32 or w.size < min_elements or tensor.name.endswith(REST_COVARIANCE):
+                continue  # (a shortlist's rest-mass estimate stays float: it is a variance, d x d)
             key = (id(owner), tensor.name)
             if key not in done:
                 amax = np.abs(w).max(axis=0)
