@@ -233,11 +233,12 @@ def test_tiny_student_compresses_exports_and_translates(cli, tiny_teacher_dir, c
     assert "int8_test_bleu_beam4" in metrics["exports"]["int8_scores"]  # re-scored by its in-graph translator
 
 
-@pytest.mark.parametrize("start", ["leading", "importance", "block-importance"])
+@pytest.mark.parametrize("start", ["leading", "importance", "block-importance", "importance --refit-output"])
 def test_coherent_wd_starts_at_or_below_cut_kd(cli, tiny_teacher_dir, corpus, tmp_path, start):
     """The step-0 probe loss of coherent WD is the cut-off student's (or lower), in `compress` runs;
     with --start importance both record the teacher layer each student layer starts from, and
-    wd's plan.json shows the generator started there."""
+    wd's plan.json shows the generator started there. With --refit-output both start from the
+    same refitted top layer."""
     yaml = tmp_path / "one.yaml"
     yaml.write_text("max_tokens: 1024\nlog_every: 1\nsave_every: 100\neval_every: 1000\n"
                     "phase1: {max_steps: 1, warmup: 1}\nphase2: {max_steps: 1, warmup: 1}\n")
@@ -245,9 +246,10 @@ def test_coherent_wd_starts_at_or_below_cut_kd(cli, tiny_teacher_dir, corpus, tm
     for method in ("wd", "cut-kd"):
         out = tmp_path / method
         code, _, stderr = cli("compress", tiny_teacher_dir, "--student", "tiny", "--method", method,
-                              "--start", start, *common(corpus, out, yaml, tmp_path / "cache"))
+                              "--start", *start.split(), *common(corpus, out, yaml, tmp_path / "cache"))
         assert code == 0, stderr
         metrics = json.loads((Path(f"{out}.run") / "metrics.json").read_text())
+        assert metrics["refit_output"] == ("--refit-output" in start)
         phase = metrics["phases"]["phase1" if method == "wd" else "train"]
         before[method] = phase["probe_loss_before"]
         assert before[method] is not None
