@@ -85,6 +85,19 @@ def probe_loss(model: nn.Module, examples: list, pad_id: int, start_id: int, lab
     return total / max(tokens, 1)
 
 
+def _step0_probe(job: Job, phase_dir: Path, model: nn.Module, cfg: TrainConfig) -> float | None:
+    """The probe loss of the phase's start, measured once and kept in the phase directory, so a
+    resumed run still reports it (None for a run checkpointed before it was kept)."""
+    path = phase_dir / "probe_before.json"
+    if checkpoint_dirs(phase_dir):
+        return json.loads(path.read_text())["probe_loss"] if path.is_file() else None
+    before = probe_loss(model, job.probe, job.pad_id, job.start_id, cfg.label_smoothing)
+    if job.dist.is_main:
+        phase_dir.mkdir(parents=True, exist_ok=True)
+        write_json(path, {"probe_loss": before})
+    return before
+
+
 def _dev_evaluator(job: Job, to_marian: Callable[[nn.Module], nn.Module]):
     if not job.dev_pairs or job.eval_sentences <= 0:
         return None
@@ -127,8 +140,7 @@ def run_phase(job: Job, name: str, build: Callable[[], nn.Module], cfg: TrainCon
         if isinstance(model, MarianMTModel):
             freeze_pad_row(model)  # keep the <pad>/start row at zero while training
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        fresh = not checkpoint_dirs(phase_dir)
-        before = probe_loss(model, job.probe, job.pad_id, job.start_id, cfg.label_smoothing) if fresh else None
+        before = _step0_probe(job, phase_dir, model, cfg)
         result = train(model, job.examples, cfg, phase_dir, pad_id=job.pad_id, start_id=job.start_id,
                        evaluate=_dev_evaluator(job, to_marian),
                        teacher=job.teacher if cfg.kd_weight > 0 else None, desc=f"{job.method}:{name}")

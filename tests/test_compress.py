@@ -160,6 +160,9 @@ def test_ctrl_c_then_rerun_resumes_and_matches_an_uninterrupted_run(cli, tiny_te
     assert code == 0, stderr
     a, b = load_file(str(tmp_path / "a" / "model.safetensors")), load_file(str(tmp_path / "b" / "model.safetensors"))
     assert all((a[k] == b[k]).all() for k in a)
+    probes = [json.loads((tmp_path / f"{r}.run" / "metrics.json").read_text())["phases"]["train"]["probe_loss_before"]
+              for r in "ab"]
+    assert probes[0] is not None and probes[0] == probes[1]  # the step-0 probe survives the resumption
 
     # Different settings in the same run directory: refused, or started over with --force.
     code, _, stderr = cli("compress", tiny_teacher_dir, *args, "--force", "--seed", 7, "--run-dir", tmp_path / "b.run")
