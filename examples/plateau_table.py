@@ -87,8 +87,14 @@ def run_row(root: Path, run: str, teacher: dict) -> dict:
     m = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.is_file() else {}
     flat = plateau_point(points)
     best = max(points, key=lambda p: p["dev_bleu"]) if points else None
+    config_path = run_dir / "config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
+    start = "random" if config.get("method") == "kd" else config.get("start", "-")
+    if config.get("refit_output"):
+        start += " + refit"
+    probes = [json.loads(p.read_text())["probe_loss"] for p in sorted(run_dir.glob("*/probe_before.json"))]
     return {
-        "run": run, "preset": preset, "system": system, "seed": int(seed),
+        "run": run, "preset": preset, "system": system, "seed": int(seed), "start": start,
         "finished": bool(m), "parameters": m.get("student_parameters"),
         "steps": points[-1]["step"] if points else 0, "train_minutes": points[-1]["train_minutes"] if points else 0,
         "plateau_step": flat and flat["step"], "plateau_minutes": flat and flat["train_minutes"],
@@ -96,7 +102,8 @@ def run_row(root: Path, run: str, teacher: dict) -> dict:
         "steps_to_teacher_minus_2": first_step(points, teacher["dev_bleu"] - 2),
         "steps_to_teacher_minus_1": first_step(points, teacher["dev_bleu"] - 1),
         "test_bleu_beam1": m.get("test_bleu_beam1"), "test_bleu_beam4": m.get("test_bleu_beam4"),
-        "probe_step0": next((p.get("probe_loss_before") for p in m.get("phases", {}).values()), None),
+        "probe_step0": next((p.get("probe_loss_before") for p in m.get("phases", {}).values()),
+                            probes[0] if probes else None),
         "curve": points,
     }
 
@@ -157,15 +164,15 @@ def main() -> None:
     ]
     for preset in presets:
         lines += [f"## {preset.upper()}", "",
-                  "| run | finished | steps | plateau at (min) | best dev (step) | steps to teacher − 2 / − 1 "
+                  "| run | start | finished | steps | plateau at (min) | best dev (step) | steps to teacher − 2 / − 1 "
                   "| test greedy | test beam 4 (Δ teacher) | step-0 probe |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+                  "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
         for r in (r for r in rows if r["preset"] == preset):
             flat = "-" if r["plateau_step"] is None else f"{r['plateau_step']} ({r['plateau_minutes']:.0f})"
             beam4 = r["test_bleu_beam4"]
             delta = "-" if beam4 is None else f"{beam4:.2f} ({beam4 - teacher['test_bleu_beam4']:+.2f})"
             lines.append(
-                f"| {r['run']} | {'yes' if r['finished'] else 'training'} | {r['steps']} | {flat} | "
+                f"| {r['run']} | {r['start']} | {'yes' if r['finished'] else 'training'} | {r['steps']} | {flat} | "
                 f"{cell(r['best_dev_bleu'])} ({r['best_step']}) | {cell(r['steps_to_teacher_minus_2'], '{}')} / "
                 f"{cell(r['steps_to_teacher_minus_1'], '{}')} | {cell(r['test_bleu_beam1'])} | {delta} | "
                 f"{cell(r['probe_step0'], '{:.3f}')} |")
