@@ -663,6 +663,8 @@ def set_shortlist_size(model, size: int) -> None:
     forced-EOS row; EOS keeps its pinned position."""
     from onnx import numpy_helper
 
+    # the decoder's logits: the shortlist's positions, plus the rest slot (files built before it have none)
+    width = size + int(any(p.key == "wdctl.shortlist_mass" for p in model.metadata_props))
     for graph, _ in _subgraphs(model.graph):
         for i, tensor in enumerate(graph.initializer):
             if tensor.name.endswith("shortlist.size"):
@@ -673,11 +675,11 @@ def set_shortlist_size(model, size: int) -> None:
                     np.maximum(numpy_helper.to_array(tensor), _F32(1.0)), tensor.name))
             elif tensor.name.endswith("forced_eos"):
                 old = numpy_helper.to_array(tensor)
-                row = np.full(size + 1, -1e9, dtype=_F32)  # the rest slot too (`_rest_logit`)
+                row = np.full(width, -1e9, dtype=_F32)
                 row[int(np.argmax(old))] = 0.0
                 graph.initializer[i].CopyFrom(numpy_helper.from_array(row, tensor.name))
         if graph.name == "marian_decoder":
-            graph.output[0].type.tensor_type.shape.dim[2].dim_value = size + 1
+            graph.output[0].type.tensor_type.shape.dim[2].dim_value = width
     for prop in model.metadata_props:
         if prop.key == "wdctl.shortlist_size":
             prop.value = str(size)
