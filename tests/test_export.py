@@ -237,7 +237,14 @@ def test_int8_with_dev_data_scores_both_against_references(tiny_teacher_dir, tin
     assert quality["references"] and quality["sentences"] == 6
     assert {"bleu_fp32", "bleu_int8", "chrf_fp32", "chrf_int8"} <= set(quality)
     assert report["translator"]["calibration_sentences"] == 6  # int8's activation ranges: the dev sentences
-    assert "package written to" in out
+    assert "package written to" in out and "English sample sentences" not in err
+
+
+def test_int8_without_data_says_what_it_calibrated_on(tiny_teacher_dir, tmp_path, cli):
+    code, _, err = cli("export", tiny_teacher_dir, "--out", tmp_path / "pkg", "--beams", "1")
+    assert code == 0, err
+    assert "note: int8's activation ranges are measured on the exporter's 8 English sample sentences" in err
+    assert _report(tmp_path / "pkg")["translator"]["calibration_sentences"] == 8
 
 
 def test_quantize_package_keeps_chosen_nodes_fp32(exported, tmp_path):
