@@ -407,9 +407,6 @@ def export_model(model_dir: Path, out: Path, *, quantize: str | None = None, dev
     providers_for(device)
     check_output_dir(out, force)
     sources, refs = _sources_and_refs(data, max_sentences)
-    if log and data is None and mode == "int8":
-        log("note: int8's activation ranges are measured on the exporter's 8 English sample sentences; "
-            "for a model whose source language is not English, pass --data with its own dev sentences")
     if mode == "none":
         return build_package(model_dir, out, None, device=device, force=force, optimum=optimum,
                              shortlist=shortlist, calibration=sources)["onnx"], None

@@ -243,7 +243,7 @@ def test_int8_with_dev_data_scores_both_against_references(tiny_teacher_dir, tin
 def test_int8_without_data_says_what_it_calibrated_on(tiny_teacher_dir, tmp_path, cli):
     code, _, err = cli("export", tiny_teacher_dir, "--out", tmp_path / "pkg", "--beams", "1")
     assert code == 0, err
-    assert "note: int8's activation ranges are measured on the exporter's 8 English sample sentences" in err
+    assert "note: int8's activation ranges were measured on the exporter's 8 English sample sentences" in err
     assert _report(tmp_path / "pkg")["translator"]["calibration_sentences"] == 8
 
 

@@ -40,6 +40,10 @@ def export_command(
                                 keep_fp32=keep_fp32, data=data, max_sentences=max_sentences, beams=beams, force=force,
                                 log=lambda text: typer.echo(text, err=True), optimum=optimum, shortlist=shortlist)
     _summary(out, report, mode)
+    if mode == "int8" and data is None:
+        typer.echo("note: int8's activation ranges were measured on the exporter's 8 English sample sentences; "
+                   "for a model whose source language is not English, export again with --data and its own dev "
+                   "sentences", err=True)
 
 
 def _summary(out: Path, report: dict, mode: Optional[str]) -> None:
