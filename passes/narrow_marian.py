@@ -103,6 +103,16 @@ class NarrowMarianMTModel(MarianMTModel):
         self.lm_head = nn.Linear(config.decoder_d_model, vocab, bias=False)
         self.post_init()
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """As MarianMTModel's, with the sinusoidal position tables frozen: this class saves them,
+        and loading makes saved tables trainable parameters, which they never are (a built model
+        has them frozen, so a phase resumed from a saved student would not match its checkpoint)."""
+        model = super().from_pretrained(*args, **kwargs)
+        for side in (model.model.encoder, model.model.decoder):
+            side.embed_positions.weight.requires_grad_(False)
+        return model
+
 
 def is_narrow(config: object) -> bool:
     return getattr(config, "model_type", None) == NARROW_MODEL_TYPE

@@ -48,6 +48,10 @@ def test_tiny_saves_with_safetensors_and_loads_with_the_auto_class(tmp_path):
     for key in before:  # the decoder's position table (the teacher's, sliced) is saved too
         assert torch.equal(before[key], after[key]), key
     assert loaded.lm_head.weight is loaded.model.decoder.embed_tokens.weight
+    # the same trainable tensors as the built model (a phase resumed from a saved student
+    # checks them against its checkpoint): the saved position tables stay frozen
+    trainable = lambda m: {n for n, p in m.named_parameters() if p.requires_grad}  # noqa: E731
+    assert trainable(loaded) == trainable(student) and not any("embed_positions" in n for n in trainable(loaded))
     batch = inputs()
     with torch.no_grad():
         decoder_ids = torch.full((2, 1), student.config.decoder_start_token_id)
