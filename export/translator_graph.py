@@ -312,13 +312,19 @@ def _shortlist_nodes(g: _Graph, w: MarianWeights, tables: dict, size: int, ids: 
     return table
 
 
+def _output_rows(w: MarianWeights) -> tuple[np.ndarray, np.ndarray]:
+    """The output layer's rows [w_t, b_t] (V, d+1) float64, and which ids are live (bias above
+    -1e9: the model does not ban them)."""
+    bias = _final_bias(w).astype(np.float64)
+    return np.concatenate([w.decoder_embed.astype(np.float64), bias[:, None]], axis=1), bias > -1e8
+
+
 def _rest_covariance(w: MarianWeights, tables: dict) -> np.ndarray:
     """(d+1, d+1) float64: the covariance of the output layer's rows [w_t, b_t] over the live ids
     (bias above -1e9: the model does not ban them) that a shortlist does not pin (`priority` 0):
     the rows a batch's shortlist may leave out (`_rest_mass_nodes`)."""
-    bias = _final_bias(w).astype(np.float64)
-    rows = np.concatenate([w.decoder_embed.astype(np.float64), bias[:, None]], axis=1)
-    rows = rows[(bias > -1e8) & (tables["priority"] <= 0)]
+    rows, live = _output_rows(w)
+    rows = rows[live & (tables["priority"] <= 0)]
     if len(rows) < 2:
         return np.zeros((w.d_dec + 1, w.d_dec + 1))
     return np.cov(rows, rowvar=False, bias=True)
@@ -341,9 +347,8 @@ def _rest_mass_nodes(g: _Graph, w: MarianWeights, rows: str, bias: str, scope: s
     left out)."""
     i64 = np.int64
     d = w.d_dec
-    full_bias = _final_bias(w).astype(np.float64)
-    live = full_bias > -1e8
-    table = np.concatenate([w.decoder_embed.astype(np.float64), full_bias[:, None]], axis=1)[live]  # (n, d + 1)
+    table, live = _output_rows(w)
+    table = table[live]  # (n, d + 1)
     axis0, axis1 = g.weight("axis_0", np.array([0], i64)), g.weight("axis_1", np.array([1], i64))
     a = g.op("Concat", [rows, g.op("Unsqueeze", [bias, axis1])], axis=1)  # (k, d + 1)
     kept = g.op("Cast", [g.op("Greater", [bias, g.weight("live_bias", np.array([-1e8], _F32))])], to=1)  # (k,) 0/1

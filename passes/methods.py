@@ -78,16 +78,19 @@ def run_cut_kd_two_phase(job: Job) -> nn.Module:
     return run_phase(job, "phase2", lambda: first, job.phase2)
 
 
+def _training_batches(job: Job, count: int) -> list[dict]:
+    """The first `count` batches of IMPORTANCE_BATCH_SIZE training examples (the start's data)."""
+    n = IMPORTANCE_BATCH_SIZE
+    examples = job.examples[: count * n]
+    return [collate(examples[i : i + n], job.pad_id, job.start_id) for i in range(0, len(examples), n)]
+
+
 def refit_start(job: Job) -> None:
     """`--refit-output`: the student's top decoder layer refitted to the teacher's last decoder
     state (`refit.refit_output_layer`) on REFIT_BATCHES training batches, from the job's start
     slice; stored as `job.start_values`, so wd and cut-kd start from the same refitted slice."""
-    n = IMPORTANCE_BATCH_SIZE
-    examples = job.examples[: REFIT_BATCHES * n]
-    batches = [collate(examples[i : i + n], job.pad_id, job.start_id) for i in range(0, len(examples), n)]
-    cut = _cut_student(job)
     keep = {**job.plan.start_indices(), **(job.start or {})}.get("decoder.residual")
-    job.start_values = refit_output_layer(job.teacher, cut, batches, keep)
+    job.start_values = refit_output_layer(job.teacher, _cut_student(job), _training_batches(job, REFIT_BATCHES), keep)
 
 
 def choose_start(job: Job, layers: str = "loss") -> None:
@@ -96,9 +99,7 @@ def choose_start(job: Job, layers: str = "loss") -> None:
     loss (`choose_start_layers`, layers="loss") or by block importance (layers="block"), and
     store both on the job (its plan moved to those layers), so wd and cut-kd start from the same
     slice."""
-    n = IMPORTANCE_BATCH_SIZE
-    examples = job.examples[: IMPORTANCE_BATCHES * n]
-    batches = [collate(examples[i : i + n], job.pad_id, job.start_id) for i in range(0, len(examples), n)]
+    batches = _training_batches(job, IMPORTANCE_BATCHES)
     job.start = importance_start(job.plan, job.teacher, batches)
     if layers == "block":
         job.start_layers = most_important_layers(job.plan, block_importance(job.teacher, batches))
