@@ -77,4 +77,4 @@ for run in ${*:-$RUNS}; do
 done
 
 "$PYTHON" examples/plateau_table.py --teacher "$TEACHER" --data "$DATA" --root "$ROOT" --out "$RESULTS" \
-  --eval-sentences "$EVAL_SENTENCES" --threads "$THREADS"
+  --eval-sentences "$EVAL_SENTENCES" --threads "$THREADS" --onnx

@@ -5,19 +5,28 @@ way) and ROOT/<run>.run/metrics.json (test BLEU of a finished run), scores the t
 same dev and test pairs (cached in ROOT/teacher-eval.json), and writes OUT/plateau.md,
 OUT/plateau.json (the table and every curve) and OUT/curves.png (dev BLEU against steps, one line
 per run, one panel per preset). Steps are counted over both phases (wd: phase-1 steps first).
+
+With --onnx, each finished run and the teacher are also exported as the package `wdctl export
+--quantize int8 --data DATA` makes (in ROOT/<run>.pkg, ROOT/teacher.pkg; calibrated on dev,
+shortlisted) and scored in onnxruntime, 1 thread, batch 1: test BLEU and tokens/s, greedy and
+beam 4, with the shortlist and without (`--no-shortlist`), and the package's size. Each package's
+figures are cached in it (plateau-onnx.json, with the machine's load average when measured): take
+them with nothing else running (pause the training with SIGSTOP).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import time
 from pathlib import Path
 
 import torch
 
 from wdctl.core.corpus import read_parallel
-from wdctl.core.metrics import score_bleu
+from wdctl.core.metrics import bleu, score_bleu
 from wdctl.core.runinfo import cpu_info, versions, write_json
 from wdctl.passes.marian import load_marian
 from wdctl.passes.training import plateaued
@@ -78,6 +87,47 @@ def plateau_point(points: list[dict]) -> dict | None:
     return None
 
 
+def busy_cpu_seconds() -> float:
+    """CPU seconds the whole machine has spent busy since boot (/proc/stat), to see what else ran."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:9]]
+    return (sum(values) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def package_scores(model_dir: Path, package: Path, data: str, shortlist: bool) -> dict:
+    """One int8 package's size, test BLEU and tokens/s (1 thread, batch 1), cached in the package;
+    `other_cpu` is the share of the machine's cores that other processes kept busy meanwhile."""
+    from wdctl.export.build import export_model
+    from wdctl.export.translator import PackageTranslator
+
+    cache = package / "plateau-onnx.json"
+    if cache.is_file():
+        return json.loads(cache.read_text(encoding="utf-8"))
+    if not (package / "translator.onnx").is_file():
+        export_model(model_dir, package, quantize="int8", data=data, force=True, shortlist=shortlist, log=print)
+    test = read_parallel(data, "test")
+    sources, refs = [s for s, _ in test], [t for _, t in test]
+    translator = PackageTranslator(package, threads=1)
+    scores = {"measured": time.strftime("%Y-%m-%d %H:%M"),
+              "package_bytes": sum(f.stat().st_size for f in package.iterdir() if f.is_file())}
+    for beams in (1, 4):
+        translator.translate(sources[:8], beams=beams, batch_size=1)  # warm-up
+        busy, own, started = busy_cpu_seconds(), time.process_time(), time.perf_counter()
+        out = translator.translate(sources, beams=beams, batch_size=1)
+        seconds = time.perf_counter() - started
+        other = busy_cpu_seconds() - busy - (time.process_time() - own)
+        tokens = sum(len(ids) for ids in translator.tokenizer(text_target=out)["input_ids"])
+        scores |= {f"bleu_beam{beams}": bleu(out, refs).score, f"tok_s_beam{beams}": round(tokens / seconds, 1),
+                   f"other_cpu_beam{beams}": round(max(other, 0.0) / (seconds * os.cpu_count()), 2)}
+    write_json(cache, scores)
+    return scores
+
+
+def onnx_scores(model_dir: Path, package: Path, data: str) -> dict:
+    """The package `wdctl export --quantize int8` makes (shortlisted) and one without a shortlist."""
+    return {"sl": package_scores(model_dir, package, data, shortlist=True),
+            "full": package_scores(model_dir, package.with_name(package.name + "-full"), data, shortlist=False)}
+
+
 def run_row(root: Path, run: str, teacher: dict) -> dict:
     run_dir = root / f"{run}.run"
     preset, rest = run.split("-", 1)
@@ -106,6 +156,37 @@ def run_row(root: Path, run: str, teacher: dict) -> dict:
                             probes[0] if probes else None),
         "curve": points,
     }
+
+
+def onnx_table(rows: list[dict], teacher: dict) -> list[str]:
+    """Finished runs in onnxruntime int8 against the teacher's packages, shortlisted and not."""
+    if not rows or "onnx" not in teacher:
+        return []
+    t = teacher["onnx"]
+
+    def ratio(o: dict, beams: int) -> str:
+        return " / ".join(f"{o[m][f'tok_s_beam{beams}'] / t[m][f'tok_s_beam{beams}']:.2f}" for m in ("sl", "full"))
+
+    def busy(o: dict) -> str:
+        return f"{max(o[m][f'other_cpu_beam{b}'] for m in ('sl', 'full') for b in (1, 4)):.2f}"
+
+    lines = ["onnxruntime int8 (`wdctl export --quantize int8 --data DATA`: calibrated, shortlisted; and the same "
+             "with `--no-shortlist`), in-graph search, 1 thread, batch 1, all test pairs. × teacher: tokens/s over "
+             "the teacher's package of the same kind. Teacher: "
+             f"{t['sl']['package_bytes'] / 2**20:.1f} MiB, BLEU {t['sl']['bleu_beam1']:.2f} / "
+             f"{t['sl']['bleu_beam4']:.2f}, {t['sl']['tok_s_beam1']:.0f} / {t['sl']['tok_s_beam4']:.0f} tok/s "
+             f"greedy / beam 4 (without the shortlist {t['full']['tok_s_beam1']:.0f} / {t['full']['tok_s_beam4']:.0f}). "
+             f"Busy: the largest share of the cores other processes used while a package was timed (teacher {busy(t)}).", "",
+             "| run | parameters | package MiB | test greedy | test beam 4 (Δ teacher) | × teacher greedy "
+             "(sl / full) | × teacher beam 4 (sl / full) | busy |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        o = r["onnx"]
+        sl = o["sl"]
+        lines.append(f"| {r['run']} | {r['parameters'] / 1e6:.2f} M | {sl['package_bytes'] / 2**20:.1f} | "
+                     f"{sl['bleu_beam1']:.2f} | {sl['bleu_beam4']:.2f} ({sl['bleu_beam4'] - t['sl']['bleu_beam4']:+.2f}) | "
+                     f"{ratio(o, 1)} | {ratio(o, 4)} | {busy(o)} |")
+    return lines + [""]
 
 
 def cell(value, fmt="{:.2f}") -> str:
@@ -142,6 +223,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("examples/results/plateau"))
     ap.add_argument("--eval-sentences", type=int, default=500)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--onnx", action="store_true", help="also export and score each finished run in onnxruntime int8")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -150,6 +232,10 @@ def main() -> None:
         sys.exit(f"{args.root}: no runs of examples/plateau_recipe.sh")
     teacher = teacher_scores(args.teacher, args.data, args.eval_sentences, args.root / "teacher-eval.json")
     rows = [run_row(args.root, run, teacher) for run in runs]
+    if args.onnx:
+        teacher["onnx"] = onnx_scores(Path(args.teacher), args.root / "teacher.pkg", args.data)
+        for r in (r for r in rows if r["finished"]):
+            r["onnx"] = onnx_scores(args.root / r["run"], args.root / f"{r['run']}.pkg", args.data)
     presets = [p for p in ("small", "tiny") if any(r["preset"] == p for r in rows)]
 
     lines = [
@@ -177,8 +263,9 @@ def main() -> None:
                 f"{cell(r['steps_to_teacher_minus_1'], '{}')} | {cell(r['test_bleu_beam1'])} | {delta} | "
                 f"{cell(r['probe_step0'], '{:.3f}')} |")
         lines.append("")
+        lines += onnx_table([r for r in rows if r["preset"] == preset and "onnx" in r], teacher)
     lines += ["![dev BLEU against steps](curves.png)", "",
-              f"Made by `python examples/plateau_table.py --root {args.root} --out {args.out}` from the runs of "
+              f"Made by `python examples/plateau_table.py --root {args.root} --out {args.out}{' --onnx' if args.onnx else ''}` from the runs of "
               "`examples/plateau_recipe.sh`; every curve is in plateau.json."]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "plateau.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
