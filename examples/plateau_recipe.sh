@@ -17,13 +17,15 @@
 #   kd        wdctl compress --method kd                            (random init, P1+P2 steps)
 #
 # For the presets in REFIT (default: tiny), wd and prune-kd start from the importance slice with
-# its top decoder layer refitted to the teacher's output (--refit-output): TINY's one-layer
-# decoder cut from any teacher layer probes at the uniform loss without it
-# (examples/results/start-probe/). SMALL's runs were started before the refit existed.
+# its top decoder layer refitted to the teacher's output (--refit-output, now compress's default):
+# TINY's one-layer decoder cut from any teacher layer probes at the uniform loss without it
+# (examples/results/start-probe/). SMALL's runs were started before the refit existed and keep
+# --no-refit-output, so that they compare like for like.
 #
 # Every run checkpoints under ROOT and resumes: rerun the script (or the one run) after an
-# interruption. Finished runs are skipped. Then examples/plateau_table.py writes
-# RESULTS/{plateau.md,plateau.json,curves.png} from whatever runs have finished or are under way.
+# interruption. Finished runs are skipped. Then examples/plateau_table.py --onnx writes
+# RESULTS/{plateau.md,plateau.json,curves.png} from whatever runs have finished or are under way,
+# with each finished run exported to onnxruntime int8 and timed at batch 1.
 #
 # Settings (environment variables):
 #   ROOT=runs/plateau  RESULTS=examples/results/plateau  DATA=examples/data/bible  THREADS=2
@@ -51,7 +53,7 @@ export OMP_NUM_THREADS=$THREADS HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
 # A system name and preset -> its `wdctl compress` flags.
 system_flags() {
-  local refit=""
+  local refit=" --no-refit-output"
   case " $REFIT " in *" $2 "*) refit=" --refit-output" ;; esac
   case "$1" in
     wd) echo "--method wd --start importance$refit" ;;

@@ -236,23 +236,31 @@ def test_tiny_student_compresses_exports_and_translates(cli, tiny_teacher_dir, c
     assert "int8_test_bleu_beam4" in metrics["exports"]["int8_scores"]  # re-scored by its in-graph translator
 
 
-@pytest.mark.parametrize("start", ["leading", "importance", "block-importance", "importance --refit-output"])
-def test_coherent_wd_starts_at_or_below_cut_kd(cli, tiny_teacher_dir, corpus, tmp_path, start):
+ONE_STEP = ("max_tokens: 1024\nlog_every: 1\nsave_every: 100\neval_every: 1000\n"
+            "phase1: {max_steps: 1, warmup: 1}\nphase2: {max_steps: 1, warmup: 1}\n")
+
+
+@pytest.mark.parametrize("flags, start, refit", [
+    ("--start leading --no-refit-output", "leading", False),
+    ("--start importance --no-refit-output", "importance", False),
+    ("--start block-importance --no-refit-output", "block-importance", False),
+    ("", "importance", True),  # compress's default
+])
+def test_coherent_wd_starts_at_or_below_cut_kd(cli, tiny_teacher_dir, corpus, tmp_path, flags, start, refit):
     """The step-0 probe loss of coherent WD is the cut-off student's (or lower), in `compress` runs;
     with --start importance both record the teacher layer each student layer starts from, and
-    wd's plan.json shows the generator started there. With --refit-output both start from the
-    same refitted top layer."""
+    wd's plan.json shows the generator started there. With the refit (the default) both start
+    from the same refitted top layer."""
     yaml = tmp_path / "one.yaml"
-    yaml.write_text("max_tokens: 1024\nlog_every: 1\nsave_every: 100\neval_every: 1000\n"
-                    "phase1: {max_steps: 1, warmup: 1}\nphase2: {max_steps: 1, warmup: 1}\n")
+    yaml.write_text(ONE_STEP)
     before, layers = {}, {}
     for method in ("wd", "cut-kd"):
         out = tmp_path / method
         code, _, stderr = cli("compress", tiny_teacher_dir, "--student", "tiny", "--method", method,
-                              "--start", *start.split(), *common(corpus, out, yaml, tmp_path / "cache"))
+                              *flags.split(), *common(corpus, out, yaml, tmp_path / "cache"))
         assert code == 0, stderr
         metrics = json.loads((Path(f"{out}.run") / "metrics.json").read_text())
-        assert metrics["refit_output"] == ("--refit-output" in start)
+        assert (metrics["start"], metrics["refit_output"]) == (start, refit)
         phase = metrics["phases"]["phase1" if method == "wd" else "train"]
         before[method] = phase["probe_loss_before"]
         assert before[method] is not None
@@ -266,6 +274,22 @@ def test_coherent_wd_starts_at_or_below_cut_kd(cli, tiny_teacher_dir, corpus, tm
     starts = {plan["groups"]["decoder"][0][e["select"]] for e in plan["generators"]
               if e["role"].startswith("decoder") and e["student_layer"] == 0}
     assert starts == {layers["wd"]["decoder.0"]}
+
+
+def test_kd_starts_from_random_weights_whatever_the_default_start(cli, tiny_teacher_dir, corpus, tmp_path):
+    """kd takes no start and no refit by default (its runs record 'leading', as they always did,
+    so that older kd runs resume); asking it to refit is refused in one line."""
+    yaml = tmp_path / "one.yaml"
+    yaml.write_text(ONE_STEP)
+    out = tmp_path / "kd"
+    code, _, stderr = cli("compress", tiny_teacher_dir, "--student", "tiny", "--method", "kd",
+                          *common(corpus, out, yaml, tmp_path / "cache"))
+    assert code == 0, stderr
+    metrics = json.loads((Path(f"{out}.run") / "metrics.json").read_text())
+    assert (metrics["start"], metrics["refit_output"], metrics.get("start_layers")) == ("leading", False, None)
+    code, _, stderr = cli("compress", tiny_teacher_dir, "--student", "tiny", "--method", "kd", "--refit-output",
+                          *common(corpus, tmp_path / "kd2", yaml, tmp_path / "cache"))
+    assert code == 2 and "--refit-output" in stderr and len(stderr.strip().splitlines()) == 1
 
 
 def test_cut_kd_two_phase_starts_as_cut_kd_and_restarts_the_warmup(cli, tiny_teacher_dir, corpus, tmp_path):

@@ -10,8 +10,9 @@ stage resumes from its checkpoints):
             `wdctl teacher train --preset cpu6`; see its `training/`). With `--train-teacher`
             the demo instead trains a small 3+3 teacher for a few hundred steps at `OUT/teacher/`
             (the old path: far from a usable translator, but no bundled model needed).
-3. student  `OUT/wd-small/`: `wdctl compress --student small --method wd` (the paper's SMALL:
-            the teacher's encoder, a 2-layer decoder), budgets in steps, so a busy machine only
+3. student  `OUT/wd-small/`: `wdctl compress --student small --method wd --start leading
+            --no-refit-output` (the paper's SMALL: the teacher's encoder, a 2-layer decoder; the
+            start its recorded figures used), budgets in steps, so a busy machine only
             takes longer and ends at the same student (`--phase2-steps` sets phase 2's; a
             finished student is reused only if it was trained with the same budgets).
 4. export   `OUT/packages/`: ONNX fp32 and int8 packages of both (the int8 one is benchmarked).
@@ -143,10 +144,10 @@ def stage_student(out: Path, teacher: Path, data: Path, plan: DemoPlan, threads:
               for name, steps, warmup in zip(("phase1", "phase2"), plan.phase_steps, plan.phase_warmup)}
     phases["phase2"]["schedule"] = plan.phase2_schedule
     p1, p2 = phase_configs(phases)
-    compress_with(teacher, str(data), student, student=plan.student, method="wd", phase1=p1, phase2=p2,
-             export=False, cache_dir=out / "distilled", distill_beams=plan.distill_beams,
-             distill_sentences=plan.distill_sentences,
-             fast_distill=plan.onnx_distill, eval_sentences=plan.eval_sentences, threads=threads)
+    compress_with(teacher, str(data), student, student=plan.student, method="wd", start="leading", refit_output=False,
+                  phase1=p1, phase2=p2, export=False, cache_dir=out / "distilled", distill_beams=plan.distill_beams,
+                  distill_sentences=plan.distill_sentences, fast_distill=plan.onnx_distill,
+                  eval_sentences=plan.eval_sentences, threads=threads)
     return student
 
 

@@ -30,7 +30,7 @@ FfnDimOpt = typer.Option(None, "--ffn-dim", help="Student FFN size, encoder and 
 HeadsOpt = typer.Option(None, "--heads", help="Student attention heads, encoder and decoder.")
 SubsetMbOpt = typer.Option(None, "--subset-mb", help="Memory bound of one generator subset in MiB (default 256).")
 GeneratorOpt = typer.Option("coherent", "--generator", help="Parameter generator form (wd): 'coherent' = one projection per student space, starting exactly at the cut-off student (default); 'release' = the paper release's per-tensor random projections.")
-StartOpt = typer.Option("leading", "--start", help="Which teacher slice the student starts from (wd, cut-kd): 'leading' = leading rows/columns and each group's bottom layer; 'importance' = coordinates, heads and layers ranked on a few training batches (layers by the cut student's loss); 'block-importance' = the same, layers by block importance (1 - cos(layer input, output)).")
+StartOpt = typer.Option(None, "--start", help="Which teacher slice the student starts from (wd, cut-kd; default importance): 'leading' = leading rows/columns and each group's bottom layer; 'importance' = coordinates, heads and layers ranked on a few training batches (layers by the cut student's loss); 'block-importance' = the same, layers by block importance (1 - cos(layer input, output)).")
 
 
 def student_request(student: str, encoder_layers=None, decoder_layers=None, d_model=None, ffn_dim=None,
@@ -84,15 +84,15 @@ def compress_command(
     ffn_dim: Optional[int] = FfnDimOpt,
     heads: Optional[int] = HeadsOpt,
     generator: str = GeneratorOpt,
-    start: str = StartOpt,
-    refit_output: bool = typer.Option(False, "--refit-output/--no-refit-output", help="Refit the start's top decoder layer (its fc2, by least squares on a few teacher-forced batches) so that its output matches the teacher's last decoder layer (wd, cut-kd): a student with fewer decoder layers then starts from an output the output layer can read."),
+    start: Optional[str] = StartOpt,
+    refit_output: Optional[bool] = typer.Option(None, "--refit-output/--no-refit-output", help="Refit the start's top decoder layer (its fc2, by least squares on a few teacher-forced batches) so that its output matches the teacher's last decoder layer (wd, cut-kd): a student with fewer decoder layers then starts from an output the output layer can read. Default: on for cut-kd and wd with the coherent generator."),
     method: str = typer.Option("wd", "--method", help="wd: weight distillation (phase 1 trains the parameter generator with the teacher frozen, phase 2 fine-tunes the materialized student). Baselines on the same shape, data and step budget (phase1+phase2 steps, phase-1 schedule): kd = random init; cut-kd = init cut from the teacher (every r-th layer, leading rows/columns, or --start importance); cut-kd-two-phase = the same cut on wd's two schedules (warm-up restarted at phase 2)."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML of training options (TrainConfig keys): top-level keys apply to both phases, 'phase1:'/'phase2:' sections to one."),
-    phase1_steps: Optional[int] = typer.Option(None, "--phase1-steps", help="Phase-1 (generator) steps [2000]."),
-    phase2_steps: Optional[int] = typer.Option(None, "--phase2-steps", help="Phase-2 (student fine-tuning) steps [2000]."),
+    phase1_steps: Optional[int] = typer.Option(None, "--phase1-steps", help="Phase-1 (generator) steps [300]."),
+    phase2_steps: Optional[int] = typer.Option(None, "--phase2-steps", help="Phase-2 (student fine-tuning) steps at most [3000; with dev evaluations (--eval-sentences) it stops earlier, at a plateau: no gain above 0.2 BLEU over 4 evaluations 250 steps apart]."),
     phase1_lr: Optional[float] = typer.Option(None, "--phase1-lr", help="Phase-1 peak learning rate [7e-4, as the release]."),
     phase2_lr: Optional[float] = typer.Option(None, "--phase2-lr", help="Phase-2 peak learning rate [7e-4]."),
-    phase1_warmup: Optional[int] = typer.Option(None, "--phase1-warmup", help="Phase-1 warm-up steps [400; the release uses 4000]."),
+    phase1_warmup: Optional[int] = typer.Option(None, "--phase1-warmup", help="Phase-1 warm-up steps [50; the release uses 4000]."),
     phase2_warmup: Optional[int] = typer.Option(None, "--phase2-warmup", help="Phase-2 warm-up steps [100; the release uses 1000]."),
     max_tokens: Optional[int] = MaxTokensOpt,
     accum: Optional[int] = AccumOpt,
@@ -119,11 +119,11 @@ def compress_command(
 
     Pipeline: the teacher translates the training sources (beam search, cached) → training on original ∪ distilled pairs with label-smoothed CE (ε 0.1), Adam(0.9, 0.98) and inverse-sqrt warm-up → a standard MarianMT directory at OUT → test BLEU (greedy and beam 4) → ONNX fp32 and int8 packages.
 
-    Each phase checkpoints into the run directory: after Ctrl-C, rerun the same command to resume. `--nproc N` (or torchrun) distills and trains with N data-parallel processes; checkpoints resume with any N. Per-phase wall time and peak memory go to OUT.run/metrics.json. Defaults are CPU-sized (phase 1: 2000 steps, lr 7e-4, warm-up 400; phase 2: 2000 steps, lr 7e-4, warm-up 100; 2500-token batches); the paper's release uses warm-up 4000 and 1000.
+    Each phase checkpoints into the run directory: after Ctrl-C, rerun the same command to resume. `--nproc N` (or torchrun) distills and trains with N data-parallel processes; checkpoints resume with any N. Per-phase wall time and peak memory go to OUT.run/metrics.json. Defaults are CPU-sized and follow the plateau runs on the bundled teacher (examples/results/plateau): the importance start with its top decoder layer refitted; phase 1: 300 steps, lr 7e-4, warm-up 50; phase 2: up to 3000 steps, lr 7e-4, warm-up 100, stopping at a dev-BLEU plateau; 2500-token batches. The paper's release uses warm-up 4000 and 1000.
     """
     from wdctl.config import phase_configs, read_yaml
     from wdctl.launch import handed_to_torchrun
-    from wdctl.recipes.compress import CompressSettings, compress
+    from wdctl.recipes.compress import CompressSettings, compress, recommended_start
 
     options = read_yaml(config)
     shared = {"max_tokens": max_tokens, "accum": accum, "kd_weight": kd_weight, "seed": seed, "device": device,
@@ -135,10 +135,12 @@ def compress_command(
                            base=(p1, p2))
     if not dry_run and handed_to_torchrun(nproc, ctx.obj["argv"], (p1.accum, p2.accum)):
         return
+    default_start, default_refit = recommended_start(method, generator)
     result = compress(CompressSettings(
         teacher_dir, data, out,
         student=student_request(student, encoder_layers, decoder_layers, d_model, ffn_dim, heads),
-        method=method, generator=generator, start=start, refit_output=refit_output, phase1=p1, phase2=p2, run_dir=run_dir, force=force, export=export, quantize=quantize,
+        method=method, generator=generator, start=start or default_start,
+        refit_output=default_refit if refit_output is None else refit_output, phase1=p1, phase2=p2, run_dir=run_dir, force=force, export=export, quantize=quantize,
         dry_run=dry_run,
         cache_dir=distill_cache, distill_beams=distill_beams, distill_sentences=distill_sentences,
         fast_distill=onnx_distill,
