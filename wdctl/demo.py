@@ -11,8 +11,9 @@ stage resumes from its checkpoints):
             the demo instead trains a small 3+3 teacher for a few hundred steps at `OUT/teacher/`
             (the old path: far from a usable translator, but no bundled model needed).
 3. student  `OUT/wd-small/`: `wdctl compress --student small --method wd --start leading
-            --no-refit-output` (the paper's SMALL: the teacher's encoder, a 2-layer decoder; the
-            start its recorded figures used), budgets in steps, so a busy machine only
+            --no-refit-output` (the paper's SMALL: the teacher's encoder, a 2-layer decoder; at this
+            budget compress's default start gains greedy BLEU but not beam 4's, docs/results.md),
+            budgets in steps, so a busy machine only
             takes longer and ends at the same student (`--phase2-steps` sets phase 2's; a
             finished student is reused only if it was trained with the same budgets).
 4. export   `OUT/packages/`: ONNX fp32 and int8 packages of both (the int8 one is benchmarked).
