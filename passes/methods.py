@@ -15,23 +15,28 @@ schedule for training a model from the start.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Callable
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 from wdctl.passes.cutoff import cut_teacher
 from wdctl.passes.generator import GeneratedStudent, ParameterGenerator, materialize_student
 from wdctl.passes.narrow_marian import build_model
 from wdctl.passes.phases import Job, run_phase
-from wdctl.passes.refit import refit_output_layer
+from wdctl.passes.refit import decoder_residual_keep, refit_output_layer
 from wdctl.passes.selection import block_importance, choose_start_layers, importance_start, most_important_layers
 from wdctl.passes.training import TrainConfig, collate
 
 IMPORTANCE_BATCHES = 4  # batches of training examples the importance ranking looks at
 IMPORTANCE_BATCH_SIZE = 16
 REFIT_BATCHES = 48  # batches (of IMPORTANCE_BATCH_SIZE) the output refit fits on: ~24k target tokens
+START_FILE = "start.safetensors"  # in the run directory: the computed start, reused on resumption
 
 
 def baseline_config(phase1: TrainConfig, phase2: TrainConfig) -> TrainConfig:
@@ -89,7 +94,7 @@ def refit_start(job: Job) -> None:
     """`--refit-output`: the student's top decoder layer refitted to the teacher's last decoder
     state (`refit.refit_output_layer`) on REFIT_BATCHES training batches, from the job's start
     slice; stored as `job.start_values`, so wd and cut-kd start from the same refitted slice."""
-    keep = {**job.plan.start_indices(), **(job.start or {})}.get("decoder.residual")
+    keep = decoder_residual_keep({**job.plan.start_indices(), **(job.start or {})})
     job.start_values = refit_output_layer(job.teacher, _cut_student(job), _training_batches(job, REFIT_BATCHES), keep)
 
 
@@ -106,6 +111,33 @@ def choose_start(job: Job, layers: str = "loss") -> None:
     else:
         job.start_layers = choose_start_layers(job.plan, job.teacher.state_dict(), batches[:1], start=job.start)
     job.plan = job.plan.with_start_layers(job.start_layers)
+
+
+def save_start(job: Job, path: Path) -> None:
+    """The start `choose_start` and `refit_start` computed (coordinates, layers, refitted values),
+    written atomically, so that a resumed run reuses it instead of ranking and refitting again."""
+    tensors = {f"start.{k}": v.clone() for k, v in (job.start or {}).items()}
+    tensors |= {f"values.{k}": v.clone() for k, v in (job.start_values or {}).items()}
+    layers = None if job.start_layers is None else [[*key, index] for key, index in sorted(job.start_layers.items())]
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"start": str(job.start is not None), "start_layers": json.dumps(layers)})
+    tmp.replace(path)
+
+
+def load_start(job: Job, path: Path) -> None:
+    """A start `save_start` wrote, onto the job as `choose_start` and `refit_start` leave it."""
+    with safe_open(str(path), "pt") as f:
+        tensors, meta = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+
+    def part(prefix: str) -> dict:
+        return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+    job.start = part("start.") if meta["start"] == "True" else None
+    job.start_values = part("values.") or None
+    layers = json.loads(meta["start_layers"])
+    if layers is not None:
+        job.start_layers = {(side, layer): index for side, layer, index in layers}
+        job.plan = job.plan.with_start_layers(job.start_layers)
 
 
 @dataclass(frozen=True)

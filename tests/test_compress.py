@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from wdctl.core.corpus import read_parallel
@@ -290,6 +292,61 @@ def test_kd_starts_from_random_weights_whatever_the_default_start(cli, tiny_teac
     code, _, stderr = cli("compress", tiny_teacher_dir, "--student", "tiny", "--method", "kd", "--refit-output",
                           *common(corpus, tmp_path / "kd2", yaml, tmp_path / "cache"))
     assert code == 2 and "--refit-output" in stderr and len(stderr.strip().splitlines()) == 1
+
+
+def test_a_resumed_run_reuses_its_start_instead_of_computing_it_again(cli, tiny_teacher_dir, corpus, tmp_path,
+                                                                      monkeypatch):
+    """The start (importance coordinates and layers, refitted values) is kept in the run directory;
+    rerunning the command reads it back (no ranking, no refit) and ends at the same student."""
+    yaml = tmp_path / "one.yaml"
+    yaml.write_text(ONE_STEP)
+    out = tmp_path / "wd"
+    args = ("compress", tiny_teacher_dir, "--student", "tiny", *common(corpus, out, yaml, tmp_path / "cache"))
+    code, _, stderr = cli(*args)
+    assert code == 0, stderr
+    run = Path(f"{out}.run")
+    first = json.loads((run / "metrics.json").read_text())
+    assert (run / "start.safetensors").is_file() and first["start_layers"]
+    model, plan = load_file(str(out / "model.safetensors")), (run / "plan.json").read_text()
+    shutil.rmtree(out)  # the student again, from the finished phases and the kept start
+
+    def computing(*_, **__):
+        raise AssertionError("the start was computed again")
+
+    monkeypatch.setattr("wdctl.recipes.compress.choose_start", computing)
+    monkeypatch.setattr("wdctl.recipes.compress.refit_start", computing)
+    code, _, stderr = cli(*args)
+    assert code == 0, stderr
+    again = json.loads((run / "metrics.json").read_text())
+    assert again["start_layers"] == first["start_layers"]
+    assert (run / "plan.json").read_text() == plan  # rewritten from the start read back
+    after = load_file(str(out / "model.safetensors"))
+    assert all(torch.equal(model[k], after[k]) for k in model)
+
+
+def test_a_saved_start_reads_back_as_computed(tmp_path):
+    from types import SimpleNamespace
+
+    from wdctl.passes.methods import load_start, save_start
+
+    class Plan:
+        def with_start_layers(self, layers):
+            return ("moved", dict(layers))
+
+    made = SimpleNamespace(start={"decoder.residual": torch.tensor([3, 1, 2])}, start_layers={("decoder", 0): 2},
+                           start_values={"model.decoder.layers.0.fc2.weight": torch.randn(4, 5)}, plan=Plan())
+    save_start(made, tmp_path / "start.safetensors")
+    read = SimpleNamespace(start=None, start_layers=None, start_values=None, plan=Plan())
+    load_start(read, tmp_path / "start.safetensors")
+    assert read.start_layers == made.start_layers and read.plan == ("moved", made.start_layers)
+    for name in ("start", "start_values"):
+        a, b = getattr(made, name), getattr(read, name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) and a[k].dtype == b[k].dtype for k in a)
+    leading = SimpleNamespace(start=None, start_layers=None, start_values={"w": torch.ones(2)}, plan=Plan())
+    save_start(leading, tmp_path / "leading.safetensors")  # --start leading --refit-output: values only
+    read = SimpleNamespace(start=None, start_layers=None, start_values=None, plan=Plan())
+    load_start(read, tmp_path / "leading.safetensors")
+    assert read.start is None and read.start_layers is None and torch.equal(read.start_values["w"], torch.ones(2))
 
 
 def test_cut_kd_two_phase_starts_as_cut_kd_and_restarts_the_warmup(cli, tiny_teacher_dir, corpus, tmp_path):

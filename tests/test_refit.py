@@ -8,7 +8,7 @@ from wdctl.passes.cutoff import cut_from_plan
 from wdctl.passes.generator import ParameterGenerator, materialize_student
 from wdctl.passes.grouping import GroupPlan
 from wdctl.passes.marian import build_teacher
-from wdctl.passes.refit import refit_output_layer
+from wdctl.passes.refit import decoder_residual_keep, refit_output_layer
 from wdctl.passes.student import resolve_student, student_config
 from wdctl.passes.training import collate
 
@@ -39,16 +39,18 @@ def top_states(model, batch) -> torch.Tensor:
 # One decoder layer at full width, and TINY's at half width, where a random teacher's top state is
 # mostly its residual stream, which the half-width layer's 64 FFN neurons barely predict: the fit
 # can only gain a little there (on the bundled teacher it takes TINY's probe from 8.85 to ~5.9).
-@pytest.mark.parametrize(("preset", "gain"), [({"decoder_layers": 1}, 0.5), ("tiny", 0.995)])
+# `halved` narrows the shared residual stream (both sides' width): the kept coordinates come from it.
+@pytest.mark.parametrize(("preset", "gain"), [({"decoder_layers": 1}, 0.5), ("tiny", 0.995), ("halved", 0.995)])
 def test_refit_brings_the_top_layer_to_the_teachers_last_state(teacher, preset, gain):
     s_config = student_config(teacher.config, resolve_student(preset, teacher.config))
     plan = GroupPlan.build(teacher.config, s_config)
     state = teacher.state_dict()
-    keep = plan.start_indices().get("decoder.residual")
+    keep = decoder_residual_keep(plan.start_indices())
     cut = cut_from_plan(state, plan)
     fitted = batches()
     values = refit_output_layer(teacher, cut, fitted, keep)
-    assert set(values) == {f"model.decoder.layers.0.{n}" for n in
+    top = s_config.decoder_layers - 1
+    assert set(values) == {f"model.decoder.layers.{top}.{n}" for n in
                            ("fc2.weight", "fc2.bias", "final_layer_norm.weight", "final_layer_norm.bias")}
     refit = cut_from_plan(state, plan, values=values)
     with torch.no_grad():
@@ -60,7 +62,7 @@ def test_refit_brings_the_top_layer_to_the_teachers_last_state(teacher, preset, 
     # only the top layer's fc2 and final LayerNorm change
     before, after = cut.state_dict(), refit.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
-    assert changed <= set(values) and "model.decoder.layers.0.fc2.weight" in changed
+    assert changed <= set(values) and f"model.decoder.layers.{top}.fc2.weight" in changed
 
 
 def test_coherent_wd_starts_from_the_refitted_cut(teacher):

@@ -51,7 +51,8 @@ from wdctl.passes.distill import distill
 from wdctl.passes.distributed import check_accum, distributed
 from wdctl.passes.grouping import DEFAULT_SUBSET_BYTES, GENERATOR_FORMS, GroupPlan, generator_sizes
 from wdctl.passes.marian import check_model_dir, generation_config, load_marian, load_marian_config, save_marian
-from wdctl.passes.methods import METHODS, STARTS_FROM_TEACHER, choose_start, refit_start
+from wdctl.passes.methods import (METHODS, START_FILE, STARTS_FROM_TEACHER, choose_start, load_start, refit_start,
+                                  save_start)
 from wdctl.passes.narrow_marian import count_parameters
 from wdctl.passes.selection import SELECTIONS
 from wdctl.passes.shortlist import FILE as SHORTLIST_FILE
@@ -241,14 +242,21 @@ def compress(settings: CompressSettings) -> dict:
               method=s.method, phase1=s.phase1, phase2=s.phase2, run_dir=run_dir, plan=plan, teacher=teacher,
               tokenizer=tokenizer, examples=examples, probe=probe, dev_pairs=dev_pairs,
               eval_sentences=s.eval_sentences, dist=dist)
-    if s.start in ("importance", "block-importance"):  # rank the teacher's coordinates and layers on a few batches
-        choose_start(job, layers="block" if s.start == "block-importance" else "loss")
+    computed_start = s.start in ("importance", "block-importance") or s.refit_output
+    if computed_start and (run_dir / START_FILE).is_file():  # a resumption: the start it was given
+        load_start(job, run_dir / START_FILE)
+    elif computed_start:
+        if s.start != "leading":  # rank the teacher's coordinates and layers on a few batches
+            choose_start(job, layers="block" if s.start == "block-importance" else "loss")
+        if s.refit_output:
+            refit_start(job)
+        if dist.is_main:
+            save_start(job, run_dir / START_FILE)
+    if job.start_layers is not None:
         groups = job.plan.groups
         metrics["start_layers"] = {f"{side}.{layer}": groups[side][layer][index]  # the teacher layer chosen
                                    for (side, layer), index in sorted(job.start_layers.items())
                                    if len(groups[side][layer]) > 1}
-    if s.refit_output:
-        refit_start(job)
     if needs_generator and dist.is_main:  # the plan as the generator starts (moved by --start importance)
         (run_dir / "plan.txt").write_text(job.plan.format() + "\n", encoding="utf-8")
         write_json(run_dir / "plan.json", job.plan.to_dict())
