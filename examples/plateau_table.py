@@ -8,10 +8,10 @@ per run, one panel per preset). Steps are counted over both phases (wd: phase-1 
 
 With --onnx, each finished run and the teacher are also exported as the package `wdctl export
 --quantize int8 --data DATA` makes (in ROOT/<run>.pkg, ROOT/teacher.pkg; calibrated on dev,
-shortlisted) and scored in onnxruntime, 1 thread, batch 1: test BLEU and tokens/s, greedy and
+shortlisted; and with --no-shortlist in <pkg>-full) and scored in onnxruntime, 1 thread, batch 1: test BLEU and tokens/s, greedy and
 beam 4, with the shortlist and without (`--no-shortlist`), and the package's size. Each package's
-figures are cached in it (plateau-onnx.json, with the machine's load average when measured): take
-them with nothing else running (pause the training with SIGSTOP).
+figures are cached in it (plateau-onnx.json, with the share of the cores other processes used
+while it was timed): take them with nothing else running (pause the training with SIGSTOP).
 """
 
 from __future__ import annotations

@@ -242,7 +242,7 @@ def compress(settings: CompressSettings) -> dict:
               method=s.method, phase1=s.phase1, phase2=s.phase2, run_dir=run_dir, plan=plan, teacher=teacher,
               tokenizer=tokenizer, examples=examples, probe=probe, dev_pairs=dev_pairs,
               eval_sentences=s.eval_sentences, dist=dist)
-    computed_start = s.start in ("importance", "block-importance") or s.refit_output
+    computed_start = s.start != "leading" or s.refit_output
     if computed_start and (run_dir / START_FILE).is_file():  # a resumption: the start it was given
         load_start(job, run_dir / START_FILE)
     elif computed_start:
