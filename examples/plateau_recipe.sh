@@ -6,7 +6,8 @@
 # A run is PRESET-SYSTEM-sSEED, e.g. small-wd-s1. Systems, all on the bundled teacher's full
 # distilled set (27,928 original ∪ 27,928 teacher beam-4 pairs), dev BLEU (greedy, 500 dev pairs)
 # every 250 steps (examples/plateau.yaml), stopped at a plateau (no gain above 0.2 BLEU over 4
-# evaluations) or at the cap, PHASE1_STEPS + PHASE2_STEPS optimizer steps:
+# evaluations) or at the cap, PHASE1_STEPS + PHASE2_STEPS optimizer steps (TINY: PHASE2_STEPS_TINY,
+# since its first run was still rising at 300 + 3,000):
 #
 #   wd        wdctl compress --method wd --start importance         (phase 1: the generator, P1 steps;
 #                                                                    phase 2: the student, up to P2 steps)
@@ -23,13 +24,15 @@
 # --no-refit-output, so that they compare like for like.
 #
 # Every run checkpoints under ROOT and resumes: rerun the script (or the one run) after an
-# interruption. Finished runs are skipped. Then examples/plateau_table.py --onnx writes
+# interruption. Finished runs are skipped; one that finished at a smaller cap trains on to the new
+# one (compress continues its last phase from its last checkpoint). Then examples/plateau_table.py --onnx writes
 # RESULTS/{plateau.md,plateau.json,curves.png} from whatever runs have finished or are under way,
 # with each finished run exported to onnxruntime int8 and timed at batch 1.
 #
 # Settings (environment variables):
 #   ROOT=runs/plateau  RESULTS=examples/results/plateau  DATA=examples/data/bible  THREADS=2
-#   PHASE1_STEPS=300  PHASE2_STEPS=3000  PHASE1_WARMUP=50  EVAL_SENTENCES=500  REFIT="tiny"
+#   PHASE1_STEPS=300  PHASE2_STEPS=3000  PHASE2_STEPS_TINY=6000  PHASE1_WARMUP=50  EVAL_SENTENCES=500
+#   REFIT="tiny"
 #   RUNS="small-wd-s1 small-prune-kd-s1 ... tiny-kd-s1" (the list below)
 # On 2 CPU cores: distilling the 27,928 sources takes 20-60 min once (cached in ROOT/distill-cache);
 # a SMALL step takes 0.7-0.9 s in bf16, a dev evaluation ~20 s.
@@ -43,6 +46,7 @@ RESULTS=${RESULTS:-examples/results/plateau}
 THREADS=${THREADS:-2}
 PHASE1_STEPS=${PHASE1_STEPS:-300}
 PHASE2_STEPS=${PHASE2_STEPS:-3000}
+PHASE2_STEPS_TINY=${PHASE2_STEPS_TINY:-6000}
 PHASE1_WARMUP=${PHASE1_WARMUP:-50}
 EVAL_SENTENCES=${EVAL_SENTENCES:-500}
 REFIT=${REFIT-tiny}
@@ -67,13 +71,15 @@ system_flags() {
 mkdir -p "$ROOT" "$RESULTS"
 for run in ${*:-$RUNS}; do
   preset=${run%%-*}; rest=${run#*-}; system=${rest%-s*}; seed=${rest##*-s}
-  if [ -f "$ROOT/$run.run/metrics.json" ] && [ -d "$ROOT/$run" ]; then
+  phase2_steps=$PHASE2_STEPS; [ "$preset" = tiny ] && phase2_steps=$PHASE2_STEPS_TINY
+  if [ -f "$ROOT/$run.run/metrics.json" ] && [ -d "$ROOT/$run" ] && [ "$("$PYTHON" -c \
+      'import json, sys; print(json.load(open(sys.argv[1]))["phase2"]["max_steps"])' "$ROOT/$run.run/config.json")" = "$phase2_steps" ]; then
     echo "== $run: done"; continue
   fi
   echo "== $run"
   # shellcheck disable=SC2046
   "$WDCTL" compress "$TEACHER" --data "$DATA" --out "$ROOT/$run" --student "$preset" $(system_flags "$system" "$preset") \
-    --phase1-steps "$PHASE1_STEPS" --phase2-steps "$PHASE2_STEPS" --phase1-warmup "$PHASE1_WARMUP" \
+    --phase1-steps "$PHASE1_STEPS" --phase2-steps "$phase2_steps" --phase1-warmup "$PHASE1_WARMUP" \
     --seed "$seed" --onnx-distill --distill-cache "$ROOT/distill-cache" --eval-sentences "$EVAL_SENTENCES" \
     --no-export --config examples/plateau.yaml --threads "$THREADS"
 done

@@ -55,7 +55,7 @@ def run_wd(job: Job) -> nn.Module:
         return materialize_student(model.generator, job.student_config)
 
     generated = run_phase(job, "phase1", build_generated, job.phase1, finish=materialize, to_marian=materialize)
-    return run_phase(job, "phase2", lambda: generated, job.phase2)
+    return run_phase(job, "phase2", lambda: generated, job.phase2, last=True)
 
 
 def run_kd(job: Job) -> nn.Module:
@@ -64,7 +64,7 @@ def run_kd(job: Job) -> nn.Module:
         torch.manual_seed(job.phase1.seed)
         return build_model(job.student_config)
 
-    return run_phase(job, "train", build, baseline_config(job.phase1, job.phase2))
+    return run_phase(job, "train", build, baseline_config(job.phase1, job.phase2), last=True)
 
 
 def _cut_student(job: Job) -> nn.Module:
@@ -74,13 +74,13 @@ def _cut_student(job: Job) -> nn.Module:
 
 def run_cut_kd(job: Job) -> nn.Module:
     """Cut-off init + KD: the student sliced from the teacher, trained for phase1+phase2 steps."""
-    return run_phase(job, "train", lambda: _cut_student(job), baseline_config(job.phase1, job.phase2))
+    return run_phase(job, "train", lambda: _cut_student(job), baseline_config(job.phase1, job.phase2), last=True)
 
 
 def run_cut_kd_two_phase(job: Job) -> nn.Module:
     """cut-kd on wd's schedule: phase 1's steps and schedule, then phase 2's (warm-up restarted)."""
     first = run_phase(job, "phase1", lambda: _cut_student(job), job.phase1)
-    return run_phase(job, "phase2", lambda: first, job.phase2)
+    return run_phase(job, "phase2", lambda: first, job.phase2, last=True)
 
 
 def _training_batches(job: Job, count: int) -> list[dict]:

@@ -5,6 +5,9 @@ A phase that finished leaves `done.json` and its student in `PHASE/student`, so 
 same command after Ctrl-C resumes the interrupted phase (from its checkpoints) and skips the
 finished ones. The run directory is resumed only by a run of the same settings
 (`claim_run_dir`, over `fingerprint`); with --force a run of other settings is started over.
+With the inverse-sqrt schedule the step budget of the last phase is not one of those settings
+(the schedule does not depend on it): a finished run rerun with a larger --phase2-steps trains
+its last phase on from its last checkpoint, to where one longer run would have been.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ from wdctl.core.runinfo import PeakRSS, available_bytes, release_free_memory, rs
 from wdctl.passes.distributed import Distributed
 from wdctl.passes.marian import freeze_pad_row
 from wdctl.passes.student import StudentSpec
-from wdctl.passes.training import TrainConfig, checkpoint_dirs, collate, sequence_loss, train
+from wdctl.passes.training import (TrainConfig, checkpoint_dirs, collate, logged_scores, plateaued, sequence_loss,
+                                   train)
 from wdctl.passes.translate import dev_bleu_evaluator
 
 # Options that may change between a run and its resumption (they do not change what is trained).
@@ -113,24 +117,44 @@ def _load_student(path: Path):
     return AutoModelForSeq2SeqLM.from_pretrained(path, use_safetensors=True, trust_remote_code=False).eval()
 
 
+def _trains_on(phase_dir: Path, finished: dict, cfg: TrainConfig) -> bool:
+    """Whether a finished phase has more to train under `cfg`: none of its stopping rules (step
+    budget, time budget, dev plateau) holds at the step where it stopped, and its last checkpoint
+    is there to go on from."""
+    steps = finished["steps"]
+    if steps > cfg.max_steps:
+        raise InputError(f"{phase_dir}: trained {steps} steps already, more than the {cfg.max_steps} asked now; "
+                         f"ask for at least {steps} steps, or choose another --run-dir")
+    out_of_time = cfg.max_minutes > 0 and finished["train_seconds"] >= cfg.max_minutes * 60
+    scores = logged_scores(phase_dir / "log.jsonl", steps)
+    return (steps < cfg.max_steps and not out_of_time and bool(checkpoint_dirs(phase_dir))
+            and not plateaued(scores, cfg.plateau_patience, cfg.plateau_min_gain))
+
+
 def run_phase(job: Job, name: str, build: Callable[[], nn.Module], cfg: TrainConfig,
               finish: Callable[[nn.Module], nn.Module] = lambda m: m,
-              to_marian: Callable[[nn.Module], nn.Module] = lambda m: m) -> nn.Module:
+              to_marian: Callable[[nn.Module], nn.Module] = lambda m: m, last: bool = False) -> nn.Module:
     """Train one phase (or skip it if `done.json` says it finished) and return its student.
 
     `build` makes the model to train (called only when the phase has to run), `finish` turns
     the trained model into a MarianMTModel (materialization for phase 1), `to_marian` does the
-    same cheaply for dev evaluation during training.
+    same cheaply for dev evaluation during training. The method's `last` phase, once finished,
+    trains on when its budget has grown (an earlier phase is never reopened: the next one
+    started from its student).
     """
     from transformers import MarianMTModel
 
     phase_dir = job.run_dir / name
     done = phase_dir / "done.json"
     if done.is_file():
-        job.phases[name] = {**json.loads(done.read_text(encoding="utf-8")), "skipped": True}
+        finished = json.loads(done.read_text(encoding="utf-8"))
+        if not (last and _trains_on(phase_dir, finished, cfg)):
+            job.phases[name] = {**finished, "skipped": True}
+            if job.dist.is_main:
+                print(f"{job.method}:{name}: finished earlier, reusing {phase_dir / 'student'}")
+            return _load_student(phase_dir / "student")
         if job.dist.is_main:
-            print(f"{job.method}:{name}: finished earlier, reusing {phase_dir / 'student'}")
-        return _load_student(phase_dir / "student")
+            print(f"{job.method}:{name}: finished at step {finished['steps']}; training on to {cfg.max_steps}")
 
     started = time.perf_counter()
     release_free_memory()  # what earlier phases freed, so that this phase's peak is its own
@@ -201,8 +225,28 @@ def jsonable(value):
     return json.loads(json.dumps(value, default=str))
 
 
+def resumable(fingerprint: dict) -> dict:
+    """The part of a run's fingerprint a resumption must match: all of it, except phase 2's step
+    budget when both phases decay with inverse-sqrt (their schedules do not depend on it; the
+    baselines' one phase follows phase 1's schedule for both budgets)."""
+    phases = [fingerprint.get(name) or {} for name in ("phase1", "phase2")]
+    if any(phase.get("schedule", "inverse-sqrt") != "inverse-sqrt" for phase in phases):
+        return fingerprint
+    return {**fingerprint, "phase2": {k: v for k, v in phases[1].items() if k != "max_steps"}}
+
+
+def own_outputs(run_dir: Path) -> set[Path]:
+    """The outputs the run in `run_dir` was started for (its config.json): a rerun of the same
+    run replaces them without --force."""
+    try:
+        outputs = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))["outputs"]
+        return {Path(path).resolve() for path in outputs.values()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return set()
+
+
 def claim_run_dir(run_dir: Path, fingerprint: dict, force: bool) -> bool:
-    """Resume only a run of the same configuration; with --force, restart a different one.
+    """Resume only a run of the same configuration (`resumable`); with --force, restart a different one.
 
     Returns True when the run directory holds another run that must be cleared first."""
     config = run_dir / "config.json"
@@ -213,13 +257,14 @@ def claim_run_dir(run_dir: Path, fingerprint: dict, force: bool) -> bool:
         return False
     try:
         previous = json.loads(config.read_text(encoding="utf-8")).get("fingerprint")
-    except (json.JSONDecodeError, OSError):
+    except (json.JSONDecodeError, OSError, AttributeError):
         previous = None
-    if previous == fingerprint:
-        return False
-    if previous is None:
+    if not isinstance(previous, dict):
         raise InputError(f"{run_dir}: run directory exists and was not made by `wdctl compress`; "
                          "choose another --run-dir")
+    previous, fingerprint = resumable(previous), resumable(fingerprint)
+    if previous == fingerprint:
+        return False
     changed = sorted(k for k in fingerprint if previous.get(k) != fingerprint[k])
     if not force:
         raise InputError(f"{run_dir}: holds a run with different settings ({', '.join(changed)}); pass --force "

@@ -390,6 +390,9 @@ def train(
         stream.seek(state["epoch"], state["index"])
         torch.set_rng_state(state["torch_rng"])
         step, seconds = state["step"], state["seconds"]
+        if step > cfg.max_steps:  # going on would not make the run asked for
+            raise InputError(f"{existing[-1]}: trained {step} steps already, more than the {cfg.max_steps} asked now; "
+                             f"ask for at least {step} steps, or use a new run directory")
         if dist.is_main:
             tqdm.write(f"{desc}: resuming from {existing[-1]} (step {step})", file=sys.stderr)
     forward = model

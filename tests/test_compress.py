@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from wdctl.core.corpus import read_parallel
+from wdctl.core.errors import InputError
 
 from conftest import write_tsv
 
@@ -174,6 +175,68 @@ def test_ctrl_c_then_rerun_resumes_and_matches_an_uninterrupted_run(cli, tiny_te
     code, _, stderr = cli("compress", tiny_teacher_dir, *common(corpus, tmp_path / "c", train_yaml, cache),
                           "--method", "kd", "--run-dir", tmp_path / "b.run")
     assert code == 2 and "different settings (phase1, phase2)" in stderr
+
+
+def test_a_finished_run_rerun_with_a_larger_budget_trains_on_to_where_a_longer_run_ends(
+        cli, tiny_teacher_dir, corpus, tmp_path, train_yaml):
+    """Inverse-sqrt does not depend on the step budget, so a finished run asked for more steps
+    continues its last phase from its last checkpoint (no --force: the outputs are its own) and
+    ends with the weights of one run trained that long; fewer steps than it has are refused."""
+    cache = tmp_path / "cache"
+    longer = common(corpus, tmp_path / "a", train_yaml, cache) + ["--method", "kd", "--phase2-steps", 8]
+    code, _, stderr = cli("compress", tiny_teacher_dir, *longer)
+    assert code == 0, stderr
+    args = common(corpus, tmp_path / "b", train_yaml, cache) + ["--method", "kd"]
+    code, _, stderr = cli("compress", tiny_teacher_dir, *args)
+    assert code == 0, stderr
+    code, stdout, stderr = cli("compress", tiny_teacher_dir, *args, "--phase2-steps", 8)
+    assert code == 0, stderr
+    assert "finished at step 10; training on to 14" in stdout
+    a, b = load_file(str(tmp_path / "a" / "model.safetensors")), load_file(str(tmp_path / "b" / "model.safetensors"))
+    assert all((a[k] == b[k]).all() for k in a)
+    train = json.loads((tmp_path / "b.run" / "metrics.json").read_text())["phases"]["train"]
+    assert train["steps"] == 14 and not train.get("skipped")
+
+    code, _, stderr = cli("compress", tiny_teacher_dir, *args, "--phase2-steps", 2)
+    assert code == 2 and "trained 14 steps already, more than the 8 asked now" in stderr
+    assert len(stderr.strip().splitlines()) == 1
+
+    # a linear decay depends on the budget: another budget is another run
+    train_yaml.write_text(train_yaml.read_text() + "schedule: linear\n")
+    linear = common(corpus, tmp_path / "c", train_yaml, cache) + ["--method", "kd"]
+    code, _, stderr = cli("compress", tiny_teacher_dir, *linear)
+    assert code == 0, stderr
+    code, _, stderr = cli("compress", tiny_teacher_dir, *linear, "--phase2-steps", 8)
+    assert code == 2 and "different settings (phase2)" in stderr
+
+
+def test_only_the_last_phase_of_wd_trains_on(cli, tiny_teacher_dir, corpus, tmp_path, train_yaml):
+    """wd's phase 2 started from phase 1's student, so phase 1 stays as it finished."""
+    args = common(corpus, tmp_path / "wd", train_yaml, tmp_path / "cache") + ["--method", "wd"]
+    code, _, stderr = cli("compress", tiny_teacher_dir, *args)
+    assert code == 0, stderr
+    code, stdout, stderr = cli("compress", tiny_teacher_dir, *args, "--phase2-steps", 6)
+    assert code == 0, stderr
+    phases = json.loads((tmp_path / "wd.run" / "metrics.json").read_text())["phases"]
+    assert phases["phase1"]["skipped"] and phases["phase1"]["steps"] == 6
+    assert phases["phase2"]["steps"] == 6 and not phases["phase2"].get("skipped")
+
+
+def test_a_finished_phase_trains_on_only_when_no_stopping_rule_holds(tmp_path):
+    from wdctl.passes.phases import _trains_on
+    from wdctl.passes.training import TrainConfig
+
+    (tmp_path / "checkpoints" / "step-00000008").mkdir(parents=True)
+    (tmp_path / "log.jsonl").write_text("".join(json.dumps({"step": s, "dev_bleu": b}) + "\n"
+                                                for s, b in ((2, 10.0), (4, 10.1), (6, 10.0), (8, 10.1))))
+    finished = {"steps": 8, "train_seconds": 60.0}
+    assert _trains_on(tmp_path, finished, TrainConfig(max_steps=9))
+    assert not _trains_on(tmp_path, finished, TrainConfig(max_steps=8))
+    assert not _trains_on(tmp_path, finished, TrainConfig(max_steps=9, max_minutes=1.0))  # out of time
+    assert not _trains_on(tmp_path, finished, TrainConfig(max_steps=9, plateau_patience=3))  # at its plateau
+    assert _trains_on(tmp_path, finished, TrainConfig(max_steps=9, plateau_patience=4))
+    with pytest.raises(InputError, match="trained 8 steps already"):
+        _trains_on(tmp_path, finished, TrainConfig(max_steps=7))
 
 
 # ----------------------------------------------------------------------------- #12: TINY, generator, start

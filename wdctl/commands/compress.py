@@ -98,7 +98,7 @@ def compress_command(
     accum: Optional[int] = AccumOpt,
     kd_weight: Optional[float] = typer.Option(None, "--kd-weight", help="Weight of an extra word-level KL term to the teacher, both phases [0: the release uses none]."),
     seed: Optional[int] = SeedOpt,
-    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Checkpoints, logs, config and metrics (default: OUT.run). Rerun the same command to resume; finished phases are skipped. A run dir made with other settings is refused, or started over with --force."),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Checkpoints, logs, config and metrics (default: OUT.run). Rerun the same command to resume; finished phases are skipped, and a finished run rerun with a larger --phase2-steps trains its last phase on (inverse-sqrt schedule; its own outputs are replaced). A run dir made with other settings is refused, or started over with --force."),
     distill_cache: Optional[Path] = typer.Option(None, "--distill-cache", help="Cache of teacher translations, keyed by teacher, data and settings (default: $WDCTL_CACHE_DIR/distilled or ~/.cache/wdctl/distilled)."),
     distill_beams: int = typer.Option(4, "--distill-beams", help="Beam size of the teacher translating the training data."),
     distill_sentences: int = typer.Option(0, "--distill-sentences", help="Teacher-translate only the first N training sources (0 = all); the students still train on every original pair plus those N translations."),

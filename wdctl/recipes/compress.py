@@ -12,7 +12,8 @@ Steps, in order (everything that can be checked without heavy work is checked fi
    `wdctl.passes.distill`). Every method trains on original ∪ distilled pairs.
 4. The method (`wdctl.passes.methods.METHODS`), phase by phase, each resumable
    (`wdctl.passes.phases`): rerunning the same command after Ctrl-C resumes the interrupted
-   phase and skips finished ones.
+   phase and skips finished ones; rerun with a larger --phase2-steps, a finished run trains its
+   last phase on (inverse-sqrt) and replaces the outputs it wrote.
 5. Output: a standard MarianMT directory at OUT (config.json, model.safetensors, tokenizer,
    generation_config.json), test BLEU (greedy and beam) when the corpus has a test split, and,
    with `export=True`, the ONNX fp32 package at `OUT.onnx/` and the quantized one at
@@ -56,7 +57,7 @@ from wdctl.passes.methods import (METHODS, START_FILE, STARTS_FROM_TEACHER, choo
 from wdctl.passes.narrow_marian import count_parameters
 from wdctl.passes.selection import SELECTIONS
 from wdctl.passes.shortlist import FILE as SHORTLIST_FILE
-from wdctl.passes.phases import Job, check_memory, claim_run_dir, jsonable, schedule_fingerprint
+from wdctl.passes.phases import Job, check_memory, claim_run_dir, jsonable, own_outputs, schedule_fingerprint
 from wdctl.passes.student import STUDENT_PRESETS, StudentSpec, resolve_student, size_note, student_config
 from wdctl.passes.training import TrainConfig
 from wdctl.passes.translate import translate_torch
@@ -182,17 +183,6 @@ def compress(settings: CompressSettings) -> dict:
     run_dir = s.run_dir or run_dir_of(s.out)
     check_model_dir(s.teacher_dir)
     outputs = {"model": s.out, **(export_paths(s.out, s.quantize) if s.export else {})}
-    for path in outputs.values():
-        check_output_dir(path, s.force)
-    if s.export and s.quantize and s.quantize not in MODES:
-        raise InputError(f"unknown quantization mode '{s.quantize}' (choose from {', '.join(MODES)}, or none)")
-    train_pairs = require_pairs(read_parallel(s.data, "train"), 2, str(s.data))
-    dev_pairs, test_pairs = optional_split(str(s.data), "dev"), optional_split(str(s.data), "test")
-    if test_pairs and s.test_sentences:
-        test_pairs = test_pairs[: s.test_sentences]
-    needs_generator = METHODS[s.method].needs_generator
-    check_memory({name: phase["total_bytes"] for name, phase in memory["phases"].items()}, memory["available_bytes"])
-
     fingerprint = jsonable({  # as it reads back from config.json (tuples become lists)
         "teacher_dir": str(s.teacher_dir.resolve()),
         "data": str(Path(s.data).resolve()) if Path(s.data).exists() else str(s.data),
@@ -204,6 +194,20 @@ def compress(settings: CompressSettings) -> dict:
         **({"refit_output": True} if s.refit_output else {}),  # absent when off: older run dirs still resume
     })
     start_over = claim_run_dir(run_dir, fingerprint, s.force)
+    # a rerun of the same run (e.g. with a larger --phase2-steps) replaces the outputs it wrote
+    ours = set() if start_over else own_outputs(run_dir)
+    replace_outputs = s.force or all(path.resolve() in ours for path in outputs.values())
+    for path in outputs.values():
+        check_output_dir(path, replace_outputs)
+    if s.export and s.quantize and s.quantize not in MODES:
+        raise InputError(f"unknown quantization mode '{s.quantize}' (choose from {', '.join(MODES)}, or none)")
+    train_pairs = require_pairs(read_parallel(s.data, "train"), 2, str(s.data))
+    dev_pairs, test_pairs = optional_split(str(s.data), "dev"), optional_split(str(s.data), "test")
+    if test_pairs and s.test_sentences:
+        test_pairs = test_pairs[: s.test_sentences]
+    needs_generator = METHODS[s.method].needs_generator
+    check_memory({name: phase["total_bytes"] for name, phase in memory["phases"].items()}, memory["available_bytes"])
+
     dist.barrier()  # every rank has checked the run directory before rank 0 changes it
     if dist.is_main:
         if start_over:
@@ -268,7 +272,7 @@ def compress(settings: CompressSettings) -> dict:
         return {}
 
     # 4. outputs and scores
-    with atomic_dir(s.out, force=s.force) as tmp:
+    with atomic_dir(s.out, force=replace_outputs) as tmp:
         save_marian(model, tokenizer, tmp)
         # the shortlist of the pairs it trained on: `wdctl export` builds it into the translator
         model_shortlist(tokenizer, examples).save(tmp / SHORTLIST_FILE)
@@ -280,7 +284,7 @@ def compress(settings: CompressSettings) -> dict:
         metrics["test_sentences"] = len(test_pairs)
     if s.export:  # int8's activation ranges from the student's own data, not the exporter's English samples
         calibration = [src for src, _ in (dev_pairs or train_pairs)[:CALIBRATION_SENTENCES]]
-        metrics["exports"] = _export(s, outputs, test_pairs, calibration)
+        metrics["exports"] = _export(s, outputs, test_pairs, calibration, replace_outputs)
     metrics["total_wall_seconds"] = round(time.perf_counter() - started, 2)
     metrics["outputs"] = {k: str(v) for k, v in outputs.items()}
     write_json(run_dir / "metrics.json", metrics)
@@ -288,7 +292,7 @@ def compress(settings: CompressSettings) -> dict:
 
 
 def _export(s: CompressSettings, outputs: dict[str, Path], test_pairs: list[Pair] | None,
-            calibration: list[str]) -> dict:
+            calibration: list[str], force: bool) -> dict:
     """OUT.onnx/ and OUT.<mode>/, the quantized package's test BLEU scored again, as `wdctl
     translate` runs it (its in-graph translator); int8 calibrated on `calibration`."""
     def score(fp32: Path, quantized: Path) -> dict:
@@ -296,7 +300,7 @@ def _export(s: CompressSettings, outputs: dict[str, Path], test_pairs: list[Pair
                                        graph=True)
         return score_bleu(translate, test_pairs, [s.eval_beams], f"{s.quantize}_test")
 
-    built = build_package(s.out, outputs["onnx"], outputs.get(s.quantize), mode=s.quantize or "int8", force=s.force,
+    built = build_package(s.out, outputs["onnx"], outputs.get(s.quantize), mode=s.quantize or "int8", force=force,
                           score=score if test_pairs and s.quantize else None, calibration=calibration,
                           optimum=None)  # optimum's files only where the mode needs them (fp16)
     info = {"onnx": built["onnx"]}
