@@ -23,7 +23,7 @@ from wdctl.passes.grouping import GroupPlan
 from wdctl.passes.marian import load_marian, load_marian_config
 from wdctl.passes.methods import IMPORTANCE_BATCHES, IMPORTANCE_BATCH_SIZE, REFIT_BATCHES
 from wdctl.passes.phases import probe_loss
-from wdctl.passes.refit import decoder_residual_keep, refit_output_layer
+from wdctl.passes.refit import refit_output_layer
 from wdctl.passes.selection import block_importance, choose_start_layers, importance_start, most_important_layers
 from wdctl.passes.student import resolve_student, student_config
 from wdctl.passes.training import collate
@@ -67,7 +67,7 @@ def main() -> None:
             """The cut's probe, and the probe with the top decoder layer refitted."""
             moved = plan.with_start_layers(layers)
             cut = cut_from_plan(state, moved, start)
-            keep = decoder_residual_keep({**plan.start_indices(), **(start or {})})
+            keep = plan.decoder_residual_start(start)
             refit = refit_output_layer(teacher, cut, refit_batches, keep)
             return {"probe": loss(cut), "refit probe": loss(cut_from_plan(state, moved, start, refit))}
 

@@ -110,6 +110,7 @@ class GroupPlan:
     subset_bytes: int
     generator: str = DEFAULT_GENERATOR
     spaces: tuple[Space, ...] = ()
+    decoder_residual: str = "decoder.residual"  # the decoder's residual space (`_Builder.residual`)
 
     @classmethod
     def build(
@@ -151,6 +152,7 @@ class GroupPlan:
             subset_bytes=subset_bytes,
             generator=generator,
             spaces=tuple(builder.spaces.values()),
+            decoder_residual=builder.residual("decoder"),
         )
 
     def with_start_layers(self, layers: Mapping[tuple[str, int], int]) -> GroupPlan:
@@ -181,6 +183,12 @@ class GroupPlan:
         order: the leading `student_dim` ones (the cut-off student; for an attention space whose
         head size is kept, the first student-heads teacher heads)."""
         return {s.name: torch.arange(s.student_dim) for s in self.projected_spaces}
+
+    def decoder_residual_start(self, start: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor | None:
+        """The teacher residual coordinates the student's decoder keeps: `start`'s (importance),
+        else the leading ones; None at the teacher's width. The space is the decoder's own (a
+        decoder narrower than the encoder, TINY) or the stream both sides share (`halved`)."""
+        return {**self.start_indices(), **(start or {})}.get(self.decoder_residual)
 
     @property
     def total_generator_params(self) -> int:

@@ -29,7 +29,7 @@ from wdctl.passes.cutoff import cut_teacher
 from wdctl.passes.generator import GeneratedStudent, ParameterGenerator, materialize_student
 from wdctl.passes.narrow_marian import build_model
 from wdctl.passes.phases import Job, run_phase
-from wdctl.passes.refit import decoder_residual_keep, refit_output_layer
+from wdctl.passes.refit import refit_output_layer
 from wdctl.passes.selection import block_importance, choose_start_layers, importance_start, most_important_layers
 from wdctl.passes.training import TrainConfig, collate
 
@@ -94,8 +94,8 @@ def refit_start(job: Job) -> None:
     """`--refit-output`: the student's top decoder layer refitted to the teacher's last decoder
     state (`refit.refit_output_layer`) on REFIT_BATCHES training batches, from the job's start
     slice; stored as `job.start_values`, so wd and cut-kd start from the same refitted slice."""
-    keep = decoder_residual_keep({**job.plan.start_indices(), **(job.start or {})})
-    job.start_values = refit_output_layer(job.teacher, _cut_student(job), _training_batches(job, REFIT_BATCHES), keep)
+    job.start_values = refit_output_layer(job.teacher, _cut_student(job), _training_batches(job, REFIT_BATCHES),
+                                          job.plan.decoder_residual_start(job.start))
 
 
 def choose_start(job: Job, layers: str = "loss") -> None:

@@ -23,13 +23,6 @@ from wdctl.core.errors import InputError
 RIDGE = 1e-4  # λ relative to the token count: tokens ≫ ffn, so the fit barely depends on it
 
 
-def decoder_residual_keep(starts: Mapping[str, Tensor]) -> Tensor | None:
-    """The teacher residual coordinates the student's decoder keeps, from the start's indices per
-    space: its own space (a decoder narrower than the encoder, TINY), the stream both sides share
-    (a narrower student throughout, `halved`), or None (the teacher's width)."""
-    return next((starts[name] for name in ("decoder.residual", "residual") if name in starts), None)
-
-
 class _LastLayer:
     """Hooks on a model's top decoder layer: per real token, the fc2 input and the FFN's sum
     (residual + fc2 output, what final_layer_norm normalizes)."""

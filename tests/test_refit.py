@@ -8,7 +8,7 @@ from wdctl.passes.cutoff import cut_from_plan
 from wdctl.passes.generator import ParameterGenerator, materialize_student
 from wdctl.passes.grouping import GroupPlan
 from wdctl.passes.marian import build_teacher
-from wdctl.passes.refit import decoder_residual_keep, refit_output_layer
+from wdctl.passes.refit import refit_output_layer
 from wdctl.passes.student import resolve_student, student_config
 from wdctl.passes.training import collate
 
@@ -45,7 +45,7 @@ def test_refit_brings_the_top_layer_to_the_teachers_last_state(teacher, preset, 
     s_config = student_config(teacher.config, resolve_student(preset, teacher.config))
     plan = GroupPlan.build(teacher.config, s_config)
     state = teacher.state_dict()
-    keep = decoder_residual_keep(plan.start_indices())
+    keep = plan.decoder_residual_start()
     cut = cut_from_plan(state, plan)
     fitted = batches()
     values = refit_output_layer(teacher, cut, fitted, keep)
