@@ -72,7 +72,8 @@ mkdir -p "$ROOT" "$RESULTS"
 for run in ${*:-$RUNS}; do
   preset=${run%%-*}; rest=${run#*-}; system=${rest%-s*}; seed=${rest##*-s}
   phase2_steps=$PHASE2_STEPS; [ "$preset" = tiny ] && phase2_steps=$PHASE2_STEPS_TINY
-  if [ -f "$ROOT/$run.run/metrics.json" ] && [ -d "$ROOT/$run" ] && [ "$("$PYTHON" -c \
+  # done: its last invocation finished (metrics.json after config.json) at the wanted cap
+  if [ "$ROOT/$run.run/metrics.json" -nt "$ROOT/$run.run/config.json" ] && [ -d "$ROOT/$run" ] && [ "$("$PYTHON" -c \
       'import json, sys; print(json.load(open(sys.argv[1]))["phase2"]["max_steps"])' "$ROOT/$run.run/config.json")" = "$phase2_steps" ]; then
     echo "== $run: done"; continue
   fi
