@@ -29,8 +29,8 @@ from wdctl.core.runinfo import PeakRSS, available_bytes, release_free_memory, rs
 from wdctl.passes.distributed import Distributed
 from wdctl.passes.marian import freeze_pad_row
 from wdctl.passes.student import StudentSpec
-from wdctl.passes.training import (TrainConfig, checkpoint_dirs, collate, logged_scores, plateaued, sequence_loss,
-                                   train)
+from wdctl.passes.training import (TrainConfig, check_budget, checkpoint_dirs, collate, logged_scores, plateaued,
+                                   sequence_loss, train)
 from wdctl.passes.translate import dev_bleu_evaluator
 
 # Options that may change between a run and its resumption (they do not change what is trained).
@@ -122,9 +122,7 @@ def _trains_on(phase_dir: Path, finished: dict, cfg: TrainConfig) -> bool:
     budget, time budget, dev plateau) holds at the step where it stopped, and its last checkpoint
     is there to go on from."""
     steps = finished["steps"]
-    if steps > cfg.max_steps:
-        raise InputError(f"{phase_dir}: trained {steps} steps already, more than the {cfg.max_steps} asked now; "
-                         f"ask for at least {steps} steps, or choose another --run-dir")
+    check_budget(phase_dir, steps, cfg)
     out_of_time = cfg.max_minutes > 0 and finished["train_seconds"] >= cfg.max_minutes * 60
     scores = logged_scores(phase_dir / "log.jsonl", steps)
     return (steps < cfg.max_steps and not out_of_time and bool(checkpoint_dirs(phase_dir))

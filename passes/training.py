@@ -120,6 +120,14 @@ def logged_scores(log_path: Path, up_to_step: int, key: str = "dev_bleu") -> lis
     return [by_step[s] for s in sorted(by_step)]
 
 
+def check_budget(where: Path, steps: int, cfg: "TrainConfig") -> None:
+    """Refuse to go on with a run that has trained more steps than `cfg` asks for: it would not
+    be the run asked for."""
+    if steps > cfg.max_steps:
+        raise InputError(f"{where}: trained {steps} steps already, more than the {cfg.max_steps} asked now; "
+                         f"ask for at least {steps} steps, or use a new run directory")
+
+
 # Options that change what a resumed run computes; the others (step budget, logging) may change.
 RESUME_MUST_MATCH = ("max_tokens", "accum", "lr", "warmup", "adam_betas", "weight_decay", "clip_norm",
                      "label_smoothing", "kd_weight", "seed", "schedule")
@@ -390,9 +398,7 @@ def train(
         stream.seek(state["epoch"], state["index"])
         torch.set_rng_state(state["torch_rng"])
         step, seconds = state["step"], state["seconds"]
-        if step > cfg.max_steps:  # going on would not make the run asked for
-            raise InputError(f"{existing[-1]}: trained {step} steps already, more than the {cfg.max_steps} asked now; "
-                             f"ask for at least {step} steps, or use a new run directory")
+        check_budget(existing[-1], step, cfg)
         if dist.is_main:
             tqdm.write(f"{desc}: resuming from {existing[-1]} (step {step})", file=sys.stderr)
     forward = model
