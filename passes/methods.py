@@ -140,16 +140,26 @@ def load_start(job: Job, path: Path) -> None:
         job.plan = job.plan.with_start_layers(job.start_layers)
 
 
+def _two_phases_last(phase1: TrainConfig, phase2: TrainConfig) -> tuple[str, TrainConfig]:
+    return "phase2", phase2
+
+
+def _one_phase_last(phase1: TrainConfig, phase2: TrainConfig) -> tuple[str, TrainConfig]:
+    return "train", baseline_config(phase1, phase2)
+
+
 @dataclass(frozen=True)
 class Method:
     run: Callable[[Job], nn.Module]
     needs_generator: bool  # wd: a GroupPlan (written to the run dir) and the phase-1 memory guard
+    # the phase that trains on when rerun with a larger budget, and its schedule
+    last_phase: Callable[[TrainConfig, TrainConfig], tuple[str, TrainConfig]]
 
 
 METHODS: dict[str, Method] = {
-    "wd": Method(run_wd, needs_generator=True),
-    "kd": Method(run_kd, needs_generator=False),
-    "cut-kd": Method(run_cut_kd, needs_generator=False),
-    "cut-kd-two-phase": Method(run_cut_kd_two_phase, needs_generator=False),
+    "wd": Method(run_wd, needs_generator=True, last_phase=_two_phases_last),
+    "kd": Method(run_kd, needs_generator=False, last_phase=_one_phase_last),
+    "cut-kd": Method(run_cut_kd, needs_generator=False, last_phase=_one_phase_last),
+    "cut-kd-two-phase": Method(run_cut_kd_two_phase, needs_generator=False, last_phase=_two_phases_last),
 }
 STARTS_FROM_TEACHER = ("wd", "cut-kd", "cut-kd-two-phase")  # the methods whose student starts from a teacher slice

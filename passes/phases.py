@@ -29,7 +29,7 @@ from wdctl.core.runinfo import PeakRSS, available_bytes, release_free_memory, rs
 from wdctl.passes.distributed import Distributed
 from wdctl.passes.marian import freeze_pad_row
 from wdctl.passes.student import StudentSpec
-from wdctl.passes.training import (TrainConfig, check_budget, checkpoint_dirs, collate, logged_scores, plateaued,
+from wdctl.passes.training import (TrainConfig, checkpoint_dirs, collate, logged_scores, plateaued,
                                    sequence_loss, train)
 from wdctl.passes.translate import dev_bleu_evaluator
 
@@ -122,7 +122,6 @@ def _trains_on(phase_dir: Path, finished: dict, cfg: TrainConfig) -> bool:
     budget, time budget, dev plateau) holds at the step where it stopped, and its last checkpoint
     is there to go on from."""
     steps = finished["steps"]
-    check_budget(phase_dir, steps, cfg)
     out_of_time = cfg.max_minutes > 0 and finished["train_seconds"] >= cfg.max_minutes * 60
     scores = logged_scores(phase_dir / "log.jsonl", steps)
     return (steps < cfg.max_steps and not out_of_time and bool(checkpoint_dirs(phase_dir))
@@ -231,6 +230,15 @@ def resumable(fingerprint: dict) -> dict:
     if any(phase.get("schedule", "inverse-sqrt") != "inverse-sqrt" for phase in phases):
         return fingerprint
     return {**fingerprint, "phase2": {k: v for k, v in phases[1].items() if k != "max_steps"}}
+
+
+def trained_steps(phase_dir: Path) -> int:
+    """The steps a phase has trained: its done.json's count, else its last checkpoint's, else 0."""
+    done = phase_dir / "done.json"
+    if done.is_file():
+        return int(json.loads(done.read_text(encoding="utf-8"))["steps"])
+    checkpoints = checkpoint_dirs(phase_dir)
+    return int(checkpoints[-1].name.removeprefix("step-")) if checkpoints else 0
 
 
 def own_outputs(run_dir: Path) -> set[Path]:

@@ -15,7 +15,6 @@ import torch
 from safetensors.torch import load_file
 
 from wdctl.core.corpus import read_parallel
-from wdctl.core.errors import InputError
 
 from conftest import write_tsv
 
@@ -197,9 +196,11 @@ def test_a_finished_run_rerun_with_a_larger_budget_trains_on_to_where_a_longer_r
     train = json.loads((tmp_path / "b.run" / "metrics.json").read_text())["phases"]["train"]
     assert train["steps"] == 14 and not train.get("skipped")
 
+    config = (tmp_path / "b.run" / "config.json").read_bytes()
     code, _, stderr = cli("compress", tiny_teacher_dir, *args, "--phase2-steps", 2)
     assert code == 2 and "trained 14 steps already, more than the 8 asked now" in stderr
     assert len(stderr.strip().splitlines()) == 1
+    assert (tmp_path / "b.run" / "config.json").read_bytes() == config  # refused before anything is rewritten
 
     # a linear decay depends on the budget: another budget is another run
     train_yaml.write_text(train_yaml.read_text() + "schedule: linear\n")
@@ -235,8 +236,17 @@ def test_a_finished_phase_trains_on_only_when_no_stopping_rule_holds(tmp_path):
     assert not _trains_on(tmp_path, finished, TrainConfig(max_steps=9, max_minutes=1.0))  # out of time
     assert not _trains_on(tmp_path, finished, TrainConfig(max_steps=9, plateau_patience=3))  # at its plateau
     assert _trains_on(tmp_path, finished, TrainConfig(max_steps=9, plateau_patience=4))
-    with pytest.raises(InputError, match="trained 8 steps already"):
-        _trains_on(tmp_path, finished, TrainConfig(max_steps=7))
+
+
+def test_a_phase_counts_the_steps_it_has_trained(tmp_path):
+    from wdctl.passes.phases import trained_steps
+
+    assert trained_steps(tmp_path / "train") == 0
+    for step in (4, 12):
+        (tmp_path / "train" / "checkpoints" / f"step-{step:08d}").mkdir(parents=True)
+    assert trained_steps(tmp_path / "train") == 12
+    (tmp_path / "train" / "done.json").write_text(json.dumps({"steps": 14}))
+    assert trained_steps(tmp_path / "train") == 14
 
 
 # ----------------------------------------------------------------------------- #12: TINY, generator, start

@@ -57,9 +57,10 @@ from wdctl.passes.methods import (METHODS, START_FILE, STARTS_FROM_TEACHER, choo
 from wdctl.passes.narrow_marian import count_parameters
 from wdctl.passes.selection import SELECTIONS
 from wdctl.passes.shortlist import FILE as SHORTLIST_FILE
-from wdctl.passes.phases import Job, check_memory, claim_run_dir, jsonable, own_outputs, schedule_fingerprint
+from wdctl.passes.phases import (Job, check_memory, claim_run_dir, jsonable, own_outputs, schedule_fingerprint,
+                                 trained_steps)
 from wdctl.passes.student import STUDENT_PRESETS, StudentSpec, resolve_student, size_note, student_config
-from wdctl.passes.training import TrainConfig
+from wdctl.passes.training import TrainConfig, check_budget
 from wdctl.passes.translate import translate_torch
 from wdctl.passes.vocab import encode_pairs
 from wdctl.recipes.shortlist import model_shortlist
@@ -196,6 +197,9 @@ def compress(settings: CompressSettings) -> dict:
     start_over = claim_run_dir(run_dir, fingerprint, s.force)
     # a rerun of the same run (e.g. with a larger --phase2-steps) replaces the outputs it wrote
     ours = set() if start_over else own_outputs(run_dir)
+    if not start_over:  # a budget below what the run has trained is refused before anything is rewritten
+        last, last_cfg = METHODS[s.method].last_phase(s.phase1, s.phase2)
+        check_budget(run_dir / last, trained_steps(run_dir / last), last_cfg)
     replace_outputs = s.force or all(path.resolve() in ours for path in outputs.values())
     for path in outputs.values():
         check_output_dir(path, replace_outputs)
