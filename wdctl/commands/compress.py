@@ -89,7 +89,7 @@ def compress_command(
     method: str = typer.Option("wd", "--method", help="wd: weight distillation (phase 1 trains the parameter generator with the teacher frozen, phase 2 fine-tunes the materialized student). Baselines on the same shape, data and step budget (phase1+phase2 steps, phase-1 schedule): kd = random init; cut-kd = init cut from the teacher (every r-th layer, leading rows/columns, or --start importance); cut-kd-two-phase = the same cut on wd's two schedules (warm-up restarted at phase 2)."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML of training options (TrainConfig keys): top-level keys apply to both phases, 'phase1:'/'phase2:' sections to one."),
     phase1_steps: Optional[int] = typer.Option(None, "--phase1-steps", help="Phase-1 (generator) steps [300]."),
-    phase2_steps: Optional[int] = typer.Option(None, "--phase2-steps", help="Phase-2 (student fine-tuning) steps at most [3000; with dev evaluations (--eval-sentences) it stops earlier, at a plateau: no gain above 0.2 BLEU over 4 evaluations 250 steps apart]."),
+    phase2_steps: Optional[int] = typer.Option(None, "--phase2-steps", help="Phase-2 (student fine-tuning) steps at most [6000; with dev evaluations (--eval-sentences) it stops earlier, at a plateau: no gain above 0.2 BLEU over 4 evaluations 250 steps apart]."),
     phase1_lr: Optional[float] = typer.Option(None, "--phase1-lr", help="Phase-1 peak learning rate [7e-4, as the release]."),
     phase2_lr: Optional[float] = typer.Option(None, "--phase2-lr", help="Phase-2 peak learning rate [7e-4]."),
     phase1_warmup: Optional[int] = typer.Option(None, "--phase1-warmup", help="Phase-1 warm-up steps [50; the release uses 4000]."),
@@ -119,7 +119,7 @@ def compress_command(
 
     Pipeline: the teacher translates the training sources (beam search, cached) → training on original ∪ distilled pairs with label-smoothed CE (ε 0.1), Adam(0.9, 0.98) and inverse-sqrt warm-up → a standard MarianMT directory at OUT → test BLEU (greedy and beam 4) → ONNX fp32 and int8 packages.
 
-    Each phase checkpoints into the run directory: after Ctrl-C, rerun the same command to resume. `--nproc N` (or torchrun) distills and trains with N data-parallel processes; checkpoints resume with any N. Per-phase wall time and peak memory go to OUT.run/metrics.json. Defaults are CPU-sized and follow the plateau runs on the bundled teacher (examples/results/plateau): the importance start with its top decoder layer refitted; phase 1: 300 steps, lr 7e-4, warm-up 50; phase 2: up to 3000 steps, lr 7e-4, warm-up 100, stopping at a dev-BLEU plateau; 2500-token batches. The paper's release uses warm-up 4000 and 1000.
+    Each phase checkpoints into the run directory: after Ctrl-C, rerun the same command to resume. `--nproc N` (or torchrun) distills and trains with N data-parallel processes; checkpoints resume with any N. Per-phase wall time and peak memory go to OUT.run/metrics.json. Defaults are CPU-sized and follow the plateau runs on the bundled teacher (examples/results/plateau): the importance start with its top decoder layer refitted; phase 1: 300 steps, lr 7e-4, warm-up 50; phase 2: up to 6000 steps, lr 7e-4, warm-up 100, stopping at a dev-BLEU plateau; 2500-token batches. The paper's release uses warm-up 4000 and 1000.
     """
     from wdctl.config import phase_configs, read_yaml
     from wdctl.launch import handed_to_torchrun
