@@ -34,6 +34,11 @@ from wdctl.passes.translate import dev_bleu_evaluator, translate_torch
 
 PHASE_ORDER = ("phase1", "phase2", "train")  # wd runs phase1 then phase2; kd and prune-kd one "train"
 PATIENCE, MIN_GAIN = 4, 0.2  # examples/plateau.yaml
+# issue 25's goals: wd's test BLEU at beam 4 against the teacher's, per preset; TINY also at
+# >= 3x the teacher's onnxruntime int8 tokens/s (beam 4, batch 1); wd reaches teacher - 2 in at
+# most 0.7x prune-kd's steps and leads prune-kd and kd by 0.5 (means over seeds)
+WD_GAP = {"small": -0.5, "tiny": -1.5}
+TINY_SPEED, STEPS_RATIO, LEAD = 3.0, 0.7, 0.5
 
 
 def teacher_scores(teacher_dir: str, data: str, eval_sentences: int, cache: Path) -> dict:
@@ -194,6 +199,88 @@ def onnx_table(rows: list[dict], teacher: dict) -> list[str]:
     return lines + [""]
 
 
+def mean_range(values: list) -> tuple[float, float, float] | None:
+    values = [v for v in values if v is not None]
+    return (sum(values) / len(values), min(values), max(values)) if values else None
+
+
+def spread(stat: tuple[float, float, float] | None, fmt: str = "{:.2f}") -> str:
+    """The mean, with the range of the seeds when there are several."""
+    if stat is None:
+        return "-"
+    mean, low, high = stat
+    return fmt.format(mean) + ("" if low == high else f" ({fmt.format(low)}–{fmt.format(high)})")
+
+
+def system_stats(rows: list[dict], teacher: dict) -> dict[str, dict]:
+    """Per system, over its finished seeds: test BLEU, steps to teacher − 2, and the shortlisted
+    package's beam-4 speed over the teacher's."""
+    stats: dict[str, dict] = {}
+    for r in (r for r in rows if r["finished"]):
+        stats.setdefault(r["system"], {"runs": []})["runs"].append(r)
+    for s in stats.values():
+        runs = s["runs"]
+        s |= {key: mean_range([r[key] for r in runs]) for key in
+              ("test_bleu_beam1", "test_bleu_beam4", "steps_to_teacher_minus_2", "best_dev_bleu")}
+        s["speed_beam4"] = mean_range([r["onnx"]["sl"]["tok_s_beam4"] / teacher["onnx"]["sl"]["tok_s_beam4"]
+                                       for r in runs if "onnx" in r and "onnx" in teacher])
+    return stats
+
+
+def systems_table(stats: dict[str, dict]) -> list[str]:
+    if not stats:
+        return []
+    lines = ["Finished runs by system: mean over seeds (range).", "",
+             "| system | seeds | test greedy | test beam 4 | steps to teacher − 2 | best dev |",
+             "|---|---|---:|---:|---:|---:|"]
+    for system, s in stats.items():
+        lines.append(f"| {system} | {', '.join(str(r['seed']) for r in s['runs'])} | {spread(s['test_bleu_beam1'])} | "
+                     f"{spread(s['test_bleu_beam4'])} | {spread(s['steps_to_teacher_minus_2'], '{:.0f}')} | "
+                     f"{spread(s['best_dev_bleu'])} |")
+    return lines + [""]
+
+
+def goal_lines(preset: str, stats: dict[str, dict], teacher: dict) -> list[str]:
+    """Issue 25's goals for one preset, from the finished runs: each with its figure and met / missed."""
+    def verdict(ok: bool) -> str:
+        return "**met**" if ok else "**missed**"
+
+    def mean(system: str, key: str) -> float | None:
+        stat = stats.get(system, {}).get(key)
+        return stat and stat[0]
+
+    def seeds(system: str) -> int:
+        return len(stats.get(system, {}).get("runs", []))
+
+    lines = []
+    wd_beam4 = mean("wd", "test_bleu_beam4")
+    if wd_beam4 is not None:
+        gap = wd_beam4 - teacher["test_bleu_beam4"]
+        line = f"- wd − teacher, test beam 4: {gap:+.2f} (goal ≥ {WD_GAP[preset]:+.1f}"
+        ok = gap >= WD_GAP[preset]
+        speed = mean("wd", "speed_beam4")
+        if preset == "tiny":
+            line += f", at ≥ {TINY_SPEED:.0f}x the teacher's int8 tokens/s: {'-' if speed is None else f'{speed:.2f}x'}"
+            ok = ok and speed is not None and speed >= TINY_SPEED
+        lines.append(f"{line}): {verdict(ok)}")
+    wd_steps, prune_steps = mean("wd", "steps_to_teacher_minus_2"), mean("prune-kd", "steps_to_teacher_minus_2")
+    if wd_steps and prune_steps:
+        ratio = wd_steps / prune_steps
+        lines.append(f"- steps to teacher − 2, wd / prune-kd: {wd_steps:.0f} / {prune_steps:.0f} = {ratio:.2f}x "
+                     f"(goal ≤ {STEPS_RATIO}x): {verdict(ratio <= STEPS_RATIO)}")
+    elif "wd" in stats and wd_steps is None:
+        lines.append(f"- steps to teacher − 2: wd did not reach it (best dev {mean('wd', 'best_dev_bleu'):.2f}, "
+                     f"teacher − 2 = {teacher['dev_bleu'] - 2:.2f}): {verdict(False)}")
+    for other in ("prune-kd", "kd"):
+        theirs = mean(other, "test_bleu_beam4")
+        if wd_beam4 is not None and theirs is not None:
+            lead, n = wd_beam4 - theirs, min(seeds("wd"), seeds(other))
+            lines.append(f"- wd − {other}, test beam 4: {lead:+.2f} (goal ≥ +{LEAD}, mean of two seeds; "
+                         f"seeds: {seeds('wd')} / {seeds(other)}): "
+                         f"{verdict(lead >= LEAD) if n >= 2 else 'open until both have two seeds'}")
+    return ["Goals (issue 25):", "", *lines, ""] if lines else []
+
+
 def cell(value, fmt="{:.2f}") -> str:
     return "-" if value is None else fmt.format(value)
 
@@ -268,6 +355,8 @@ def main() -> None:
                 f"{cell(r['steps_to_teacher_minus_1'], '{}')} | {cell(r['test_bleu_beam1'])} | {delta} | "
                 f"{cell(r['probe_step0'], '{:.3f}')} |")
         lines.append("")
+        stats = system_stats([r for r in rows if r["preset"] == preset], teacher)
+        lines += systems_table(stats) + goal_lines(preset, stats, teacher)
         lines += onnx_table([r for r in rows if r["preset"] == preset and "onnx" in r], teacher)
     lines += ["![dev BLEU against steps](curves.png)", "",
               f"Made by `python examples/plateau_table.py --root {args.root} --out {args.out}{' --onnx' if args.onnx else ''}` from the runs of "

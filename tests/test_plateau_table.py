@@ -1,11 +1,14 @@
-"""examples/plateau_table.py on a made-up run directory: the curve counts steps over both phases,
-and a finished run trained on to a larger cap counts as under way until its metrics are rewritten."""
+"""examples/plateau_table.py on made-up runs: the curve counts steps over both phases, a finished
+run trained on to a larger cap counts as under way until its metrics are rewritten, and the
+issue's goals are judged on the mean of the finished seeds."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,3 +46,31 @@ def test_a_run_trained_on_is_under_way_until_its_metrics_are_rewritten(tmp_path)
     write_log(run / "phase2" / "log.jsonl", [{"step": 750, "loss": 2.8, "seconds": 900.0}, {"step": 750, "dev_bleu": 31.5}])
     row = table.run_row(tmp_path, "tiny-wd-s1", teacher)
     assert not row["finished"] and row["test_bleu_beam4"] is None and row["steps"] == 1050
+
+
+def test_the_goals_are_judged_on_the_mean_of_the_finished_seeds():
+    table = load_table()
+    teacher = {"dev_bleu": 38.0, "test_bleu_beam4": 37.0, "onnx": {"sl": {"tok_s_beam4": 100.0}}}
+
+    def row(system, seed, beam4, steps, tok_s, finished=True):
+        return {"run": f"tiny-{system}-s{seed}", "system": system, "seed": seed, "finished": finished,
+                "test_bleu_beam1": beam4 - 1, "test_bleu_beam4": beam4, "steps_to_teacher_minus_2": steps,
+                "best_dev_bleu": beam4 + 1, "onnx": {"sl": {"tok_s_beam4": tok_s}}}
+
+    rows = [row("wd", 1, 35.4, 1000, 450.0), row("wd", 2, 35.8, 1200, 430.0),
+            row("prune-kd", 1, 35.0, 2000, 440.0), row("prune-kd", 2, 34.8, 1000, 440.0),
+            row("kd", 1, 30.0, None, 440.0), row("kd", 2, 20.0, None, 440.0, finished=False)]
+    stats = table.system_stats(rows, teacher)
+    assert stats["wd"]["test_bleu_beam4"] == pytest.approx((35.6, 35.4, 35.8))
+    assert stats["wd"]["speed_beam4"][0] == pytest.approx(4.4)
+    assert table.spread(stats["wd"]["test_bleu_beam4"]) == "35.60 (35.40–35.80)"
+    assert table.spread(stats["kd"]["test_bleu_beam4"]) == "30.00"  # the unfinished seed does not count
+    goals = "\n".join(table.goal_lines("tiny", stats, teacher))
+    assert "wd − teacher, test beam 4: -1.40 (goal ≥ -1.5, at ≥ 3x the teacher's int8 tokens/s: 4.40x): **met**" in goals
+    assert "1100 / 1500 = 0.73x (goal ≤ 0.7x): **missed**" in goals
+    assert "wd − prune-kd, test beam 4: +0.70 (goal ≥ +0.5, mean of two seeds; seeds: 2 / 2): **met**" in goals
+    assert "wd − kd, test beam 4: +5.60" in goals and "open until both have two seeds" in goals
+    assert "**missed**" in "\n".join(table.goal_lines("small", stats, teacher))  # -1.40 against SMALL's -0.5
+    never = table.system_stats([row("wd", 1, 35.0, None, 450.0)], teacher)
+    assert "wd did not reach it (best dev 36.00, teacher − 2 = 36.00): **missed**" in "\n".join(
+        table.goal_lines("tiny", never, teacher))
