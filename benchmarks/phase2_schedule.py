@@ -53,7 +53,7 @@ def main(argv=None) -> None:
     distilled = distill(args.teacher, train_pairs, args.distill_cache, beams=4, batch_size=32, max_length=MAX_LENGTH,
                         length_penalty=1.0, backend=OnnxTeacher(), threads=args.threads, progress=False)
     _, tokenizer = load_marian(args.teacher)
-    examples, _ = encode_pairs(tokenizer, list(dict.fromkeys((*train_pairs, *distilled.pairs))), MAX_LENGTH)
+    examples, _ = encode_pairs(tokenizer, distilled.training_pairs(train_pairs), MAX_LENGTH)
     model, _ = load_marian(args.student, with_tokenizer=False)
     freeze_pad_row(model)
     cfg = replace(DEFAULT_PHASE2, lr=args.lr, warmup=args.warmup, max_steps=args.steps, eval_every=250,

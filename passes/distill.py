@@ -60,6 +60,10 @@ class DistillResult:
     seconds: float
     backend: str
 
+    def training_pairs(self, original: list[Pair]) -> list[Pair]:
+        """What the student trains on: the original pairs ∪ the teacher's, order kept, each once."""
+        return list(dict.fromkeys((*original, *self.pairs)))
+
 
 def teacher_fingerprint(teacher_dir: Path | str) -> str:
     """sha256 over the names and bytes of the teacher directory's (non-hidden) files, except

@@ -215,3 +215,11 @@ def test_rerun_skips_finished_phases_and_reuses_the_cache(runs, tiny_teacher_dir
     assert all(info.get("skipped") for info in metrics["phases"].values())
     after = load_file(str(out / "model.safetensors"))
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_the_student_trains_on_the_original_pairs_and_the_teachers_each_once(tmp_path):
+    from wdctl.passes.distill import DistillResult
+
+    result = DistillResult(pairs=[("a", "x'"), ("b", "y")], path=tmp_path, reused=True, translated=0, seconds=0.0,
+                           backend="torch")
+    assert result.training_pairs([("a", "x"), ("b", "y")]) == [("a", "x"), ("b", "y"), ("a", "x'")]

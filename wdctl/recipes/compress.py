@@ -240,7 +240,7 @@ def compress(settings: CompressSettings) -> dict:
     torch.set_num_threads(torch_threads)
     teacher, tokenizer = load_marian(s.teacher_dir)
     teacher.requires_grad_(False)
-    pairs = list(dict.fromkeys((*train_pairs, *distilled.pairs)))  # original ∪ distilled, order kept
+    pairs = distilled.training_pairs(train_pairs)
     examples, _ = encode_pairs(tokenizer, pairs, MAX_LENGTH)
     probe, _ = encode_pairs(tokenizer, (dev_pairs or train_pairs)[:PROBE_SIZE], MAX_LENGTH)
     metrics["training_pairs"] = {"original": len(train_pairs), "distilled": len(distilled.pairs), "union": len(pairs)}
