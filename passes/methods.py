@@ -40,8 +40,8 @@ START_FILE = "start.safetensors"  # in the run directory: the computed start, re
 
 
 def baseline_config(phase1: TrainConfig, phase2: TrainConfig) -> TrainConfig:
-    """The kd / cut-kd schedule: phase 1's schedule with the budget of both phases, stopping
-    at a plateau as phase 2 does (the baseline's run ends where wd's would)."""
+    """The kd / cut-kd schedule: phase 1's schedule with the budget of both phases, stopping at
+    its own dev plateau by phase 2's rule (wd's run stops by the same rule)."""
     minutes = phase1.max_minutes + phase2.max_minutes if phase1.max_minutes and phase2.max_minutes else 0.0
     return replace(phase1, max_steps=phase1.max_steps + phase2.max_steps, max_minutes=minutes,
                    plateau_patience=phase2.plateau_patience, plateau_min_gain=phase2.plateau_min_gain)
