@@ -15,7 +15,8 @@
 #                                                                    and distilled: one schedule, P1+P2 steps)
 #   prune-kd-2ph  --method cut-kd-two-phase --start importance      (that slice on wd's two schedules:
 #                                                                    the warm-up restarts at P1)
-#   kd        wdctl compress --method kd                            (random init, P1+P2 steps)
+#   kd        wdctl compress --method kd                            (random init, P1+P2 steps, to the cap:
+#                                                                    examples/plateau-kd.yaml, no plateau stop)
 #
 # For the presets in REFIT (default: tiny), wd and prune-kd start from the importance slice with
 # its top decoder layer refitted to the teacher's output (--refit-output, now compress's default):
@@ -77,12 +78,13 @@ for run in ${*:-$RUNS}; do
       'import json, sys; print(json.load(open(sys.argv[1]))["phase2"]["max_steps"])' "$ROOT/$run.run/config.json")" = "$phase2_steps" ]; then
     echo "== $run: done"; continue
   fi
+  config=examples/plateau.yaml; [ "$system" = kd ] && config=examples/plateau-kd.yaml  # kd: to the cap
   echo "== $run"
   # shellcheck disable=SC2046
   "$WDCTL" compress "$TEACHER" --data "$DATA" --out "$ROOT/$run" --student "$preset" $(system_flags "$system" "$preset") \
     --phase1-steps "$PHASE1_STEPS" --phase2-steps "$phase2_steps" --phase1-warmup "$PHASE1_WARMUP" \
     --seed "$seed" --onnx-distill --distill-cache "$ROOT/distill-cache" --eval-sentences "$EVAL_SENTENCES" \
-    --no-export --config examples/plateau.yaml --threads "$THREADS"
+    --no-export --config "$config" --threads "$THREADS"
 done
 
 "$PYTHON" examples/plateau_table.py --teacher "$TEACHER" --data "$DATA" --root "$ROOT" --out "$RESULTS" \

@@ -59,7 +59,8 @@ def train_config(base: TrainConfig, overrides: dict, where: str = "training opti
 # 50) gives the generator's head start over the cut (dev BLEU +1.0 for SMALL, +5.0 for TINY at
 # 250 steps; a phase-1 step costs 1.1-1.5 phase-2 steps), then phase 2 trains until dev BLEU
 # gains no more than 0.2 over 4 evaluations 250 steps apart (6,000 steps at most: SMALL stopped
-# at 2,500, within 0.5 BLEU of the teacher; TINY at 5,000). kd and cut-kd stop by the same rule.
+# at 2,500, within 0.5 BLEU of the teacher; TINY at 5,000). kd and cut-kd train their whole
+# budget (phase 1's rule) unless a --config sets phase1's plateau_patience.
 DEFAULT_PHASE1 = TrainConfig(max_steps=300, max_tokens=2500, lr=7e-4, warmup=50, eval_every=250,
                              save_every=100, log_every=20, precision="auto")
 DEFAULT_PHASE2 = TrainConfig(max_steps=6000, max_tokens=2500, lr=7e-4, warmup=100, eval_every=250,
