@@ -15,8 +15,9 @@
 #                                                                    and distilled: one schedule, P1+P2 steps)
 #   prune-kd-2ph  --method cut-kd-two-phase --start importance      (that slice on wd's two schedules:
 #                                                                    the warm-up restarts at P1)
-#   kd        wdctl compress --method kd                            (random init, P1+P2 steps, to the cap:
-#                                                                    examples/plateau-kd.yaml, no plateau stop)
+#   kd        wdctl compress --method kd                            (random init, P1+P2 steps to the cap, on
+#                                                                    the teacher's from-scratch schedule:
+#                                                                    examples/plateau-kd.yaml)
 #
 # For the presets in REFIT (default: tiny), wd and prune-kd start from the importance slice with
 # its top decoder layer refitted to the teacher's output (--refit-output, now compress's default):
@@ -78,7 +79,7 @@ for run in ${*:-$RUNS}; do
       'import json, sys; print(json.load(open(sys.argv[1]))["phase2"]["max_steps"])' "$ROOT/$run.run/config.json")" = "$phase2_steps" ]; then
     echo "== $run: done"; continue
   fi
-  config=examples/plateau.yaml; [ "$system" = kd ] && config=examples/plateau-kd.yaml  # kd: to the cap
+  config=examples/plateau.yaml; [ "$system" = kd ] && config=examples/plateau-kd.yaml  # kd: from scratch
   echo "== $run"
   # shellcheck disable=SC2046
   "$WDCTL" compress "$TEACHER" --data "$DATA" --out "$ROOT/$run" --student "$preset" $(system_flags "$system" "$preset") \
