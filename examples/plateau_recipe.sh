@@ -79,11 +79,13 @@ for run in ${*:-$RUNS}; do
       'import json, sys; print(json.load(open(sys.argv[1]))["phase2"]["max_steps"])' "$ROOT/$run.run/config.json")" = "$phase2_steps" ]; then
     echo "== $run: done"; continue
   fi
-  config=examples/plateau.yaml; [ "$system" = kd ] && config=examples/plateau-kd.yaml  # kd: from scratch
+  # kd trains from scratch on its own schedule (examples/plateau-kd.yaml, warm-up included)
+  config=examples/plateau.yaml warmup="--phase1-warmup $PHASE1_WARMUP"
+  [ "$system" = kd ] && config=examples/plateau-kd.yaml warmup=
   echo "== $run"
   # shellcheck disable=SC2046
   "$WDCTL" compress "$TEACHER" --data "$DATA" --out "$ROOT/$run" --student "$preset" $(system_flags "$system" "$preset") \
-    --phase1-steps "$PHASE1_STEPS" --phase2-steps "$phase2_steps" --phase1-warmup "$PHASE1_WARMUP" \
+    --phase1-steps "$PHASE1_STEPS" --phase2-steps "$phase2_steps" $warmup \
     --seed "$seed" --onnx-distill --distill-cache "$ROOT/distill-cache" --eval-sentences "$EVAL_SENTENCES" \
     --no-export --config "$config" --threads "$THREADS"
 done
