@@ -351,7 +351,7 @@ def main() -> None:
             delta = "-" if beam4 is None else f"{beam4:.2f} ({beam4 - teacher['test_bleu_beam4']:+.2f})"
             lines.append(
                 f"| {r['run']} | {r['start']} | {'yes' if r['finished'] else 'training'} | {r['steps']} | {flat} | "
-                f"{cell(r['best_dev_bleu'])} ({r['best_step']}) | {cell(r['steps_to_teacher_minus_2'], '{}')} / "
+                f"{cell(r['best_dev_bleu'])} ({cell(r['best_step'], '{}')}) | {cell(r['steps_to_teacher_minus_2'], '{}')} / "
                 f"{cell(r['steps_to_teacher_minus_1'], '{}')} | {cell(r['test_bleu_beam1'])} | {delta} | "
                 f"{cell(r['probe_step0'], '{:.3f}')} |")
         lines.append("")
