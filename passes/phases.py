@@ -29,7 +29,7 @@ from wdctl.core.runinfo import PeakRSS, available_bytes, release_free_memory, rs
 from wdctl.passes.distributed import Distributed
 from wdctl.passes.marian import freeze_pad_row
 from wdctl.passes.student import StudentSpec
-from wdctl.passes.training import (TrainConfig, checkpoint_dirs, collate, logged_scores, plateaued,
+from wdctl.passes.training import (TrainConfig, checkpoint_dirs, checkpoint_step, collate, logged_scores, plateaued,
                                    sequence_loss, train)
 from wdctl.passes.translate import dev_bleu_evaluator
 
@@ -238,7 +238,7 @@ def trained_steps(phase_dir: Path) -> int:
     if done.is_file():
         return int(json.loads(done.read_text(encoding="utf-8"))["steps"])
     checkpoints = checkpoint_dirs(phase_dir)
-    return int(checkpoints[-1].name.removeprefix("step-")) if checkpoints else 0
+    return checkpoint_step(checkpoints[-1]) if checkpoints else 0
 
 
 def own_outputs(run_dir: Path) -> set[Path]:

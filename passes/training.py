@@ -120,7 +120,7 @@ def logged_scores(log_path: Path, up_to_step: int, key: str = "dev_bleu") -> lis
     return [by_step[s] for s in sorted(by_step)]
 
 
-def check_budget(where: Path, steps: int, cfg: "TrainConfig") -> None:
+def check_budget(where: Path, steps: int, cfg: TrainConfig) -> None:
     """Refuse to go on with a run that has trained more steps than `cfg` asks for: it would not
     be the run asked for."""
     if steps > cfg.max_steps:
@@ -234,6 +234,11 @@ def trainable_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def checkpoint_dirs(run_dir: Path) -> list[Path]:
     return sorted((run_dir / "checkpoints").glob("step-*"))
+
+
+def checkpoint_step(path: Path) -> int:
+    """The step a checkpoint directory (`save_checkpoint`'s step-NNNNNNNN) was saved at."""
+    return int(path.name.removeprefix("step-"))
 
 
 def save_checkpoint(run_dir: Path, model, optimizer, scheduler, stream: BatchStream, step: int,
