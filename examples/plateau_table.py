@@ -12,6 +12,10 @@ shortlisted; and with --no-shortlist in <pkg>-full) and scored in onnxruntime, 1
 beam 4, with the shortlist and without (`--no-shortlist`), and the package's size. Each package's
 figures are cached in it (plateau-onnx.json, with the share of the cores other processes used
 while it was timed): take them with nothing else running (pause the training with SIGSTOP).
+
+A finished run whose directory is gone (a fresh machine keeps only what was committed) keeps the
+row the previous OUT/plateau.json recorded for it, marked "recorded", with the teacher timings its
+speed was measured against; a run directory of the same name replaces it.
 """
 
 from __future__ import annotations
@@ -168,14 +172,30 @@ def run_row(root: Path, run: str, teacher: dict) -> dict:
     }
 
 
+def recorded_rows(previous: Path, live: set[str]) -> list[dict]:
+    """The finished rows of an earlier table whose run directories are gone, as they were recorded."""
+    if not previous.is_file():
+        return []
+    record = json.loads(previous.read_text(encoding="utf-8"))
+    timings = record["teacher"].get("onnx")
+    return [r | {"recorded": True} | ({"teacher_onnx": r.get("teacher_onnx", timings)} if "onnx" in r else {})
+            for r in record["rows"] if r["finished"] and r["run"] not in live]
+
+
+def speed(r: dict, teacher: dict, mode: str, beams: int) -> float:
+    """A run's int8 tokens/s over the teacher's, timed beside it (a recorded row: the timings of its day)."""
+    t = r.get("teacher_onnx", teacher["onnx"])
+    return r["onnx"][mode][f"tok_s_beam{beams}"] / t[mode][f"tok_s_beam{beams}"]
+
+
 def onnx_table(rows: list[dict], teacher: dict) -> list[str]:
     """Finished runs in onnxruntime int8 against the teacher's packages, shortlisted and not."""
     if not rows or "onnx" not in teacher:
         return []
     t = teacher["onnx"]
 
-    def ratio(o: dict, beams: int) -> str:
-        return " / ".join(f"{o[m][f'tok_s_beam{beams}'] / t[m][f'tok_s_beam{beams}']:.2f}" for m in ("sl", "full"))
+    def ratio(r: dict, beams: int) -> str:
+        return " / ".join(f"{speed(r, teacher, m, beams):.2f}" for m in ("sl", "full"))
 
     def busy(o: dict) -> str:
         return f"{max(o[m][f'other_cpu_beam{b}'] for m in ('sl', 'full') for b in (1, 4)):.2f}"
@@ -195,7 +215,7 @@ def onnx_table(rows: list[dict], teacher: dict) -> list[str]:
         sl = o["sl"]
         lines.append(f"| {r['run']} | {r['parameters'] / 1e6:.2f} M | {sl['package_bytes'] / 2**20:.1f} | "
                      f"{sl['bleu_beam1']:.2f} | {sl['bleu_beam4']:.2f} ({sl['bleu_beam4'] - t['sl']['bleu_beam4']:+.2f}) | "
-                     f"{ratio(o, 1)} | {ratio(o, 4)} | {busy(o)} |")
+                     f"{ratio(r, 1)} | {ratio(r, 4)} | {busy(o)} |")
     return lines + [""]
 
 
@@ -222,8 +242,7 @@ def system_stats(rows: list[dict], teacher: dict) -> dict[str, dict]:
         runs = s["runs"]
         s |= {key: mean_range([r[key] for r in runs]) for key in
               ("test_bleu_beam1", "test_bleu_beam4", "steps_to_teacher_minus_2", "best_dev_bleu")}
-        s["speed_beam4"] = mean_range([r["onnx"]["sl"]["tok_s_beam4"] / teacher["onnx"]["sl"]["tok_s_beam4"]
-                                       for r in runs if "onnx" in r and "onnx" in teacher])
+        s["speed_beam4"] = mean_range([speed(r, teacher, "sl", 4) for r in runs if "onnx" in r and "onnx" in teacher])
     return stats
 
 
@@ -320,13 +339,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     runs = sorted(p.name[: -len(".run")] for p in args.root.glob("*-s*.run") if p.is_dir())
-    if not runs:
+    recorded = recorded_rows(args.out / "plateau.json", set(runs))
+    if not runs and not recorded:
         sys.exit(f"{args.root}: no runs of examples/plateau_recipe.sh")
     teacher = teacher_scores(args.teacher, args.data, args.eval_sentences, args.root / "teacher-eval.json")
-    rows = [run_row(args.root, run, teacher) for run in runs]
+    rows = sorted([run_row(args.root, run, teacher) for run in runs] + recorded, key=lambda r: r["run"])
     if args.onnx:
         teacher["onnx"] = onnx_scores(Path(args.teacher), args.root / "teacher.pkg", args.data)
-        for r in (r for r in rows if r["finished"]):
+        for r in (r for r in rows if r["finished"] and not r.get("recorded")):
             r["onnx"] = onnx_scores(args.root / r["run"], args.root / f"{r['run']}.pkg", args.data)
     presets = [p for p in ("small", "tiny") if any(r["preset"] == p for r in rows)]
 
@@ -337,7 +357,9 @@ def main() -> None:
         f"gain above {MIN_GAIN} BLEU over {PATIENCE} evaluations. Teacher: dev {teacher['dev_bleu']:.2f}, test "
         f"{teacher['test_bleu_beam1']:.2f} greedy / {teacher['test_bleu_beam4']:.2f} beam 4 "
         f"({teacher['test_sentences']} test pairs). Test BLEU is PyTorch, all test pairs; a run still training "
-        "shows its curve so far. Minutes are training time (2 threads), summed over resumptions.",
+        "shows its curve so far. Minutes are training time (2 threads), summed over resumptions. Finished "
+        "\"recorded\": the run's directory is gone (a fresh machine); its row is the one the previous plateau.json "
+        "recorded, its speed against the teacher timed beside it then.",
         "",
     ]
     for preset in presets:
@@ -348,9 +370,10 @@ def main() -> None:
         for r in (r for r in rows if r["preset"] == preset):
             flat = "-" if r["plateau_step"] is None else f"{r['plateau_step']} ({r['plateau_minutes']:.0f})"
             beam4 = r["test_bleu_beam4"]
+            finished = "recorded" if r.get("recorded") else "yes" if r["finished"] else "training"
             delta = "-" if beam4 is None else f"{beam4:.2f} ({beam4 - teacher['test_bleu_beam4']:+.2f})"
             lines.append(
-                f"| {r['run']} | {r['start']} | {'yes' if r['finished'] else 'training'} | {r['steps']} | {flat} | "
+                f"| {r['run']} | {r['start']} | {finished} | {r['steps']} | {flat} | "
                 f"{cell(r['best_dev_bleu'])} ({cell(r['best_step'], '{}')}) | {cell(r['steps_to_teacher_minus_2'], '{}')} / "
                 f"{cell(r['steps_to_teacher_minus_1'], '{}')} | {cell(r['test_bleu_beam1'])} | {delta} | "
                 f"{cell(r['probe_step0'], '{:.3f}')} |")
