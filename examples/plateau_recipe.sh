@@ -34,10 +34,12 @@
 # Settings (environment variables):
 #   ROOT=runs/plateau  RESULTS=examples/results/plateau  DATA=examples/data/bible  THREADS=2
 #   PHASE1_STEPS=300  PHASE2_STEPS=3000  PHASE2_STEPS_TINY=6000  PHASE1_WARMUP=50  EVAL_SENTENCES=500
-#   REFIT="tiny"
+#   REFIT="tiny"  PRECISION=fp32 (the first runs trained on an AVX2 CPU, where compress's "auto" is fp32;
+#                                  on a CPU with AVX-512 BF16 "auto" would be bf16 and the seeds would differ)
 #   RUNS="small-wd-s1 small-prune-kd-s1 ... tiny-kd-s1" (the list below)
-# On 2 CPU cores: distilling the 27,928 sources takes 20-60 min once (cached in ROOT/distill-cache);
-# a SMALL step takes 0.7-0.9 s in bf16, a dev evaluation ~20 s.
+# On 2 CPU cores: distilling the 27,928 sources takes 20-60 min once (cached in ROOT/distill-cache).
+# The bundled teacher's distilled set is committed (examples/data/distilled, 2.3 MB gzipped) and seeds
+# that cache, so a fresh machine skips it. A SMALL step takes ~1.0-1.5 s in fp32, a dev evaluation ~20 s.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -52,6 +54,7 @@ PHASE2_STEPS_TINY=${PHASE2_STEPS_TINY:-6000}
 PHASE1_WARMUP=${PHASE1_WARMUP:-50}
 EVAL_SENTENCES=${EVAL_SENTENCES:-500}
 REFIT=${REFIT-tiny}
+PRECISION=${PRECISION:-fp32}
 RUNS=${RUNS:-small-wd-s1 small-prune-kd-s1 small-kd-s1 small-wd-s2 small-prune-kd-s2 small-prune-kd-2ph-s1 tiny-wd-s1 tiny-prune-kd-s1 tiny-kd-s1}
 WDCTL=${WDCTL:-$( [ -x .venv/bin/wdctl ] && echo .venv/bin/wdctl || echo wdctl )}
 PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
@@ -70,7 +73,12 @@ system_flags() {
   esac
 }
 
-mkdir -p "$ROOT" "$RESULTS"
+mkdir -p "$ROOT/distill-cache" "$RESULTS"
+for committed in examples/data/distilled/distilled-*.tsv.gz; do  # the committed distilled set, if it is this one
+  cached="$ROOT/distill-cache/$(basename "${committed%.gz}")"
+  [ -e "$committed" ] && [ ! -e "$cached" ] && gunzip -c "$committed" > "$cached.tmp" && mv "$cached.tmp" "$cached" \
+    && cp "${committed%.tsv.gz}.json" "${cached%.tsv}.json"
+done
 for run in ${*:-$RUNS}; do
   preset=${run%%-*}; rest=${run#*-}; system=${rest%-s*}; seed=${rest##*-s}
   phase2_steps=$PHASE2_STEPS; [ "$preset" = tiny ] && phase2_steps=$PHASE2_STEPS_TINY
@@ -87,7 +95,7 @@ for run in ${*:-$RUNS}; do
   "$WDCTL" compress "$TEACHER" --data "$DATA" --out "$ROOT/$run" --student "$preset" $(system_flags "$system" "$preset") \
     --phase1-steps "$PHASE1_STEPS" --phase2-steps "$phase2_steps" $warmup \
     --seed "$seed" --onnx-distill --distill-cache "$ROOT/distill-cache" --eval-sentences "$EVAL_SENTENCES" \
-    --no-export --config "$config" --threads "$THREADS"
+    --no-export --config "$config" --threads "$THREADS" --precision "$PRECISION"
 done
 
 "$PYTHON" examples/plateau_table.py --teacher "$TEACHER" --data "$DATA" --root "$ROOT" --out "$RESULTS" \
