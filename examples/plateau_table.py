@@ -177,8 +177,9 @@ def recorded_rows(previous: Path, live: set[str]) -> list[dict]:
     if not previous.is_file():
         return []
     record = json.loads(previous.read_text(encoding="utf-8"))
-    timings = record["teacher"].get("onnx")
-    return [r | {"recorded": True} | ({"teacher_onnx": r.get("teacher_onnx", timings)} if "onnx" in r else {})
+    timings, cpu = record["teacher"].get("onnx"), record.get("cpu")
+    return [r | {"recorded": True, "cpu": r.get("cpu", cpu)}
+            | ({"teacher_onnx": r.get("teacher_onnx", timings)} if "onnx" in r else {})
             for r in record["rows"] if r["finished"] and r["run"] not in live]
 
 
@@ -359,7 +360,7 @@ def main() -> None:
         f"({teacher['test_sentences']} test pairs). Test BLEU is PyTorch, all test pairs; a run still training "
         "shows its curve so far. Minutes are training time (2 threads), summed over resumptions. Finished "
         "\"recorded\": the run's directory is gone (a fresh machine); its row is the one the previous plateau.json "
-        "recorded, its speed against the teacher timed beside it then.",
+        "recorded, its speed against the teacher timed beside it then, on the machine its `cpu` names.",
         "",
     ]
     for preset in presets:

@@ -83,13 +83,15 @@ def test_a_finished_run_whose_directory_is_gone_keeps_its_recorded_row(tmp_path)
     rows = [{"run": "small-wd-s1", "finished": True, "onnx": {"sl": {"tok_s_beam4": 250.0}}},
             {"run": "small-kd-s1", "finished": False},  # under way when recorded: trained again from its directory
             {"run": "small-prune-kd-s1", "finished": True, "onnx": {"sl": {"tok_s_beam4": 240.0}}}]
-    (tmp_path / "plateau.json").write_text(json.dumps({"teacher": {"onnx": then}, "rows": rows}))
+    (tmp_path / "plateau.json").write_text(json.dumps({"teacher": {"onnx": then}, "rows": rows, "cpu": {"isa": "avx2"}}))
 
     recorded = table.recorded_rows(tmp_path / "plateau.json", live={"small-prune-kd-s1"})
     assert [r["run"] for r in recorded] == ["small-wd-s1"] and recorded[0]["recorded"]
+    assert recorded[0]["cpu"] == {"isa": "avx2"}  # the machine it was timed on
     now = {"onnx": {"sl": {"tok_s_beam4": 125.0}}}  # the teacher timed again on another day
     assert table.speed(recorded[0], now, "sl", 4) == pytest.approx(2.5)  # against the timing of its own day
-    (tmp_path / "plateau.json").write_text(json.dumps({"teacher": now, "rows": recorded}))
+    (tmp_path / "plateau.json").write_text(json.dumps({"teacher": now, "rows": recorded, "cpu": {"isa": "avx512"}}))
     again = table.recorded_rows(tmp_path / "plateau.json", live=set())
     assert table.speed(again[0], now, "sl", 4) == pytest.approx(2.5)  # kept through a second rebuild
+    assert again[0]["cpu"] == {"isa": "avx2"}
     assert table.recorded_rows(tmp_path / "missing.json", live=set()) == []
