@@ -118,7 +118,7 @@ def package_scores(model_dir: Path, package: Path, data: str, shortlist: bool) -
     test = read_parallel(data, "test")
     sources, refs = [s for s, _ in test], [t for _, t in test]
     translator = PackageTranslator(package, threads=1)
-    scores = {"measured": time.strftime("%Y-%m-%d %H:%M"),
+    scores = {"measured": time.strftime("%Y-%m-%d %H:%M"), "isa_flags": cpu_info()["isa_flags"],
               "package_bytes": sum(f.stat().st_size for f in package.iterdir() if f.is_file())}
     for beams in (1, 4):
         translator.translate(sources[:8], beams=beams, batch_size=1)  # warm-up
@@ -198,6 +198,11 @@ def onnx_table(rows: list[dict], teacher: dict) -> list[str]:
     def ratio(r: dict, beams: int) -> str:
         return " / ".join(f"{speed(r, teacher, m, beams):.2f}" for m in ("sl", "full"))
 
+    def machine(r: dict) -> str:
+        """The widest vector instructions of the CPU the run's package was timed on."""
+        flags = r["onnx"]["sl"].get("isa_flags") or (r.get("cpu") or {}).get("isa_flags", [])
+        return next((f.upper() for f in ("avx512_vnni", "avx512f", "avx2") if f in flags), "-")
+
     def busy(o: dict) -> str:
         return f"{max(o[m][f'other_cpu_beam{b}'] for m in ('sl', 'full') for b in (1, 4)):.2f}"
 
@@ -209,14 +214,15 @@ def onnx_table(rows: list[dict], teacher: dict) -> list[str]:
              f"greedy / beam 4 (without the shortlist {t['full']['tok_s_beam1']:.0f} / {t['full']['tok_s_beam4']:.0f}). "
              f"Busy: the largest share of the cores other processes used while a package was timed (teacher {busy(t)}).", "",
              "| run | parameters | package MiB | test greedy | test beam 4 (Δ teacher) | × teacher greedy "
-             "(sl / full) | × teacher beam 4 (sl / full) | busy |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "(sl / full) | × teacher beam 4 (sl / full) | busy | timed on |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         o = r["onnx"]
         sl = o["sl"]
         lines.append(f"| {r['run']} | {r['parameters'] / 1e6:.2f} M | {sl['package_bytes'] / 2**20:.1f} | "
-                     f"{sl['bleu_beam1']:.2f} | {sl['bleu_beam4']:.2f} ({sl['bleu_beam4'] - t['sl']['bleu_beam4']:+.2f}) | "
-                     f"{ratio(r, 1)} | {ratio(r, 4)} | {busy(o)} |")
+                     f"{sl['bleu_beam1']:.2f} | {sl['bleu_beam4']:.2f} "
+                     f"({sl['bleu_beam4'] - r.get('teacher_onnx', t)['sl']['bleu_beam4']:+.2f}) | "
+                     f"{ratio(r, 1)} | {ratio(r, 4)} | {busy(o)} | {machine(r)} |")
     return lines + [""]
 
 
