@@ -13,9 +13,10 @@ beam 4, with the shortlist and without (`--no-shortlist`), and the package's siz
 figures are cached in it (plateau-onnx.json, with the share of the cores other processes used
 while it was timed): take them with nothing else running (pause the training with SIGSTOP).
 
-A finished run whose directory is gone (a fresh machine keeps only what was committed) keeps the
-row the previous OUT/plateau.json recorded for it, marked "recorded", with the teacher timings its
-speed was measured against; a run directory of the same name replaces it.
+A run whose directory is gone (a fresh machine keeps only what was committed) keeps the row the
+previous OUT/plateau.json recorded for it: a finished one marked "recorded", with the teacher
+timings its speed was measured against, one cut off while training marked "stopped" (its curve so
+far); a run directory of the same name replaces it.
 """
 
 from __future__ import annotations
@@ -173,14 +174,14 @@ def run_row(root: Path, run: str, teacher: dict) -> dict:
 
 
 def recorded_rows(previous: Path, live: set[str]) -> list[dict]:
-    """The finished rows of an earlier table whose run directories are gone, as they were recorded."""
+    """The rows of an earlier table whose run directories are gone, as they were recorded."""
     if not previous.is_file():
         return []
     record = json.loads(previous.read_text(encoding="utf-8"))
     timings, cpu = record["teacher"].get("onnx"), record.get("cpu")
     return [r | {"recorded": True, "cpu": r.get("cpu", cpu)}
             | ({"teacher_onnx": r.get("teacher_onnx", timings)} if "onnx" in r else {})
-            for r in record["rows"] if r["finished"] and r["run"] not in live]
+            for r in record["rows"] if r["run"] not in live]
 
 
 def speed(r: dict, teacher: dict, mode: str, beams: int) -> float:
@@ -365,8 +366,9 @@ def main() -> None:
         f"{teacher['test_bleu_beam1']:.2f} greedy / {teacher['test_bleu_beam4']:.2f} beam 4 "
         f"({teacher['test_sentences']} test pairs). Test BLEU is PyTorch, all test pairs; a run still training "
         "shows its curve so far. Minutes are training time (2 threads), summed over resumptions. Finished "
-        "\"recorded\": the run's directory is gone (a fresh machine); its row is the one the previous plateau.json "
-        "recorded, its speed against the teacher timed beside it then, on the machine its `cpu` names.",
+        "\"recorded\" / \"stopped\": the run's directory is gone (a fresh machine); its row is the one the previous "
+        "plateau.json recorded (finished, its speed against the teacher timed beside it then; or cut off while "
+        "training, its curve so far).",
         "",
     ]
     for preset in presets:
@@ -377,7 +379,8 @@ def main() -> None:
         for r in (r for r in rows if r["preset"] == preset):
             flat = "-" if r["plateau_step"] is None else f"{r['plateau_step']} ({r['plateau_minutes']:.0f})"
             beam4 = r["test_bleu_beam4"]
-            finished = "recorded" if r.get("recorded") else "yes" if r["finished"] else "training"
+            finished = ("recorded" if r["finished"] else "stopped") if r.get("recorded") else \
+                "yes" if r["finished"] else "training"
             delta = "-" if beam4 is None else f"{beam4:.2f} ({beam4 - teacher['test_bleu_beam4']:+.2f})"
             lines.append(
                 f"| {r['run']} | {r['start']} | {finished} | {r['steps']} | {flat} | "

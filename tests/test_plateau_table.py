@@ -1,7 +1,7 @@
 """examples/plateau_table.py on made-up runs: the curve counts steps over both phases, a finished
 run trained on to a larger cap counts as under way until its metrics are rewritten, the
-issue's goals are judged on the mean of the finished seeds, and a finished run whose directory
-is gone keeps the row the previous table recorded."""
+issue's goals are judged on the mean of the finished seeds, and a run whose directory is gone
+keeps the row the previous table recorded."""
 
 from __future__ import annotations
 
@@ -77,16 +77,17 @@ def test_the_goals_are_judged_on_the_mean_of_the_finished_seeds():
         table.goal_lines("tiny", never, teacher))
 
 
-def test_a_finished_run_whose_directory_is_gone_keeps_its_recorded_row(tmp_path):
+def test_a_run_whose_directory_is_gone_keeps_its_recorded_row(tmp_path):
     table = load_table()
     then = {"sl": {"tok_s_beam4": 100.0}}
     rows = [{"run": "small-wd-s1", "finished": True, "onnx": {"sl": {"tok_s_beam4": 250.0}}},
-            {"run": "small-kd-s1", "finished": False},  # under way when recorded: trained again from its directory
+            {"run": "small-kd-s1", "finished": False},  # cut off while training: its curve so far
             {"run": "small-prune-kd-s1", "finished": True, "onnx": {"sl": {"tok_s_beam4": 240.0}}}]
     (tmp_path / "plateau.json").write_text(json.dumps({"teacher": {"onnx": then}, "rows": rows, "cpu": {"isa": "avx2"}}))
 
     recorded = table.recorded_rows(tmp_path / "plateau.json", live={"small-prune-kd-s1"})
-    assert [r["run"] for r in recorded] == ["small-wd-s1"] and recorded[0]["recorded"]
+    assert [r["run"] for r in recorded] == ["small-wd-s1", "small-kd-s1"] and recorded[0]["recorded"]
+    assert not recorded[1]["finished"] and "teacher_onnx" not in recorded[1]
     assert recorded[0]["cpu"] == {"isa": "avx2"}  # the machine it was timed on
     now = {"onnx": {"sl": {"tok_s_beam4": 125.0}}}  # the teacher timed again on another day
     assert table.speed(recorded[0], now, "sl", 4) == pytest.approx(2.5)  # against the timing of its own day
