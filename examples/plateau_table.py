@@ -186,15 +186,15 @@ def recorded_rows(previous: Path, live: set[str]) -> list[dict]:
 
 def speed(r: dict, teacher: dict, mode: str, beams: int) -> float:
     """A run's int8 tokens/s over the teacher's, timed beside it (a recorded row: the timings of its day)."""
-    t = r.get("teacher_onnx", teacher["onnx"])
+    t = r.get("teacher_onnx") or teacher["onnx"]
     return r["onnx"][mode][f"tok_s_beam{beams}"] / t[mode][f"tok_s_beam{beams}"]
 
 
 def onnx_table(rows: list[dict], teacher: dict) -> list[str]:
     """Finished runs in onnxruntime int8 against the teacher's packages, shortlisted and not."""
-    if not rows or "onnx" not in teacher:
+    if not rows:
         return []
-    t = teacher["onnx"]
+    t = teacher.get("onnx") or rows[0]["teacher_onnx"]  # without --onnx: the timings recorded beside a row
 
     def ratio(r: dict, beams: int) -> str:
         return " / ".join(f"{speed(r, teacher, m, beams):.2f}" for m in ("sl", "full"))
@@ -250,7 +250,8 @@ def system_stats(rows: list[dict], teacher: dict) -> dict[str, dict]:
         runs = s["runs"]
         s |= {key: mean_range([r[key] for r in runs]) for key in
               ("test_bleu_beam1", "test_bleu_beam4", "steps_to_teacher_minus_2", "best_dev_bleu")}
-        s["speed_beam4"] = mean_range([speed(r, teacher, "sl", 4) for r in runs if "onnx" in r and "onnx" in teacher])
+        s["speed_beam4"] = mean_range([speed(r, teacher, "sl", 4) for r in runs
+                                       if "onnx" in r and ("teacher_onnx" in r or "onnx" in teacher)])
     return stats
 
 

@@ -95,4 +95,8 @@ def test_a_run_whose_directory_is_gone_keeps_its_recorded_row(tmp_path):
     again = table.recorded_rows(tmp_path / "plateau.json", live=set())
     assert table.speed(again[0], now, "sl", 4) == pytest.approx(2.5)  # kept through a second rebuild
     assert again[0]["cpu"] == {"isa": "avx2"}
+    # a rebuild without --onnx (no teacher timings of its own) still judges the recorded speed
+    stats = table.system_stats([again[0] | {"system": "wd", "test_bleu_beam1": 30.0, "test_bleu_beam4": 31.0,
+                                            "steps_to_teacher_minus_2": None, "best_dev_bleu": 32.0}], {})
+    assert stats["wd"]["speed_beam4"][0] == pytest.approx(2.5)
     assert table.recorded_rows(tmp_path / "missing.json", live=set()) == []
