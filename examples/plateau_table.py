@@ -291,11 +291,17 @@ def goal_lines(preset: str, stats: dict[str, dict], teacher: dict) -> list[str]:
             line += f", at ≥ {TINY_SPEED:.0f}x the teacher's int8 tokens/s: {'-' if speed is None else f'{speed:.2f}x'}"
             ok = ok and speed is not None and speed >= TINY_SPEED
         lines.append(f"{line}): {verdict(ok)}")
+    def missing(system: str) -> int:
+        """Finished seeds of `system` that never reached teacher − 2 (the mean leaves them out)."""
+        return sum(r["steps_to_teacher_minus_2"] is None for r in stats.get(system, {}).get("runs", []))
+
     wd_steps, prune_steps = mean("wd", "steps_to_teacher_minus_2"), mean("prune-kd", "steps_to_teacher_minus_2")
     if wd_steps and prune_steps:
         ratio = wd_steps / prune_steps
+        never = "".join(f"; {s}: {missing(s)} of {seeds(s)} seeds never reached it" for s in ("wd", "prune-kd")
+                        if missing(s))
         lines.append(f"- steps to teacher − 2, wd / prune-kd: {wd_steps:.0f} / {prune_steps:.0f} = {ratio:.2f}x "
-                     f"(goal ≤ {STEPS_RATIO}x): {verdict(ratio <= STEPS_RATIO)}")
+                     f"(goal ≤ {STEPS_RATIO}x{never}): {verdict(ratio <= STEPS_RATIO and not missing('wd'))}")
     elif "wd" in stats and wd_steps is None:
         lines.append(f"- steps to teacher − 2: wd did not reach it (best dev {mean('wd', 'best_dev_bleu'):.2f}, "
                      f"teacher − 2 = {teacher['dev_bleu'] - 2:.2f}): {verdict(False)}")

@@ -72,6 +72,11 @@ def test_the_goals_are_judged_on_the_mean_of_the_finished_seeds():
     assert "wd − prune-kd, test beam 4: +0.70 (goal ≥ +0.5, mean of two seeds; seeds: 2 / 2): **met**" in goals
     assert "wd − kd, test beam 4: +5.60" in goals and "open until both have two seeds" in goals
     assert "**missed**" in "\n".join(table.goal_lines("small", stats, teacher))  # -1.40 against SMALL's -0.5
+    # a wd seed that never reaches teacher − 2 fails the goal, whatever the others' mean
+    some = table.system_stats([row("wd", 1, 35.4, 500, 450.0), row("wd", 2, 35.8, None, 430.0),
+                               row("prune-kd", 1, 35.0, 2000, 440.0)], teacher)
+    assert ("500 / 2000 = 0.25x (goal ≤ 0.7x; wd: 1 of 2 seeds never reached it): **missed**"
+            in "\n".join(table.goal_lines("tiny", some, teacher)))
     never = table.system_stats([row("wd", 1, 35.0, None, 450.0)], teacher)
     assert "wd did not reach it (best dev 36.00, teacher − 2 = 36.00): **missed**" in "\n".join(
         table.goal_lines("tiny", never, teacher))
