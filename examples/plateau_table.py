@@ -222,7 +222,7 @@ def onnx_table(rows: list[dict], teacher: dict) -> list[str]:
         sl = o["sl"]
         lines.append(f"| {r['run']} | {r['parameters'] / 1e6:.2f} M | {sl['package_bytes'] / 2**20:.1f} | "
                      f"{sl['bleu_beam1']:.2f} | {sl['bleu_beam4']:.2f} "
-                     f"({sl['bleu_beam4'] - r.get('teacher_onnx', t)['sl']['bleu_beam4']:+.2f}) | "
+                     f"({sl['bleu_beam4'] - (r.get('teacher_onnx') or t)['sl']['bleu_beam4']:+.2f}) | "
                      f"{ratio(r, 1)} | {ratio(r, 4)} | {busy(o)} | {machine(r)} |")
     return lines + [""]
 
@@ -286,11 +286,12 @@ def goal_lines(preset: str, stats: dict[str, dict], teacher: dict) -> list[str]:
         gap = wd_beam4 - teacher["test_bleu_beam4"]
         line = f"- wd − teacher, test beam 4: {gap:+.2f} (goal ≥ {WD_GAP[preset]:+.1f}"
         ok = gap >= WD_GAP[preset]
-        speed = mean("wd", "speed_beam4")
+        wd_speed = mean("wd", "speed_beam4")
         if preset == "tiny":
-            line += f", at ≥ {TINY_SPEED:.0f}x the teacher's int8 tokens/s: {'-' if speed is None else f'{speed:.2f}x'}"
-            ok = ok and speed is not None and speed >= TINY_SPEED
+            line += f", at ≥ {TINY_SPEED:.0f}x the teacher's int8 tokens/s: {'-' if wd_speed is None else f'{wd_speed:.2f}x'}"
+            ok = ok and wd_speed is not None and wd_speed >= TINY_SPEED
         lines.append(f"{line}): {verdict(ok)}")
+
     def missing(system: str) -> int:
         """Finished seeds of `system` that never reached teacher − 2 (the mean leaves them out)."""
         return sum(r["steps_to_teacher_minus_2"] is None for r in stats.get(system, {}).get("runs", []))
