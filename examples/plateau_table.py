@@ -184,17 +184,22 @@ def recorded_rows(previous: Path, live: set[str]) -> list[dict]:
             for r in record["rows"] if r["run"] not in live]
 
 
+def teacher_timings(r: dict, teacher: dict) -> dict | None:
+    """The teacher's int8 figures a run's package is compared with: those timed beside it (a
+    recorded row: the timings of its day), else this table's (--onnx)."""
+    return r.get("teacher_onnx") or teacher.get("onnx")
+
+
 def speed(r: dict, teacher: dict, mode: str, beams: int) -> float:
-    """A run's int8 tokens/s over the teacher's, timed beside it (a recorded row: the timings of its day)."""
-    t = r.get("teacher_onnx") or teacher["onnx"]
-    return r["onnx"][mode][f"tok_s_beam{beams}"] / t[mode][f"tok_s_beam{beams}"]
+    """A run's int8 tokens/s over the teacher's."""
+    return r["onnx"][mode][f"tok_s_beam{beams}"] / teacher_timings(r, teacher)[mode][f"tok_s_beam{beams}"]
 
 
 def onnx_table(rows: list[dict], teacher: dict) -> list[str]:
     """Finished runs in onnxruntime int8 against the teacher's packages, shortlisted and not."""
     if not rows:
         return []
-    t = teacher.get("onnx") or rows[0]["teacher_onnx"]  # without --onnx: the timings recorded beside a row
+    t = teacher.get("onnx") or teacher_timings(rows[0], teacher)  # the header: this table's, else a recorded row's
 
     def ratio(r: dict, beams: int) -> str:
         return " / ".join(f"{speed(r, teacher, m, beams):.2f}" for m in ("sl", "full"))
@@ -222,7 +227,7 @@ def onnx_table(rows: list[dict], teacher: dict) -> list[str]:
         sl = o["sl"]
         lines.append(f"| {r['run']} | {r['parameters'] / 1e6:.2f} M | {sl['package_bytes'] / 2**20:.1f} | "
                      f"{sl['bleu_beam1']:.2f} | {sl['bleu_beam4']:.2f} "
-                     f"({sl['bleu_beam4'] - (r.get('teacher_onnx') or t)['sl']['bleu_beam4']:+.2f}) | "
+                     f"({sl['bleu_beam4'] - teacher_timings(r, teacher)['sl']['bleu_beam4']:+.2f}) | "
                      f"{ratio(r, 1)} | {ratio(r, 4)} | {busy(o)} | {machine(r)} |")
     return lines + [""]
 
@@ -251,7 +256,7 @@ def system_stats(rows: list[dict], teacher: dict) -> dict[str, dict]:
         s |= {key: mean_range([r[key] for r in runs]) for key in
               ("test_bleu_beam1", "test_bleu_beam4", "steps_to_teacher_minus_2", "best_dev_bleu")}
         s["speed_beam4"] = mean_range([speed(r, teacher, "sl", 4) for r in runs
-                                       if "onnx" in r and ("teacher_onnx" in r or "onnx" in teacher)])
+                                       if "onnx" in r and teacher_timings(r, teacher)])
     return stats
 
 
