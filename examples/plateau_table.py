@@ -13,6 +13,11 @@ beam 4, with the shortlist and without (`--no-shortlist`), and the package's siz
 figures are cached in it (plateau-onnx.json, with the share of the cores other processes used
 while it was timed): take them with nothing else running (pause the training with SIGSTOP).
 
+A run whose final student is the mean of its last checkpoints (phase 2's `average_last`, in
+examples/plateau.yaml from session 20 on) is scored twice: its last checkpoint alone (the figure
+that compares with the runs that kept only the last; cached in ROOT/<run>.run/last-checkpoint-test.json)
+and the averaged student compress wrote (its metrics.json; the one --onnx exports).
+
 A run whose directory is gone (a fresh machine keeps only what was committed) keeps the row the
 previous OUT/plateau.json recorded for it: a finished one marked "recorded", with the teacher
 timings its speed was measured against, one cut off while training marked "stopped" (its curve so
@@ -34,7 +39,7 @@ from wdctl.core.corpus import read_parallel
 from wdctl.core.metrics import bleu, score_bleu
 from wdctl.core.runinfo import cpu_info, versions, write_json
 from wdctl.passes.marian import load_marian
-from wdctl.passes.training import plateaued
+from wdctl.passes.training import checkpoint_dirs, load_trainable, plateaued
 from wdctl.passes.translate import dev_bleu_evaluator, translate_torch
 
 PHASE_ORDER = ("phase1", "phase2", "train")  # wd runs phase1 then phase2; kd and prune-kd one "train"
@@ -53,12 +58,32 @@ def teacher_scores(teacher_dir: str, data: str, eval_sentences: int, cache: Path
     model, tokenizer = load_marian(teacher_dir)
     dev = read_parallel(data, "dev")[:eval_sentences]
     test = read_parallel(data, "test")
+    scores = {"dev_bleu": dev_bleu_evaluator(tokenizer, dev, beams=1)(model)["dev_bleu"],  # as the curves score
+              "dev_sentences": len(dev), "test_sentences": len(test), **test_scores(model, tokenizer, test)}
+    write_json(cache, scores)
+    return scores
 
+
+def test_scores(model, tokenizer, test: list) -> dict:
+    """Test BLEU in PyTorch, greedy and beam 4, as compress scores its student."""
     def translate(sentences: list[str], beams: int) -> list[str]:
         return translate_torch(model, tokenizer, sentences, beams=beams, batch_size=64, progress=True)
 
-    scores = {"dev_bleu": dev_bleu_evaluator(tokenizer, dev, beams=1)(model)["dev_bleu"],  # as the curves score
-              "dev_sentences": len(dev), "test_sentences": len(test), **score_bleu(translate, test, [1, 4], "test")}
+    return score_bleu(translate, test, [1, 4], "test")
+
+
+def last_checkpoint_scores(root: Path, run: str, data: str) -> dict:
+    """Test BLEU of a finished run's last checkpoint alone (its student is the mean of several)."""
+    run_dir = root / f"{run}.run"
+    last_phase = [run_dir / p for p in PHASE_ORDER if (run_dir / p / "done.json").is_file()][-1]
+    checkpoint = checkpoint_dirs(last_phase)[-1]
+    cache = run_dir / "last-checkpoint-test.json"
+    name = str(checkpoint.relative_to(run_dir))
+    if cache.is_file() and (cached := json.loads(cache.read_text(encoding="utf-8")))["checkpoint"] == name:
+        return cached
+    model, tokenizer = load_marian(root / run)
+    load_trainable(model, checkpoint)
+    scores = {"checkpoint": name, **test_scores(model, tokenizer, read_parallel(data, "test"))}
     write_json(cache, scores)
     return scores
 
@@ -140,7 +165,7 @@ def onnx_scores(model_dir: Path, package: Path, data: str) -> dict:
             "full": package_scores(model_dir, package.with_name(package.name + "-full"), data, shortlist=False)}
 
 
-def run_row(root: Path, run: str, teacher: dict) -> dict:
+def run_row(root: Path, run: str, teacher: dict, data: str) -> dict:
     run_dir = root / f"{run}.run"
     preset, rest = run.split("-", 1)
     system, seed = rest.rsplit("-s", 1)
@@ -149,11 +174,15 @@ def run_row(root: Path, run: str, teacher: dict) -> dict:
     m = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.is_file() else {}
     # a finished run trained on to a larger cap is under way again until its metrics are rewritten
     finished = bool(m) and bool(points) and sum(p["steps"] for p in m["phases"].values()) == points[-1]["step"]
-    tested = m if finished else {}
-    flat = plateau_point(points)
-    best = max(points, key=lambda p: p["dev_bleu"]) if points else None
     config_path = run_dir / "config.json"
     config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
+    average_last = config.get("phase2", {}).get("average_last", 1)
+    tested = m if finished else {}
+    averaged = {}
+    if finished and average_last > 1:
+        tested, averaged = last_checkpoint_scores(root, run, data), tested
+    flat = plateau_point(points)
+    best = max(points, key=lambda p: p["dev_bleu"]) if points else None
     start = "random" if config.get("method") == "kd" else config.get("start", "-")
     if config.get("refit_output"):
         start += " + refit"
@@ -167,6 +196,8 @@ def run_row(root: Path, run: str, teacher: dict) -> dict:
         "steps_to_teacher_minus_2": first_step(points, teacher["dev_bleu"] - 2),
         "steps_to_teacher_minus_1": first_step(points, teacher["dev_bleu"] - 1),
         "test_bleu_beam1": tested.get("test_bleu_beam1"), "test_bleu_beam4": tested.get("test_bleu_beam4"),
+        "average_last": average_last, "averaged_test_bleu_beam1": averaged.get("test_bleu_beam1"),
+        "averaged_test_bleu_beam4": averaged.get("test_bleu_beam4"),
         "probe_step0": next((p.get("probe_loss_before") for p in m.get("phases", {}).values()),
                             probes[0] if probes else None),
         "curve": points,
@@ -225,10 +256,28 @@ def onnx_table(rows: list[dict], teacher: dict) -> list[str]:
     for r in rows:
         o = r["onnx"]
         sl = o["sl"]
-        lines.append(f"| {r['run']} | {r['parameters'] / 1e6:.2f} M | {sl['package_bytes'] / 2**20:.1f} | "
+        name = r["run"] + (f" (mean of last {r['average_last']})" if r.get("average_last", 1) > 1 else "")
+        lines.append(f"| {name} | {r['parameters'] / 1e6:.2f} M | {sl['package_bytes'] / 2**20:.1f} | "
                      f"{sl['bleu_beam1']:.2f} | {sl['bleu_beam4']:.2f} "
                      f"({sl['bleu_beam4'] - teacher_timings(r, teacher)['sl']['bleu_beam4']:+.2f}) | "
                      f"{ratio(r, 1)} | {ratio(r, 4)} | {busy(o)} | {machine(r)} |")
+    return lines + [""]
+
+
+def averaging_table(rows: list[dict]) -> list[str]:
+    """Finished runs whose student is the mean of their last checkpoints, against the last alone."""
+    rows = [r for r in rows if r.get("averaged_test_bleu_beam4") is not None]
+    if not rows:
+        return []
+    lines = ["The mean of the last checkpoints (100 steps apart; the student compress writes) against the last "
+             "checkpoint alone (the figure in the tables above), test BLEU, PyTorch:", "",
+             "| run | checkpoints | last: greedy / beam 4 | mean: greedy / beam 4 | Δ greedy / beam 4 |",
+             "|---|---:|---:|---:|---:|"]
+    for r in rows:
+        last = [r[f"test_bleu_beam{b}"] for b in (1, 4)]
+        mean = [r[f"averaged_test_bleu_beam{b}"] for b in (1, 4)]
+        lines.append(f"| {r['run']} | {r['average_last']} | {last[0]:.2f} / {last[1]:.2f} | {mean[0]:.2f} / "
+                     f"{mean[1]:.2f} | {mean[0] - last[0]:+.2f} / {mean[1] - last[1]:+.2f} |")
     return lines + [""]
 
 
@@ -364,7 +413,7 @@ def main() -> None:
     if not runs and not recorded:
         sys.exit(f"{args.root}: no runs of examples/plateau_recipe.sh")
     teacher = teacher_scores(args.teacher, args.data, args.eval_sentences, args.root / "teacher-eval.json")
-    rows = sorted([run_row(args.root, run, teacher) for run in runs] + recorded, key=lambda r: r["run"])
+    rows = sorted([run_row(args.root, run, teacher, args.data) for run in runs] + recorded, key=lambda r: r["run"])
     if args.onnx:
         teacher["onnx"] = onnx_scores(Path(args.teacher), args.root / "teacher.pkg", args.data)
         for r in (r for r in rows if r["finished"] and not r.get("recorded")):
@@ -403,6 +452,7 @@ def main() -> None:
         lines.append("")
         stats = system_stats([r for r in rows if r["preset"] == preset], teacher)
         lines += systems_table(stats) + goal_lines(preset, stats, teacher)
+        lines += averaging_table([r for r in rows if r["preset"] == preset])
         lines += onnx_table([r for r in rows if r["preset"] == preset and "onnx" in r], teacher)
     lines += ["![dev BLEU against steps](curves.png)", "",
               f"Made by `python examples/plateau_table.py --root {args.root} --out {args.out}{' --onnx' if args.onnx else ''}` from the runs of "

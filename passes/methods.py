@@ -42,9 +42,11 @@ START_FILE = "start.safetensors"  # in the run directory: the computed start, re
 def baseline_config(phase1: TrainConfig, phase2: TrainConfig) -> TrainConfig:
     """The kd / cut-kd schedule: phase 1's schedule with the budget of both phases. It keeps
     phase 1's stopping rule (none by default): a random-init student's dev BLEU stays flat for
-    its first ~2,000 steps here, which phase 2's plateau rule would read as its plateau."""
+    its first ~2,000 steps here, which phase 2's plateau rule would read as its plateau. Its
+    final student is averaged over phase 2's `average_last` checkpoints, as every method's is."""
     minutes = phase1.max_minutes + phase2.max_minutes if phase1.max_minutes and phase2.max_minutes else 0.0
-    return replace(phase1, max_steps=phase1.max_steps + phase2.max_steps, max_minutes=minutes)
+    return replace(phase1, max_steps=phase1.max_steps + phase2.max_steps, max_minutes=minutes,
+                   average_last=phase2.average_last)
 
 
 def run_wd(job: Job) -> nn.Module:

@@ -461,9 +461,10 @@ def test_distill_sentences_translates_a_prefix_and_trains_on_every_original(cli,
 
 
 def test_the_baselines_train_both_budgets_on_phase_1s_schedule_and_stopping_rule():
+    """...and average their final student as phase 2 (the final student of wd) says."""
     from wdctl.passes.methods import baseline_config
     from wdctl.passes.training import TrainConfig
 
     cfg = baseline_config(TrainConfig(max_steps=300, lr=7e-4, warmup=50),
-                          TrainConfig(max_steps=6000, lr=1e-4, warmup=100, plateau_patience=4))
-    assert (cfg.max_steps, cfg.lr, cfg.warmup, cfg.plateau_patience) == (6300, 7e-4, 50, 0)
+                          TrainConfig(max_steps=6000, lr=1e-4, warmup=100, plateau_patience=4, average_last=5))
+    assert (cfg.max_steps, cfg.lr, cfg.warmup, cfg.plateau_patience, cfg.average_last) == (6300, 7e-4, 50, 0, 5)

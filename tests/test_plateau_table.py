@@ -1,12 +1,14 @@
 """examples/plateau_table.py on made-up runs: the curve counts steps over both phases, a finished
 run trained on to a larger cap counts as under way until its metrics are rewritten, the
 issue's goals are judged on the mean of the finished seeds, and a run whose directory is gone
-keeps the row the previous table recorded."""
+keeps the row the previous table recorded; a run whose student is the mean of its last
+checkpoints is scored on its last checkpoint alone as well."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -38,14 +40,14 @@ def test_a_run_trained_on_is_under_way_until_its_metrics_are_rewritten(tmp_path)
     (run / "metrics.json").write_text(json.dumps(metrics))
     teacher = {"dev_bleu": 32.0}
 
-    row = table.run_row(tmp_path, "tiny-wd-s1", teacher)
+    row = table.run_row(tmp_path, "tiny-wd-s1", teacher, "unused")
     assert [p["step"] for p in row["curve"]] == [300, 550, 800]  # phase 2 counted after phase 1's 300
     assert row["curve"][-1]["train_minutes"] == 20.0
     assert row["finished"] and row["test_bleu_beam4"] == 30.5
     assert row["steps_to_teacher_minus_2"] == 550 and row["steps_to_teacher_minus_1"] == 800
 
     write_log(run / "phase2" / "log.jsonl", [{"step": 750, "loss": 2.8, "seconds": 900.0}, {"step": 750, "dev_bleu": 31.5}])
-    row = table.run_row(tmp_path, "tiny-wd-s1", teacher)
+    row = table.run_row(tmp_path, "tiny-wd-s1", teacher, "unused")
     assert not row["finished"] and row["test_bleu_beam4"] is None and row["steps"] == 1050
 
 
@@ -105,3 +107,43 @@ def test_a_run_whose_directory_is_gone_keeps_its_recorded_row(tmp_path):
                                             "steps_to_teacher_minus_2": None, "best_dev_bleu": 32.0}], {})
     assert stats["wd"]["speed_beam4"][0] == pytest.approx(2.5)
     assert table.recorded_rows(tmp_path / "missing.json", live=set()) == []
+
+
+def test_an_averaged_run_is_compared_on_its_last_checkpoint_and_shows_the_mean_beside_it(
+        tmp_path, monkeypatch, tiny_teacher_dir):
+    import torch
+    from safetensors.torch import save_file
+
+    from wdctl.passes.marian import load_marian
+
+    table = load_table()
+    shutil.copytree(tiny_teacher_dir, tmp_path / "small-prune-kd-s2")  # the averaged student compress wrote
+    run = tmp_path / "small-prune-kd-s2.run"
+    write_log(run / "train" / "log.jsonl", [{"step": 250, "loss": 3.0, "seconds": 300.0}, {"step": 250, "dev_bleu": 30.0}])
+    (run / "train" / "done.json").write_text(json.dumps({"steps": 250}))
+    model, _ = load_marian(tiny_teacher_dir)
+    last = {name: p.detach() + 1.0 for name, p in model.named_parameters() if p.requires_grad}  # the last differs
+    for step in (150, 250):
+        (run / "train" / "checkpoints" / f"step-{step:08d}").mkdir(parents=True)
+        save_file({k: v.contiguous() for k, v in last.items()},
+                  str(run / "train" / "checkpoints" / f"step-{step:08d}" / "trainable.safetensors"))
+    (run / "config.json").write_text(json.dumps({"method": "cut-kd", "start": "importance", "phase2": {"average_last": 5}}))
+    (run / "metrics.json").write_text(json.dumps({"student_parameters": 1000, "test_bleu_beam1": 31.0, "test_bleu_beam4": 32.0,
+                                                  "phases": {"train": {"steps": 250}}}))
+    scored = []
+
+    def fake_scores(model, tokenizer, test):
+        scored.append(next(model.parameters()).detach().clone())
+        return {"test_bleu_beam1": 30.0, "test_bleu_beam4": 31.5}
+
+    monkeypatch.setattr(table, "test_scores", fake_scores)
+    monkeypatch.setattr(table, "read_parallel", lambda data, split: [])
+    row = table.run_row(tmp_path, "small-prune-kd-s2", {"dev_bleu": 40.0}, "data")
+    assert torch.equal(scored[0], next(iter(last.values())))  # scored with the last checkpoint's weights
+    assert (row["test_bleu_beam4"], row["averaged_test_bleu_beam4"], row["average_last"]) == (31.5, 32.0, 5)
+    cache = json.loads((run / "last-checkpoint-test.json").read_text())
+    assert cache["checkpoint"] == "train/checkpoints/step-00000250"
+    table.run_row(tmp_path, "small-prune-kd-s2", {"dev_bleu": 40.0}, "data")
+    assert len(scored) == 1  # cached
+    lines = "\n".join(table.averaging_table([row | {"preset": "small"}]))
+    assert "| small-prune-kd-s2 | 5 | 30.00 / 31.50 | 31.00 / 32.00 | +1.00 / +0.50 |" in lines

@@ -281,3 +281,15 @@ class _Finite(nn.Module):
 
     def forward(self, input_ids, attention_mask, decoder_input_ids):
         return type("Out", (), {"logits": self.proj(decoder_input_ids)})
+
+
+def test_average_last_keeps_that_many_checkpoints_and_ends_at_their_mean(tmp_path):
+    examples = [([3, 4, 0], [5, 6, 0])] * 8
+    cfg = TrainConfig(max_steps=12, max_tokens=6, warmup=1, lr=0.05, save_every=2, average_last=3)
+    model = _Finite()
+    train(model, examples, cfg, tmp_path, pad_id=19, start_id=19)
+    kept = sorted((tmp_path / "checkpoints").glob("step-*"))
+    assert [p.name for p in kept] == ["step-00000008", "step-00000010", "step-00000012"]
+    weights = [load_file(str(p / "trainable.safetensors"))["proj.weight"] for p in kept]
+    assert not torch.equal(weights[0], weights[-1])  # the mean is not just the last checkpoint
+    assert torch.allclose(model.proj.weight, sum(weights) / 3, atol=1e-6)
