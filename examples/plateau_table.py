@@ -60,12 +60,12 @@ def teacher_scores(teacher_dir: str, data: str, eval_sentences: int, cache: Path
     dev = read_parallel(data, "dev")[:eval_sentences]
     test = read_parallel(data, "test")
     scores = {"dev_bleu": dev_bleu_evaluator(tokenizer, dev, beams=1)(model)["dev_bleu"],  # as the curves score
-              "dev_sentences": len(dev), "test_sentences": len(test), **test_scores(model, tokenizer, test)}
+              "dev_sentences": len(dev), "test_sentences": len(test), **bleu_on_test(model, tokenizer, test)}
     write_json(cache, scores)
     return scores
 
 
-def test_scores(model, tokenizer, test: list) -> dict:
+def bleu_on_test(model, tokenizer, test: list) -> dict:
     """Test BLEU in PyTorch, greedy and beam 4, as compress scores its student."""
     def translate(sentences: list[str], beams: int) -> list[str]:
         return translate_torch(model, tokenizer, sentences, beams=beams, batch_size=64, progress=True)
@@ -84,7 +84,7 @@ def last_checkpoint_scores(root: Path, run: str, data: str) -> dict:
         return cached
     model, tokenizer = load_marian(root / run)
     load_trainable(model, checkpoint)
-    scores = {"checkpoint": name, **test_scores(model, tokenizer, read_parallel(data, "test"))}
+    scores = {"checkpoint": name, **bleu_on_test(model, tokenizer, read_parallel(data, "test"))}
     write_json(cache, scores)
     return scores
 
@@ -178,10 +178,9 @@ def run_row(root: Path, run: str, teacher: dict, data: str) -> dict:
     config_path = run_dir / "config.json"
     config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
     average_last = config.get("phase2", {}).get("average_last", 1)
-    tested = m if finished else {}
-    averaged = {}
-    if finished and average_last > 1:
-        tested, averaged = last_checkpoint_scores(root, run, data), tested
+    tested, averaged = (m if finished else {}), {}
+    if finished and average_last > 1:  # compared on its last checkpoint, as the runs that kept only that; the mean beside
+        tested, averaged = last_checkpoint_scores(root, run, data), m
     flat = plateau_point(points)
     best = max(points, key=lambda p: p["dev_bleu"]) if points else None
     start = "random" if config.get("method") == "kd" else config.get("start", "-")

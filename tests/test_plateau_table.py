@@ -140,7 +140,7 @@ def test_an_averaged_run_is_compared_on_its_last_checkpoint_and_shows_the_mean_b
         scored.append(next(model.parameters()).detach().clone())
         return {"test_bleu_beam1": 30.0, "test_bleu_beam4": 31.5}
 
-    monkeypatch.setattr(table, "test_scores", fake_scores)
+    monkeypatch.setattr(table, "bleu_on_test", fake_scores)
     monkeypatch.setattr(table, "read_parallel", lambda data, split: [])
     row = table.run_row(tmp_path, "small-prune-kd-s2", {"dev_bleu": 40.0}, "data")
     assert torch.equal(scored[0], next(iter(last.values())))  # scored with the last checkpoint's weights
