@@ -164,7 +164,9 @@ def run_phase(job: Job, name: str, build: Callable[[], nn.Module], cfg: TrainCon
         before = _step0_probe(job, phase_dir, model, cfg)
         result = train(model, job.examples, cfg, phase_dir, pad_id=job.pad_id, start_id=job.start_id,
                        evaluate=_dev_evaluator(job, to_marian),
-                       teacher=job.teacher if cfg.kd_weight > 0 else None, desc=f"{job.method}:{name}")
+                       teacher=job.teacher if cfg.needs_teacher else None,
+                       hidden_keep=job.plan.decoder_residual_start(job.start) if cfg.hidden_weight > 0 else None,
+                       desc=f"{job.method}:{name}")
         after = probe_loss(model, job.probe, job.pad_id, job.start_id, cfg.label_smoothing)
         student = finish(model).to("cpu")  # train() may have moved it to --device
         if student is not model:
@@ -225,9 +227,12 @@ def jsonable(value):
 def resumable(fingerprint: dict) -> dict:
     """The part of a run's fingerprint a resumption must match: all of it, except phase 2's step
     budget when both phases decay with inverse-sqrt (their schedules do not depend on it; the
-    baselines' one phase follows phase 1's schedule for both budgets)."""
-    phases = [fingerprint.get(name) or {} for name in ("phase1", "phase2")]
-    if any(phase.get("schedule", "inverse-sqrt") != "inverse-sqrt" for phase in phases):
+    baselines' one phase follows phase 1's schedule for both budgets). A training option the
+    run's config.json lacks (one wdctl gained after the run started) reads as its default."""
+    defaults = jsonable(schedule_fingerprint(TrainConfig()))
+    phases = [{**defaults, **(fingerprint.get(name) or {})} for name in ("phase1", "phase2")]
+    fingerprint = {**fingerprint, "phase1": phases[0], "phase2": phases[1]}
+    if any(phase["schedule"] != "inverse-sqrt" for phase in phases):
         return fingerprint
     return {**fingerprint, "phase2": {k: v for k, v in phases[1].items() if k != "max_steps"}}
 

@@ -52,6 +52,9 @@ class TrainConfig:
     clip_norm: float = 0.0  # 0 = no clipping
     label_smoothing: float = 0.1
     kd_weight: float = 0.0  # weight of the word-level KL term to the teacher (needs a teacher)
+    # weight of the intermediate-state loss: the student's last decoder state against the
+    # teacher's at the residual coordinates the student keeps (`state_loss`; needs a teacher)
+    hidden_weight: float = 0.0
     eval_every: int = 1000
     save_every: int = 500
     log_every: int = 50
@@ -68,6 +71,10 @@ class TrainConfig:
     plateau_patience: int = 0
     plateau_min_gain: float = 0.2
 
+    @property
+    def needs_teacher(self) -> bool:
+        return self.kd_weight > 0 or self.hidden_weight > 0
+
     def validate(self) -> "TrainConfig":
         positive = ("max_steps", "max_tokens", "accum", "warmup", "eval_every", "save_every", "log_every", "average_last")
         for name in positive:
@@ -77,6 +84,8 @@ class TrainConfig:
             raise InputError("training options: plateau_patience and plateau_min_gain must be >= 0")
         if self.lr <= 0 or not 0 <= self.label_smoothing < 1 or not 0 <= self.kd_weight <= 1:
             raise InputError("training options: lr must be > 0, label_smoothing in [0, 1), kd_weight in [0, 1]")
+        if not (self.hidden_weight >= 0 and math.isfinite(self.hidden_weight)):
+            raise InputError(f"training option hidden_weight must be a finite number >= 0, got {self.hidden_weight}")
         if self.schedule not in SCHEDULES:
             raise InputError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if self.precision not in PRECISIONS:
@@ -130,7 +139,7 @@ def check_budget(where: Path, steps: int, cfg: TrainConfig) -> None:
 
 # Options that change what a resumed run computes; the others (step budget, logging) may change.
 RESUME_MUST_MATCH = ("max_tokens", "accum", "lr", "warmup", "adam_betas", "weight_decay", "clip_norm",
-                     "label_smoothing", "kd_weight", "seed", "schedule")
+                     "label_smoothing", "kd_weight", "hidden_weight", "seed", "schedule")
 
 
 class TrainingInterrupted(WdctlError):
@@ -224,6 +233,18 @@ def sequence_loss(logits, labels, label_smoothing, kd_weight=0.0, teacher_logits
     teacher_logp = F.log_softmax(teacher_logits.view(-1, vocab)[mask].float(), dim=-1)
     kl = F.kl_div(student_logp, teacher_logp, log_target=True, reduction="sum")
     return (1 - kd_weight) * ce + kd_weight * kl
+
+
+def state_loss(student_state, teacher_state, labels, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """Summed over target tokens: the mean squared difference between the student's last decoder
+    state and the teacher's at `keep` (the teacher residual coordinates the student's decoder
+    keeps; None: the same width). Minitron adds such a loss when depth is cut hard; the output
+    refit starts TINY's one decoder layer at exactly this target."""
+    mask = labels != -100
+    target = teacher_state[mask].float()
+    if keep is not None:
+        target = target[:, keep.to(target.device)]
+    return F.mse_loss(student_state[mask].float(), target, reduction="none").mean(-1).sum()
 
 
 # --- checkpoints -------------------------------------------------------------------------------
@@ -362,17 +383,21 @@ def train(
     start_id: int,
     evaluate: Callable[[nn.Module], dict] | None = None,
     teacher: nn.Module | None = None,
+    hidden_keep: torch.Tensor | None = None,
     desc: str = "train",
 ) -> TrainResult:
     """Train `model` in place on `examples`; resume from `run_dir/checkpoints` if present.
+
+    `hidden_keep`: the teacher residual coordinates the student's decoder keeps, for
+    `cfg.hidden_weight` (None: the same width).
 
     Under `torchrun` every rank walks the same batch stream and takes every world-th
     micro-batch of a step, so the global batch (and the checkpoint) does not depend on the
     world size; `accum` must be a multiple of it. Rank 0 alone writes and evaluates.
     """
     cfg = cfg.validate()
-    if cfg.kd_weight > 0 and teacher is None:
-        raise InputError("kd_weight > 0 needs a teacher model")
+    if cfg.needs_teacher and teacher is None:
+        raise InputError("kd_weight > 0 and hidden_weight > 0 need a teacher model")
     dist = distributed(cfg.device)
     check_accum(cfg.accum, dist.world, desc)
     run_dir = Path(run_dir)
@@ -443,12 +468,18 @@ def train(
                 labels = batch.pop("labels")
                 sync = contextlib.nullcontext() if forward is model or j == len(mine) - 1 else forward.no_sync()
                 with sync, torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                    logits = forward(**batch).logits
-                    teacher_logits = None
-                    if cfg.kd_weight > 0:
+                    states = {"output_hidden_states": True} if cfg.hidden_weight > 0 else {}
+                    out = forward(**batch, **states)
+                    taught = None
+                    if cfg.needs_teacher:
                         with torch.no_grad():
-                            teacher_logits = teacher(**batch).logits
-                    loss = sequence_loss(logits, labels, cfg.label_smoothing, cfg.kd_weight, teacher_logits) / n_tokens
+                            taught = teacher(**batch, **states)
+                    loss = sequence_loss(out.logits, labels, cfg.label_smoothing, cfg.kd_weight,
+                                         None if taught is None else taught.logits)
+                    if states:
+                        loss = loss + cfg.hidden_weight * state_loss(
+                            out.decoder_hidden_states[-1], taught.decoder_hidden_states[-1], labels, hidden_keep)
+                    loss = loss / n_tokens
                     # DDP averages gradients over ranks; the loss is a sum over the global batch.
                     scaler.scale(loss * dist.world).backward()
                 local_loss += float(loss.detach())

@@ -5,12 +5,12 @@ import torch
 
 from wdctl.core.errors import InputError, WdctlError
 from wdctl.passes.cutoff import cut_from_plan
-from wdctl.passes.generator import ParameterGenerator, materialize_student
+from wdctl.passes.generator import GeneratedStudent, ParameterGenerator, materialize_student
 from wdctl.passes.grouping import GroupPlan
 from wdctl.passes.marian import build_teacher
 from wdctl.passes.refit import refit_output_layer
 from wdctl.passes.student import resolve_student, student_config
-from wdctl.passes.training import collate
+from wdctl.passes.training import TrainConfig, collate, state_loss, train
 
 VOCAB = 100
 
@@ -95,3 +95,50 @@ def test_refit_output_is_refused_for_a_student_that_does_not_start_from_the_teac
     assert code != 0
     assert "--refit-output" in err and "not kd" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "s").exists()
+
+
+def test_state_loss_compares_real_tokens_at_the_kept_coordinates():
+    g = torch.Generator().manual_seed(0)
+    teacher_state, keep = torch.randn(2, 5, 8, generator=g), torch.tensor([6, 1, 3, 0])
+    labels = torch.tensor([[4, 5, 6, -100, -100], [7, 8, 9, 10, -100]])
+    student_state = teacher_state[..., keep].clone()
+    student_state[labels == -100] = 99.0  # padding never counts
+    assert float(state_loss(student_state, teacher_state, labels, keep)) == 0.0
+    student_state[1, 2, 0] += 2.0  # one real token, one coordinate: (2²) / 4 coordinates
+    assert float(state_loss(student_state, teacher_state, labels, keep)) == pytest.approx(1.0)
+    with pytest.raises(IndexError):
+        state_loss(student_state, teacher_state[..., :2], labels, keep)
+
+
+@pytest.mark.parametrize("model", ["cut", "generated"])
+def test_hidden_weight_pulls_the_students_last_state_to_the_teachers(teacher, tmp_path, model):
+    """TINY's half-width decoder from the refitted cut (as `wdctl compress` starts it), trained a
+    few steps with and without the intermediate-state loss: with it, the student's last decoder
+    state ends nearer the teacher's at the kept coordinates (also through wd's generator)."""
+    s_config = student_config(teacher.config, resolve_student("tiny", teacher.config))
+    plan = GroupPlan.build(teacher.config, s_config)
+    state, keep = teacher.state_dict(), plan.decoder_residual_start()
+    values = refit_output_layer(teacher, cut_from_plan(state, plan), batches(2), keep)
+    g = torch.Generator().manual_seed(1)
+    examples = [(torch.randint(1, VOCAB - 2, (7,), generator=g).tolist() + [0],
+                 torch.randint(1, VOCAB - 2, (9,), generator=g).tolist() + [0]) for _ in range(64)]
+    held_out = batches(2)
+
+    def trained(hidden_weight: float) -> float:
+        torch.manual_seed(0)
+        student = (cut_from_plan(state, plan, values=values) if model == "cut"
+                   else GeneratedStudent(ParameterGenerator(state, plan, start_values=values)))
+        cfg = TrainConfig(max_steps=15, max_tokens=80, lr=3e-3, warmup=1, hidden_weight=hidden_weight,
+                          save_every=100, log_every=100)
+        train(student, examples, cfg, tmp_path / f"{model}-{hidden_weight}", pad_id=VOCAB - 1, start_id=VOCAB - 1,
+              teacher=teacher, hidden_keep=keep)
+        with torch.no_grad():
+            return sum(float(state_loss(student(**b, output_hidden_states=True).decoder_hidden_states[-1],
+                                        teacher(**b, output_hidden_states=True).decoder_hidden_states[-1],
+                                        b["labels"], keep)) for b in held_out)
+
+    without, with_loss = trained(0.0), trained(5.0)
+    assert with_loss < 0.8 * without, (with_loss, without)
+    with pytest.raises(InputError, match="need a teacher"):
+        train(cut_from_plan(state, plan), examples, TrainConfig(max_steps=1, hidden_weight=1.0), tmp_path / "x",
+              pad_id=VOCAB - 1, start_id=VOCAB - 1)

@@ -15,6 +15,7 @@ from torch import nn
 
 from wdctl.core.errors import InputError, WdctlError
 from wdctl.passes.marian import load_marian
+from wdctl.passes.phases import claim_run_dir, jsonable, schedule_fingerprint
 from wdctl.passes.training import TrainConfig, train
 
 
@@ -106,6 +107,21 @@ def test_resume_with_different_settings_is_refused(tmp_path):
     with pytest.raises(InputError, match="lr: 0.0007 -> 0.1"):
         train(_Exploding(), examples, TrainConfig(max_steps=4, max_tokens=6, warmup=1, lr=0.1), tmp_path,
               pad_id=19, start_id=19)
+
+
+def test_a_run_started_before_a_training_option_existed_resumes_at_its_default(tmp_path):
+    """config.json of a run from an older wdctl lacks the options added since (hidden_weight):
+    they read as their defaults, so the run resumes; a non-default value is a different run."""
+    fingerprint = {"method": "wd", "phase1": schedule_fingerprint(TrainConfig()),
+                   "phase2": schedule_fingerprint(TrainConfig(max_steps=500))}
+    older = json.loads(json.dumps(fingerprint))
+    for phase in ("phase1", "phase2"):
+        del older[phase]["hidden_weight"]
+    (tmp_path / "config.json").write_text(json.dumps({"fingerprint": older}))
+    assert claim_run_dir(tmp_path, jsonable(fingerprint), force=False) is False
+    fingerprint["phase2"]["hidden_weight"] = 1.0
+    with pytest.raises(InputError, match=r"different settings \(phase2\)"):
+        claim_run_dir(tmp_path, jsonable(fingerprint), force=False)
 
 
 def test_teacher_training_is_deterministic(tmp_path, tiny_corpus, cli):

@@ -97,6 +97,7 @@ def compress_command(
     max_tokens: Optional[int] = MaxTokensOpt,
     accum: Optional[int] = AccumOpt,
     kd_weight: Optional[float] = typer.Option(None, "--kd-weight", help="Weight of an extra word-level KL term to the teacher, both phases [0: the release uses none]."),
+    hidden_weight: Optional[float] = typer.Option(None, "--hidden-weight", help="Weight of an intermediate-state loss, both phases: the student's last decoder state against the teacher's at the coordinates the student keeps (mean squared error per token) [0: none]."),
     seed: Optional[int] = SeedOpt,
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Checkpoints, logs, config and metrics (default: OUT.run). Rerun the same command to resume; finished phases are skipped, and a finished run rerun with a larger --phase2-steps trains its last phase on (inverse-sqrt schedule; its own outputs are replaced). A run dir made with other settings is refused, or started over with --force."),
     distill_cache: Optional[Path] = typer.Option(None, "--distill-cache", help="Cache of teacher translations, keyed by teacher, data and settings (default: $WDCTL_CACHE_DIR/distilled or ~/.cache/wdctl/distilled)."),
@@ -126,8 +127,8 @@ def compress_command(
     from wdctl.recipes.compress import CompressSettings, compress, recommended_start
 
     options = read_yaml(config)
-    shared = {"max_tokens": max_tokens, "accum": accum, "kd_weight": kd_weight, "seed": seed, "device": device,
-              "precision": precision}
+    shared = {"max_tokens": max_tokens, "accum": accum, "kd_weight": kd_weight, "hidden_weight": hidden_weight,
+              "seed": seed, "device": device, "precision": precision}
     per_phase = {"phase1": {"max_steps": phase1_steps, "lr": phase1_lr, "warmup": phase1_warmup},
                  "phase2": {"max_steps": phase2_steps, "lr": phase2_lr, "warmup": phase2_warmup}}
     p1, p2 = phase_configs(options)
