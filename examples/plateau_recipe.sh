@@ -18,6 +18,8 @@
 #   kd        wdctl compress --method kd                            (random init, P1+P2 steps to the cap, on
 #                                                                    the teacher's from-scratch schedule:
 #                                                                    examples/plateau-kd.yaml)
+#   SYSTEM-kl  any of the above with a word-level KL term to the teacher (--kd-weight KL_WEIGHT) beside
+#              the sequence-level data: Minitron's logit distillation (e.g. tiny-wd-kl-s1)
 #
 # For the presets in REFIT (default: tiny), wd and prune-kd start from the importance slice with
 # its top decoder layer refitted to the teacher's output (--refit-output, now compress's default):
@@ -34,7 +36,7 @@
 # Settings (environment variables):
 #   ROOT=runs/plateau  RESULTS=examples/results/plateau  DATA=examples/data/bible  THREADS=2
 #   PHASE1_STEPS=300  PHASE2_STEPS=3000  PHASE2_STEPS_TINY=6000  PHASE1_WARMUP=50  EVAL_SENTENCES=500
-#   REFIT="tiny"  PRECISION=fp32 (the first runs trained on an AVX2 CPU, where compress's "auto" is fp32;
+#   REFIT="tiny"  KL_WEIGHT=0.5  PRECISION=fp32 (the first runs trained on an AVX2 CPU, where compress's "auto" is fp32;
 #                                  on a CPU with AVX-512 BF16 "auto" would be bf16 and the seeds would differ)
 #   RUNS="small-wd-s1 small-prune-kd-s1 ... tiny-kd-s1" (the list below)
 # On 2 CPU cores: distilling the 27,928 sources takes 20-60 min once (cached in ROOT/distill-cache).
@@ -54,6 +56,7 @@ PHASE2_STEPS_TINY=${PHASE2_STEPS_TINY:-6000}
 PHASE1_WARMUP=${PHASE1_WARMUP:-50}
 EVAL_SENTENCES=${EVAL_SENTENCES:-500}
 REFIT=${REFIT-tiny}
+KL_WEIGHT=${KL_WEIGHT:-0.5}
 PRECISION=${PRECISION:-fp32}
 RUNS=${RUNS:-small-wd-s1 small-prune-kd-s1 small-kd-s1 small-wd-s2 small-prune-kd-s2 small-prune-kd-2ph-s1 tiny-wd-s1 tiny-prune-kd-s1 tiny-kd-s1}
 WDCTL=${WDCTL:-$( [ -x .venv/bin/wdctl ] && echo .venv/bin/wdctl || echo wdctl )}
@@ -62,6 +65,8 @@ export OMP_NUM_THREADS=$THREADS HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
 # A system name and preset -> its `wdctl compress` flags.
 system_flags() {
+  local base
+  case "$1" in *-kl) base=$(system_flags "${1%-kl}" "$2") || exit 2; echo "$base --kd-weight $KL_WEIGHT"; return ;; esac
   local refit=" --no-refit-output"
   case " $REFIT " in *" $2 "*) refit=" --refit-output" ;; esac
   case "$1" in
@@ -69,7 +74,7 @@ system_flags() {
     prune-kd) echo "--method cut-kd --start importance$refit" ;;
     prune-kd-2ph) echo "--method cut-kd-two-phase --start importance$refit" ;;
     kd) echo "--method kd" ;;
-    *) echo "unknown system '$1' (wd, prune-kd, prune-kd-2ph, kd)" >&2; exit 2 ;;
+    *) echo "unknown system '$1' (wd, prune-kd, prune-kd-2ph, kd, each with -kl)" >&2; exit 2 ;;
   esac
 }
 
@@ -89,10 +94,11 @@ for run in ${*:-$RUNS}; do
   fi
   # kd trains from scratch on its own schedule (examples/plateau-kd.yaml, warm-up included)
   config=examples/plateau.yaml warmup="--phase1-warmup $PHASE1_WARMUP"
-  [ "$system" = kd ] && config=examples/plateau-kd.yaml warmup=
+  [ "${system%-kl}" = kd ] && config=examples/plateau-kd.yaml warmup=
+  flags=$(system_flags "$system" "$preset")  # an unknown system stops the recipe here
   echo "== $run"
-  # shellcheck disable=SC2046
-  "$WDCTL" compress "$TEACHER" --data "$DATA" --out "$ROOT/$run" --student "$preset" $(system_flags "$system" "$preset") \
+  # shellcheck disable=SC2086
+  "$WDCTL" compress "$TEACHER" --data "$DATA" --out "$ROOT/$run" --student "$preset" $flags \
     --phase1-steps "$PHASE1_STEPS" --phase2-steps "$phase2_steps" $warmup \
     --seed "$seed" --onnx-distill --distill-cache "$ROOT/distill-cache" --eval-sentences "$EVAL_SENTENCES" \
     --no-export --config "$config" --threads "$THREADS" --precision "$PRECISION"

@@ -186,9 +186,11 @@ def run_row(root: Path, run: str, teacher: dict, data: str) -> dict:
     start = "random" if config.get("method") == "kd" else config.get("start", "-")
     if config.get("refit_output"):
         start += " + refit"
+    losses = {"KL": config.get("phase2", {}).get("kd_weight"), "states": config.get("phase2", {}).get("hidden_weight")}
+    extra = ", ".join(f"{name} {w:g}" for name, w in losses.items() if w)  # loss terms beside the sequence-level data
     probes = [json.loads(p.read_text())["probe_loss"] for p in sorted(run_dir.glob("*/probe_before.json"))]
     return {
-        "run": run, "preset": preset, "system": system, "seed": int(seed), "start": start,
+        "run": run, "preset": preset, "system": system, "seed": int(seed), "start": start, "extra_loss": extra,
         "finished": finished, "parameters": m.get("student_parameters"),
         "steps": points[-1]["step"] if points else 0, "train_minutes": points[-1]["train_minutes"] if points else 0,
         "plateau_step": flat and flat["step"], "plateau_minutes": flat and flat["train_minutes"],
@@ -431,12 +433,13 @@ def main() -> None:
         "shows its curve so far. Minutes are training time (2 threads), summed over resumptions. Finished "
         "\"recorded\" / \"stopped\": the run's directory is gone (a fresh machine); its row is the one the previous "
         "plateau.json recorded (finished, its speed against the teacher timed beside it then; or cut off while "
-        "training, its curve so far).",
+        "training, its curve so far). A system ending in -kl adds a word-level KL term to the teacher's "
+        "distribution (`--kd-weight`; \"extra loss\" in the tables) beside the sequence-level data.",
         "",
     ]
     for preset in presets:
         lines += [f"## {preset.upper()}", "",
-                  "| run | start | finished | steps | plateau at (min) | best dev (step) | steps to teacher − 2 / − 1 "
+                  "| run | start (extra loss) | finished | steps | plateau at (min) | best dev (step) | steps to teacher − 2 / − 1 "
                   "| test greedy | test beam 4 (Δ teacher) | step-0 probe |",
                   "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
         for r in (r for r in rows if r["preset"] == preset):
@@ -446,7 +449,7 @@ def main() -> None:
                 "yes" if r["finished"] else "training"
             delta = "-" if beam4 is None else f"{beam4:.2f} ({beam4 - teacher['test_bleu_beam4']:+.2f})"
             lines.append(
-                f"| {r['run']} | {r['start']} | {finished} | {r['steps']} | {flat} | "
+                f"| {r['run']} | {r['start']}{f' ({x})' if (x := r.get('extra_loss')) else ''} | {finished} | {r['steps']} | {flat} | "
                 f"{cell(r['best_dev_bleu'])} ({cell(r['best_step'], '{}')}) | {cell(r['steps_to_teacher_minus_2'], '{}')} / "
                 f"{cell(r['steps_to_teacher_minus_1'], '{}')} | {cell(r['test_bleu_beam1'])} | {delta} | "
                 f"{cell(r['probe_step0'], '{:.3f}')} |")
