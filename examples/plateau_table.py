@@ -36,11 +36,11 @@ from pathlib import Path
 import torch
 
 from wdctl.core.corpus import read_parallel
-from wdctl.core.metrics import bleu, score_bleu
+from wdctl.core.metrics import bleu
 from wdctl.core.runinfo import cpu_info, versions, write_json
 from wdctl.passes.marian import load_marian
 from wdctl.passes.training import checkpoint_dirs, load_trainable, plateaued
-from wdctl.passes.translate import dev_bleu_evaluator, translate_torch
+from wdctl.passes.translate import dev_bleu_evaluator, torch_bleu
 
 PHASE_ORDER = ("phase1", "phase2", "train")  # wd runs phase1 then phase2; kd and prune-kd one "train"
 PATIENCE, MIN_GAIN = 4, 0.2  # examples/plateau.yaml
@@ -67,10 +67,7 @@ def teacher_scores(teacher_dir: str, data: str, eval_sentences: int, cache: Path
 
 def bleu_on_test(model, tokenizer, test: list) -> dict:
     """Test BLEU in PyTorch, greedy and beam 4, as compress scores its student."""
-    def translate(sentences: list[str], beams: int) -> list[str]:
-        return translate_torch(model, tokenizer, sentences, beams=beams, batch_size=64, progress=True)
-
-    return score_bleu(translate, test, [1, 4], "test")
+    return torch_bleu(model, tokenizer, test, [1, 4], "test", progress=True)
 
 
 def last_checkpoint_scores(root: Path, run: str, data: str) -> dict:

@@ -22,10 +22,10 @@ import torch
 
 from wdctl.core.atomic import atomic_dir
 from wdctl.core.corpus import read_parallel
-from wdctl.core.metrics import bleu, score_bleu
+from wdctl.core.metrics import bleu
 from wdctl.core.runinfo import versions, write_json
 from wdctl.passes.marian import load_marian, save_marian
-from wdctl.passes.translate import translate_torch
+from wdctl.passes.translate import torch_bleu, translate_torch
 
 CHECK_SENTENCES = 20  # the quick test's sample: the first test pairs, greedy
 AGREEMENT_SENTENCES = 200  # fp16 vs fp32 outputs compared on these
@@ -56,12 +56,9 @@ def main() -> None:
     with atomic_dir(args.out, force=args.force) as tmp:
         save_marian(model.half(), tokenizer, tmp)
         shipped, _ = load_marian(tmp)  # what users get: the fp16 weights, loaded as fp32
-
-        def translate(sentences, beams):
-            return translate_torch(shipped, tokenizer, sentences, beams=beams, batch_size=64, progress=True)
-
-        same = sum(a == b for a, b in zip(fp32, translate(sources, 1)))
-        scores = score_bleu(translate, test, [1, 4], "test") if args.score else {}
+        fp16 = translate_torch(shipped, tokenizer, sources, beams=1, batch_size=64, progress=True)
+        same = sum(a == b for a, b in zip(fp32, fp16))
+        scores = torch_bleu(shipped, tokenizer, test, [1, 4], "test", progress=True) if args.score else {}
         sample = test[:CHECK_SENTENCES]  # decoded as the test does: one padded batch, plain generate
         batch = tokenizer([s for s, _ in sample], return_tensors="pt", padding=True)
         with torch.inference_mode():

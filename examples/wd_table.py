@@ -14,10 +14,9 @@ from pathlib import Path
 import torch
 
 from wdctl.core.corpus import read_parallel
-from wdctl.core.metrics import score_bleu
 from wdctl.core.runinfo import cpu_info, versions, write_json
 from wdctl.passes.marian import load_marian
-from wdctl.passes.translate import translate_torch
+from wdctl.passes.translate import torch_bleu
 
 SPEED_KEY = "speedup_vs_teacher_same_backend"
 
@@ -28,12 +27,8 @@ def teacher_scores(teacher_dir: str, data: str, cache: Path) -> dict:
         return json.loads(cache.read_text(encoding="utf-8"))
     model, tokenizer = load_marian(teacher_dir)
     test = read_parallel(data, "test")
-
-    def translate(sentences: list[str], beams: int) -> list[str]:
-        return translate_torch(model, tokenizer, sentences, beams=beams, batch_size=64, progress=True)
-
     scores = {"parameters": model.num_parameters(), "test_sentences": len(test),
-              **score_bleu(translate, test, [1, 4], "test")}
+              **torch_bleu(model, tokenizer, test, [1, 4], "test", progress=True)}
     write_json(cache, scores)
     return scores
 

@@ -8,7 +8,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from wdctl.core.metrics import bleu
+from wdctl.core.metrics import bleu, score_bleu
 from wdctl.passes.batching import length_sorted_batches, output_limit
 
 
@@ -88,6 +88,16 @@ def translate_torch(
         for i, text in zip(idx, tokenizer.batch_decode(generated, skip_special_tokens=True)):
             out[i] = text
     return out
+
+
+def torch_bleu(model, tokenizer, pairs: list[tuple[str, str]], beams: list[int], prefix: str,
+               progress: bool = False) -> dict:
+    """`score_bleu` of `translate_torch` (batches of 64) on `pairs`: how compress, teacher training
+    and the results scripts score a PyTorch model."""
+    def translate(sentences: list[str], b: int) -> list[str]:
+        return translate_torch(model, tokenizer, sentences, beams=b, batch_size=64, progress=progress)
+
+    return score_bleu(translate, pairs, beams, prefix)
 
 
 def dev_bleu_evaluator(tokenizer, dev_pairs, beams: int = 1, batch_size: int = 64):

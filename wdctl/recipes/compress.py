@@ -61,7 +61,7 @@ from wdctl.passes.phases import (Job, check_memory, claim_run_dir, jsonable, own
                                  trained_steps)
 from wdctl.passes.student import STUDENT_PRESETS, StudentSpec, resolve_student, size_note, student_config
 from wdctl.passes.training import TrainConfig, check_budget
-from wdctl.passes.translate import translate_torch
+from wdctl.passes.translate import torch_bleu
 from wdctl.passes.vocab import encode_pairs
 from wdctl.recipes.shortlist import model_shortlist
 
@@ -281,10 +281,7 @@ def compress(settings: CompressSettings) -> dict:
         # the shortlist of the pairs it trained on: `wdctl export` builds it into the translator
         model_shortlist(tokenizer, examples).save(tmp / SHORTLIST_FILE)
     if test_pairs:
-        def translate(sentences, beams):
-            return translate_torch(model, tokenizer, sentences, beams=beams, batch_size=64, progress=s.progress)
-
-        metrics.update(score_bleu(translate, test_pairs, sorted({1, s.eval_beams}), "test"))
+        metrics.update(torch_bleu(model, tokenizer, test_pairs, sorted({1, s.eval_beams}), "test", progress=s.progress))
         metrics["test_sentences"] = len(test_pairs)
     if s.export:  # int8's activation ranges from the student's own data, not the exporter's English samples
         calibration = [src for src, _ in (dev_pairs or train_pairs)[:CALIBRATION_SENTENCES]]

@@ -15,7 +15,6 @@ from transformers import AutoTokenizer
 from wdctl.core.atomic import atomic_dir, check_output_dir, run_dir_of
 from wdctl.core.corpus import read_parallel, require_pairs
 from wdctl.core.errors import InputError
-from wdctl.core.metrics import score_bleu
 from wdctl.core.runinfo import versions, write_json
 from wdctl.passes.distributed import Distributed, check_accum, distributed
 from wdctl.passes.marian import TEACHER_PRESETS, build_teacher, save_marian
@@ -23,7 +22,7 @@ from wdctl.passes.memory import training_peak
 from wdctl.passes.phases import check_memory
 from wdctl.passes.shortlist import FILE as SHORTLIST_FILE
 from wdctl.passes.training import TrainConfig, train
-from wdctl.passes.translate import dev_bleu_evaluator, translate_torch
+from wdctl.passes.translate import dev_bleu_evaluator, torch_bleu
 from wdctl.passes.vocab import encode_pairs, train_vocabulary
 from wdctl.recipes.shortlist import model_shortlist
 
@@ -92,12 +91,9 @@ def train_teacher(
     metrics = {"steps": result.steps, "train_minutes": round(result.train_seconds / 60, 1),
                "memory_estimate_mb": round(sum(memory.values()) / 2**20),
                "peak_rss_mb": round(result.peak_rss_mb), "parameters": model.num_parameters()}
-    def translate(sentences, beams):
-        return translate_torch(model, tokenizer, sentences, beams=beams, batch_size=64, progress=True)
-
     for name, pairs in (("dev", dev_pairs), ("test", test_pairs)):
         if pairs:
-            metrics.update(score_bleu(translate, pairs, sorted({1, final_beams}), name))
+            metrics.update(torch_bleu(model, tokenizer, pairs, sorted({1, final_beams}), name, progress=True))
     with atomic_dir(out, force=force) as tmp:
         save_marian(model, tokenizer, tmp)
         # the shortlist of its training pairs (`wdctl export` builds it into the translator;
