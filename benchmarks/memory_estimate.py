@@ -88,16 +88,17 @@ def machine() -> dict:
             "load_average": [round(x, 2) for x in os.getloadavg()], "versions": versions()}
 
 
-def run(label: str, teacher: Path, preset: str, max_tokens: int, steps: int, work: Path) -> dict:
-    """One compress run; the estimate and the measured peak per phase."""
+def run(label: str, teacher: Path, preset: str, max_tokens: int, steps: int, work: Path, flags: list[str]) -> dict:
+    """One compress run; the estimate and the measured peak per phase. `flags`: compress's loss
+    flags (--kd-weight, --hidden-weight: a teacher forward on every step) and --precision."""
     name = f"{label}-{preset}-{max_tokens}"
     out, run_dir = work / name, work / f"{name}.run"
-    inspect = [*WDCTL, "inspect", str(teacher), "--student", preset, "--max-tokens", str(max_tokens)]
+    inspect = [*WDCTL, "inspect", str(teacher), "--student", preset, "--max-tokens", str(max_tokens), *flags]
     printed = subprocess.run(inspect, capture_output=True, text=True, check=True).stdout
     command = [*WDCTL, "compress", str(teacher), "--data", str(DATA), "--out", str(out), "--run-dir", str(run_dir),
                "--student", preset, "--max-tokens", str(max_tokens), "--phase1-steps", str(steps),
                "--phase2-steps", str(steps), "--eval-sentences", "0", "--no-export", "--distill-sentences", "4",
-               "--distill-beams", "1", "--distill-cache", str(work / "cache"), "--threads", "2", "--force"]
+               "--distill-beams", "1", "--distill-cache", str(work / "cache"), "--threads", "2", "--force", *flags]
     started = time.perf_counter()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
@@ -133,6 +134,9 @@ def main() -> None:
     parser.add_argument("--presets", default="small,tiny")
     parser.add_argument("--max-tokens", default="1000,2500")
     parser.add_argument("--steps", type=int, default=5, help="steps per phase (the peak comes within the first few)")
+    parser.add_argument("--precision", default=None, help="compress --precision (default: compress's auto)")
+    parser.add_argument("--kd-weight", type=float, default=0.0, help="compress --kd-weight (word-level KL to the teacher)")
+    parser.add_argument("--hidden-weight", type=float, default=0.0, help="compress --hidden-weight (intermediate states)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/wdctl-memory-estimate"))
     parser.add_argument("--out", type=Path, default=ROOT / "examples/results/memory-estimate")
     parser.add_argument("--note", default="", help="machine state to record, e.g. 'busy: a background training run'")
@@ -141,12 +145,14 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     teachers = {"bundled": ROOT / "examples/teacher", "opus-mt": args.work / "opus-mt-teacher"}
     before = machine()
+    flags = [flag for name, w in (("--kd-weight", args.kd_weight), ("--hidden-weight", args.hidden_weight)) if w
+              for flag in (name, f"{w:g}")] + (["--precision", args.precision] if args.precision else [])
     rows = []
     for name in args.teachers.split(","):
         teacher = opus_teacher(teachers[name]) if name == "opus-mt" else teachers[name]
         for preset in args.presets.split(","):
             for max_tokens in map(int, args.max_tokens.split(",")):
-                rows.append(run(name, teacher, preset, max_tokens, args.steps, args.work))
+                rows.append(run(name, teacher, preset, max_tokens, args.steps, args.work, flags))
                 print(table(rows[-1:]).splitlines()[-2:], flush=True)
     ratios = [p["ratio"] for r in rows for p in r["phases"].values()]
     result = {"command": "python " + shlex.join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]), "note": args.note,

@@ -44,7 +44,7 @@ import torch
 from transformers import MarianConfig
 
 from wdctl.core.errors import InputError, WdctlError
-from wdctl.passes.memory import training_peak
+from wdctl.passes.memory import teacher_pass_bytes, training_peak
 from wdctl.passes.narrow_marian import count_parameters, is_narrow
 # the per-tensor planning lives in `spaces`; its public names are re-exported from here
 from wdctl.passes.spaces import (FORM_COSTS, FP32_BYTES, SIDES, ConstantEntry, GeneratorEntry,  # noqa: F401
@@ -225,7 +225,8 @@ class GroupPlan:
     def subset_entries(self, index: int) -> list[GeneratorEntry]:
         return [self.entries[i] for i in self.subsets[index]]
 
-    def phase_memory(self, phase: str, max_tokens: int, precision: str = "fp32") -> dict[str, int]:
+    def phase_memory(self, phase: str, max_tokens: int, precision: str = "fp32",
+                     teacher_loss: str | None = None) -> dict[str, int]:
         """Estimated peak resident bytes of WD's `phase` ("phase1" or "phase2") on micro-batches of
         `max_tokens` tokens in `precision`, by component (`wdctl.passes.memory.training_peak`).
 
@@ -235,7 +236,14 @@ class GroupPlan:
         generators' own gradients come later, after the activations are freed, with one subset
         recomputed under checkpoint; when that is larger than the activations it is the peak
         (`generator_backward` instead of `activations`). Phase 2 trains the student: its weights,
-        gradients and Adam's two moments."""
+        gradients and Adam's two moments. `teacher_loss` ("states", "kl": `TrainConfig.teacher_loss`)
+        adds the teacher's forward on every step (`teacher_pass`)."""
+        memory = self._phase_memory(phase, max_tokens, precision)
+        if teacher_loss:
+            memory["teacher_pass"] = teacher_pass_bytes(self.teacher_config, max_tokens, teacher_loss)
+        return memory
+
+    def _phase_memory(self, phase: str, max_tokens: int, precision: str) -> dict[str, int]:
         teacher = FP32_BYTES * count_parameters(self.teacher_config)
         student = FP32_BYTES * count_parameters(self.student_config)
         if phase == "phase2":

@@ -29,6 +29,25 @@ ACTIVATION_BYTES = {"fp32": 4, "bf16": 2.75, "fp16": 2.75}
 SLACK = 1.75
 
 
+# What a loss that reads the teacher on every step adds (`TrainConfig.teacher_loss`), per token of a
+# --max-tokens batch: per unit of the teacher's width, its no-grad forward's outputs and transients;
+# per vocabulary entry, its logits ("states": the intermediate-state loss), and with the word-level KL
+# term the masked copies of both distributions, their log-softmax and the KL's gradients ("kl").
+# Fitted to the extra peak of TINY's phase 2 over the same run without the loss, from the bundled
+# teacher (d 256, 8k pieces) and an opus-mt-shaped one (d 512, 58k), in fp32, which holds the
+# teacher's logits at full width (benchmarks/memory_estimate.py; examples/results/memory-estimate/);
+# "kl" raised to cover a batch whose every position is a target token (tests/test_opus_shape.py).
+TEACHER_PASS_WIDTH_BYTES = 300
+TEACHER_LOGIT_BYTES = {"states": 4.3, "kl": 14}
+
+
+def teacher_pass_bytes(teacher_config, max_tokens: int, loss: str) -> int:
+    """Estimated bytes a `loss` ("states" or "kl") that runs the teacher on each micro-batch of
+    `max_tokens` tokens adds to a training phase's peak."""
+    per_token = TEACHER_PASS_WIDTH_BYTES * teacher_config.d_model + TEACHER_LOGIT_BYTES[loss] * teacher_config.vocab_size
+    return int(max_tokens * per_token)
+
+
 def training_peak(config, max_tokens: int, precision: str = "fp32", **weights: int) -> dict[str, int]:
     """Estimated peak resident bytes of training a Marian model of `config` on micro-batches of
     `max_tokens` tokens (padded source or target, whichever is longer: the bound `train` packs

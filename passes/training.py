@@ -75,6 +75,11 @@ class TrainConfig:
     def needs_teacher(self) -> bool:
         return self.kd_weight > 0 or self.hidden_weight > 0
 
+    @property
+    def teacher_loss(self) -> str | None:
+        """The loss terms that run the teacher on every step, as the memory estimate counts them."""
+        return "kl" if self.kd_weight > 0 else "states" if self.hidden_weight > 0 else None
+
     def validate(self) -> "TrainConfig":
         positive = ("max_steps", "max_tokens", "accum", "warmup", "eval_every", "save_every", "log_every", "average_last")
         for name in positive:
@@ -471,9 +476,9 @@ def train(
                     states = {"output_hidden_states": True} if cfg.hidden_weight > 0 else {}
                     out = forward(**batch, **states)
                     taught = None
-                    if cfg.needs_teacher:
+                    if cfg.needs_teacher:  # no key/value cache: kept, it would hold every decoder layer's K and V
                         with torch.no_grad():
-                            taught = teacher(**batch, **states)
+                            taught = teacher(**batch, **states, use_cache=False)
                     loss = sequence_loss(out.logits, labels, cfg.label_smoothing, cfg.kd_weight,
                                          None if taught is None else taught.logits)
                     if states:

@@ -92,6 +92,20 @@ def test_inspect_prints_each_phase_estimate_for_the_batch(cli, tiny_teacher_dir)
         assert estimates[41000][phase] - estimates[1000][phase] > 40000 * 4 * 4 * vocab
 
 
+def test_inspect_counts_a_loss_that_runs_the_teacher(cli, tiny_teacher_dir):
+    """--kd-weight and --hidden-weight run the teacher on every step: each phase's estimate gains
+    a "teacher pass" part, the KL term's larger than the states'."""
+    totals = {}
+    for flags in ([], ["--hidden-weight", 1], ["--kd-weight", 0.5]):
+        code, stdout, stderr = cli("inspect", tiny_teacher_dir, "--student", "small", "--max-tokens", 41000,
+                                   "--precision", "fp32", *flags)
+        assert code == 0, stderr
+        assert ("teacher pass" in stdout) == bool(flags)
+        totals[tuple(map(str, flags[:1]))] = float(re.search(r"^phase-2 memory estimate: ([0-9.]+) GiB", stdout,
+                                                             re.M).group(1))
+    assert totals[()] < totals[("--hidden-weight",)] < totals[("--kd-weight",)]
+
+
 def test_student_from_yaml_with_overrides(cli, tiny_teacher_dir, tmp_path):
     spec = tmp_path / "student.yaml"
     spec.write_text("preset: halved\nencoder_layers: 1\n")

@@ -56,9 +56,10 @@ def synthetic_batch(seed: int = 0, sentences: int = 8, length: int = 24):
     return collate(examples, PAD, PAD)
 
 
-def loss_bytes_per_token(tokens: tuple[int, int] = (250, 750)) -> float:
+def loss_bytes_per_token(tokens: tuple[int, int] = (250, 750), kd_weight: float = 0.0) -> float:
     """Peak RSS the output layer and the label-smoothed loss of `train` take per target token over
-    the opus-mt vocabulary, measured as the growth between two batch sizes."""
+    the opus-mt vocabulary, measured as the growth between two batch sizes; with `kd_weight`, also
+    the teacher's logits and the word-level KL term."""
     g = torch.Generator().manual_seed(0)
     table, bias = torch.randn(VOCAB, 512, generator=g) * 0.02, torch.zeros(1, VOCAB)
     growth = []
@@ -69,8 +70,12 @@ def loss_bytes_per_token(tokens: tuple[int, int] = (250, 750)) -> float:
         start = rss_bytes()
         with PeakRSS() as memory:
             logits = torch.nn.functional.linear(hidden, table) + bias
-            sequence_loss(logits, labels, 0.1).backward()
-            del logits
+            teacher_logits = None
+            if kd_weight:
+                with torch.no_grad():
+                    teacher_logits = torch.nn.functional.linear(hidden, table.flip(0)) + bias
+            sequence_loss(logits, labels, 0.1, kd_weight, teacher_logits).backward()
+            del logits, teacher_logits
         growth.append(memory.peak_mb * 2**20 - start)
     return (growth[1] - growth[0]) / (tokens[1] - tokens[0])
 
@@ -90,6 +95,22 @@ def test_the_memory_estimate_grows_with_the_batch_by_at_least_what_the_loss_take
         print(f"{preset} {phase}: estimate {at[1000] / 2**30:.2f} GiB at 1000 tokens, {at[2000] / 2**30:.2f} GiB at "
               f"2000; {per_token / 2**20:.2f} MiB a token, the loss alone measured {measured / 2**20:.2f} MiB")
         assert per_token > measured
+
+
+def test_the_memory_estimate_counts_the_teachers_logits_and_the_kl_term():
+    """With --kd-weight the estimate grows per token by at least what the teacher's logits and the
+    word-level KL term measurably add over the plain loss; the intermediate-state loss, which keeps
+    only the teacher's logits beside its states, adds less."""
+    config = opus_mt_config()
+    plan = GroupPlan.build(config, student_config(config, resolve_student("tiny", config)))
+    extra = loss_bytes_per_token(kd_weight=0.5) - loss_bytes_per_token()
+    assert extra > 2 * VOCAB * 4  # at least two more fp32 rows of the vocabulary per token
+    added = {loss: sum(plan.phase_memory("phase2", 1000, teacher_loss=loss).values())
+             - sum(plan.phase_memory("phase2", 1000).values()) for loss in ("states", "kl")}
+    print(f"KL term measured {extra / 2**20:.2f} MiB a token; estimate adds {added['kl'] / 1000 / 2**20:.2f} (kl), "
+          f"{added['states'] / 1000 / 2**20:.2f} (states)")
+    assert added["kl"] / 1000 > extra
+    assert 0 < added["states"] < added["kl"]
 
 
 def test_inspect_says_why_tiny_is_most_of_an_opus_mt_teacher():

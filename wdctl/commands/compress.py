@@ -8,8 +8,8 @@ from typing import Optional
 import typer
 
 from wdctl.app import app
-from wdctl.commands.options import (AccumOpt, DeviceOpt, ForceOpt, MaxTokensOpt, NprocOpt, PrecisionOpt, SeedOpt,
-                                    ThreadsOpt)
+from wdctl.commands.options import (AccumOpt, DeviceOpt, ForceOpt, HiddenWeightOpt, KdWeightOpt, MaxTokensOpt,
+                                    NprocOpt, PrecisionOpt, SeedOpt, ThreadsOpt)
 
 STUDENT_HELP = (
     "Student shape: a preset or a YAML file of shape fields (encoder_layers, decoder_layers, d_model, "
@@ -96,8 +96,8 @@ def compress_command(
     phase2_warmup: Optional[int] = typer.Option(None, "--phase2-warmup", help="Phase-2 warm-up steps [100; the release uses 1000]."),
     max_tokens: Optional[int] = MaxTokensOpt,
     accum: Optional[int] = AccumOpt,
-    kd_weight: Optional[float] = typer.Option(None, "--kd-weight", help="Weight of an extra word-level KL term to the teacher, both phases [0: the release uses none]."),
-    hidden_weight: Optional[float] = typer.Option(None, "--hidden-weight", help="Weight of an intermediate-state loss, both phases: the student's last decoder state against the teacher's at the coordinates the student keeps (mean squared error per token) [0: none]."),
+    kd_weight: Optional[float] = KdWeightOpt,
+    hidden_weight: Optional[float] = HiddenWeightOpt,
     seed: Optional[int] = SeedOpt,
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Checkpoints, logs, config and metrics (default: OUT.run). Rerun the same command to resume; finished phases are skipped, and a finished run rerun with a larger --phase2-steps trains its last phase on (inverse-sqrt schedule; its own outputs are replaced). A run dir made with other settings is refused, or started over with --force."),
     distill_cache: Optional[Path] = typer.Option(None, "--distill-cache", help="Cache of teacher translations, keyed by teacher, data and settings (default: $WDCTL_CACHE_DIR/distilled or ~/.cache/wdctl/distilled)."),
@@ -179,13 +179,17 @@ def inspect_command(
     generator: str = GeneratorOpt,
     max_tokens: Optional[int] = MaxTokensOpt,
     precision: Optional[str] = PrecisionOpt,
+    kd_weight: Optional[float] = KdWeightOpt,
+    hidden_weight: Optional[float] = HiddenWeightOpt,
 ) -> None:
     """Print the weight-grouping plan for a student of this teacher (same as `compress --dry-run`),
-    with each phase's peak-memory estimate at this --max-tokens (default: compress's 2500)."""
+    with each phase's peak-memory estimate at this --max-tokens (default: compress's 2500) and with
+    the loss terms that read the teacher on every step (--kd-weight, --hidden-weight)."""
     from wdctl.config import phase_configs
     from wdctl.recipes.compress import CompressSettings, compress
 
-    phase1, phase2 = phase_configs({"max_tokens": max_tokens, "precision": precision})
+    phase1, phase2 = phase_configs({"max_tokens": max_tokens, "precision": precision, "kd_weight": kd_weight,
+                                    "hidden_weight": hidden_weight})
     result = compress(CompressSettings(
         teacher_dir, None, None, dry_run=True, generator=generator,
         student=student_request(student, encoder_layers, decoder_layers, d_model, ffn_dim, heads),

@@ -15,6 +15,8 @@ SeedOpt = typer.Option(None, "--seed", help="Random seed (data order, initialisa
 ThreadsOpt = typer.Option(None, "--threads", help="Torch intra-op threads (default: torch's choice, all cores). On a machine shared with other jobs use fewer: two threads on two busy cores trained ~8x slower than one.")
 ForceOpt = typer.Option(False, "--force", help="Replace an output directory that wdctl wrote earlier.")
 DeviceOpt = typer.Option(None, "--device", help="Where to train: cpu, or cuda (each torchrun process takes the GPU of its LOCAL_RANK).")
+KdWeightOpt = typer.Option(None, "--kd-weight", help="Weight of an extra word-level KL term to the teacher, both phases [0: the release uses none].")
+HiddenWeightOpt = typer.Option(None, "--hidden-weight", help="Weight of an intermediate-state loss, both phases: the student's last decoder state against the teacher's at the coordinates the student keeps (mean squared error per token) [0: none].")
 PrecisionOpt = typer.Option(None, "--precision", help="auto (bf16 on a CPU with hardware bf16: AMX or AVX-512 BF16; else fp32), fp32, or autocast bf16 / fp16 (fp16 with loss scaling; for GPUs).")
 NprocOpt = typer.Option(None, "--nproc", help="Train with N processes on this machine: reruns this command under `torchrun --nproc_per_node N` (DDP; gloo on CPU, NCCL on GPU). The global batch stays the same, so --accum must be a multiple of N; checkpoints resume with any N. Same as starting wdctl with torchrun yourself.")
 

@@ -144,7 +144,7 @@ def phase_memory(plan: GroupPlan, s: CompressSettings) -> dict:
     phases = {}
     for name, cfg in (("phase1", s.phase1), ("phase2", s.phase2)):
         parts = plan.phase_memory("phase1" if generator and name == "phase1" else "phase2", cfg.max_tokens,
-                                  cfg.precision)
+                                  cfg.precision, cfg.teacher_loss)
         phases[name] = {"max_tokens": cfg.max_tokens, "precision": cfg.precision, "bytes": parts,
                         "total_bytes": sum(parts.values())}
     return {"phases": phases, "available_bytes": available_bytes()}
