@@ -402,7 +402,7 @@ def train(
     """
     cfg = cfg.validate()
     if cfg.needs_teacher and teacher is None:
-        raise InputError("kd_weight > 0 and hidden_weight > 0 need a teacher model")
+        raise InputError("kd_weight > 0 or hidden_weight > 0 needs a teacher model")
     dist = distributed(cfg.device)
     check_accum(cfg.accum, dist.world, desc)
     run_dir = Path(run_dir)

@@ -139,6 +139,6 @@ def test_hidden_weight_pulls_the_students_last_state_to_the_teachers(teacher, tm
 
     without, with_loss = trained(0.0), trained(5.0)
     assert with_loss < 0.8 * without, (with_loss, without)
-    with pytest.raises(InputError, match="need a teacher"):
+    with pytest.raises(InputError, match="needs a teacher"):
         train(cut_from_plan(state, plan), examples, TrainConfig(max_steps=1, hidden_weight=1.0), tmp_path / "x",
               pad_id=VOCAB - 1, start_id=VOCAB - 1)
