@@ -174,7 +174,8 @@ def run_row(root: Path, run: str, teacher: dict, data: str) -> dict:
     finished = bool(m) and bool(points) and sum(p["steps"] for p in m["phases"].values()) == points[-1]["step"]
     config_path = run_dir / "config.json"
     config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
-    average_last = config.get("phase2", {}).get("average_last", 1)
+    phase2 = config.get("phase2", {})
+    average_last = phase2.get("average_last", 1)
     tested, averaged = (m if finished else {}), {}
     if finished and average_last > 1:  # compared on its last checkpoint, as the runs that kept only that; the mean beside
         tested, averaged = last_checkpoint_scores(root, run, data), m
@@ -183,7 +184,7 @@ def run_row(root: Path, run: str, teacher: dict, data: str) -> dict:
     start = "random" if config.get("method") == "kd" else config.get("start", "-")
     if config.get("refit_output"):
         start += " + refit"
-    losses = {"KL": config.get("phase2", {}).get("kd_weight"), "states": config.get("phase2", {}).get("hidden_weight")}
+    losses = {"KL": phase2.get("kd_weight"), "states": phase2.get("hidden_weight")}
     extra = ", ".join(f"{name} {w:g}" for name, w in losses.items() if w)  # loss terms beside the sequence-level data
     probes = [json.loads(p.read_text())["probe_loss"] for p in sorted(run_dir.glob("*/probe_before.json"))]
     return {

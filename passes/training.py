@@ -72,13 +72,13 @@ class TrainConfig:
     plateau_min_gain: float = 0.2
 
     @property
-    def needs_teacher(self) -> bool:
-        return self.kd_weight > 0 or self.hidden_weight > 0
-
-    @property
     def teacher_loss(self) -> str | None:
         """The loss terms that run the teacher on every step, as the memory estimate counts them."""
         return "kl" if self.kd_weight > 0 else "states" if self.hidden_weight > 0 else None
+
+    @property
+    def needs_teacher(self) -> bool:
+        return self.teacher_loss is not None
 
     def validate(self) -> "TrainConfig":
         positive = ("max_steps", "max_tokens", "accum", "warmup", "eval_every", "save_every", "log_every", "average_last")
