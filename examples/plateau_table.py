@@ -196,7 +196,7 @@ def run_row(root: Path, run: str, teacher: dict, data: str) -> dict:
         "steps_to_teacher_minus_2": first_step(points, teacher["dev_bleu"] - 2),
         "steps_to_teacher_minus_1": first_step(points, teacher["dev_bleu"] - 1),
         "test_bleu_beam1": tested.get("test_bleu_beam1"), "test_bleu_beam4": tested.get("test_bleu_beam4"),
-        "average_last": average_last, "averaged_test_bleu_beam1": averaged.get("test_bleu_beam1"),
+        "average_last": average_last, "save_every": phase2.get("save_every"), "averaged_test_bleu_beam1": averaged.get("test_bleu_beam1"),
         "averaged_test_bleu_beam4": averaged.get("test_bleu_beam4"),
         "probe_step0": next((p.get("probe_loss_before") for p in m.get("phases", {}).values()),
                             probes[0] if probes else None),
@@ -269,14 +269,15 @@ def averaging_table(rows: list[dict]) -> list[str]:
     rows = [r for r in rows if r.get("averaged_test_bleu_beam4") is not None]
     if not rows:
         return []
-    lines = ["The mean of the last checkpoints (100 steps apart; the student compress writes) against the last "
-             "checkpoint alone (the figure in the tables above), test BLEU, PyTorch:", "",
-             "| run | checkpoints | last: greedy / beam 4 | mean: greedy / beam 4 | Δ greedy / beam 4 |",
+    lines = ["The mean of the last checkpoints (the student compress writes) against the last checkpoint alone "
+             "(the figure in the tables above), test BLEU, PyTorch:", "",
+             "| run | checkpoints (steps apart) | last: greedy / beam 4 | mean: greedy / beam 4 | Δ greedy / beam 4 |",
              "|---|---:|---:|---:|---:|"]
     for r in rows:
         last = [r[f"test_bleu_beam{b}"] for b in (1, 4)]
         mean = [r[f"averaged_test_bleu_beam{b}"] for b in (1, 4)]
-        lines.append(f"| {r['run']} | {r['average_last']} | {last[0]:.2f} / {last[1]:.2f} | {mean[0]:.2f} / "
+        apart = f" ({r['save_every']})" if r.get("save_every") else ""
+        lines.append(f"| {r['run']} | {r['average_last']}{apart} | {last[0]:.2f} / {last[1]:.2f} | {mean[0]:.2f} / "
                      f"{mean[1]:.2f} | {mean[0] - last[0]:+.2f} / {mean[1] - last[1]:+.2f} |")
     return lines + [""]
 
