@@ -11,7 +11,8 @@ With --onnx, each finished run and the teacher are also exported as the package 
 shortlisted; and with --no-shortlist in <pkg>-full) and scored in onnxruntime, 1 thread, batch 1: test BLEU and tokens/s, greedy and
 beam 4, with the shortlist and without (`--no-shortlist`), and the package's size. Each package's
 figures are cached in it (plateau-onnx.json, with the share of the cores other processes used
-while it was timed): take them with nothing else running (pause the training with SIGSTOP).
+while it was timed): take them with nothing else running (pause the training with SIGSTOP). A
+rebuild without --onnx shows the cached figures of every package still as new as its model.
 
 A run whose final student is the mean of its last checkpoints (phase 2's `average_last`, in
 examples/plateau.yaml from session 20 on) is scored twice: its last checkpoint alone (the figure
@@ -126,9 +127,10 @@ def busy_cpu_seconds() -> float:
     return (sum(values) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")
 
 
-def package_scores(model_dir: Path, package: Path, data: str, shortlist: bool) -> dict:
+def package_scores(model_dir: Path, package: Path, data: str, shortlist: bool, measure: bool = True) -> dict | None:
     """One int8 package's size, test BLEU and tokens/s (1 thread, batch 1), cached in the package;
-    `other_cpu` is the share of the machine's cores that other processes kept busy meanwhile."""
+    `other_cpu` is the share of the machine's cores that other processes kept busy meanwhile.
+    Without `measure`, only the cached figures of a package as new as its model (else None)."""
     from wdctl.export.build import export_model
     from wdctl.export.translator import PackageTranslator
 
@@ -137,6 +139,8 @@ def package_scores(model_dir: Path, package: Path, data: str, shortlist: bool) -
     fresh = graph.is_file() and graph.stat().st_mtime >= (model_dir / "model.safetensors").stat().st_mtime
     if fresh and cache.is_file():
         return json.loads(cache.read_text(encoding="utf-8"))
+    if not measure:
+        return None
     if not fresh:
         export_model(model_dir, package, quantize="int8", data=data, force=True, shortlist=shortlist, log=print)
     test = read_parallel(data, "test")
@@ -157,10 +161,12 @@ def package_scores(model_dir: Path, package: Path, data: str, shortlist: bool) -
     return scores
 
 
-def onnx_scores(model_dir: Path, package: Path, data: str) -> dict:
-    """The package `wdctl export --quantize int8` makes (shortlisted) and one without a shortlist."""
-    return {"sl": package_scores(model_dir, package, data, shortlist=True),
-            "full": package_scores(model_dir, package.with_name(package.name + "-full"), data, shortlist=False)}
+def onnx_scores(model_dir: Path, package: Path, data: str, measure: bool = True) -> dict | None:
+    """The package `wdctl export --quantize int8` makes (shortlisted) and one without a shortlist;
+    without `measure`, their cached figures where both have them (else None)."""
+    scores = {"sl": package_scores(model_dir, package, data, True, measure),
+              "full": package_scores(model_dir, package.with_name(package.name + "-full"), data, False, measure)}
+    return scores if all(scores.values()) else None
 
 
 def run_row(root: Path, run: str, teacher: dict, data: str) -> dict:
@@ -416,10 +422,12 @@ def main() -> None:
         sys.exit(f"{args.root}: no runs of examples/plateau_recipe.sh")
     teacher = teacher_scores(args.teacher, args.data, args.eval_sentences, args.root / "teacher-eval.json")
     rows = sorted([run_row(args.root, run, teacher, args.data) for run in runs] + recorded, key=lambda r: r["run"])
-    if args.onnx:
-        teacher["onnx"] = onnx_scores(Path(args.teacher), args.root / "teacher.pkg", args.data)
-        for r in (r for r in rows if r["finished"] and not r.get("recorded")):
-            r["onnx"] = onnx_scores(args.root / r["run"], args.root / f"{r['run']}.pkg", args.data)
+    # without --onnx, the figures an earlier --onnx cached in packages still as new as their models
+    if teacher_onnx := onnx_scores(Path(args.teacher), args.root / "teacher.pkg", args.data, args.onnx):
+        teacher["onnx"] = teacher_onnx
+    for r in (r for r in rows if r["finished"] and not r.get("recorded")):
+        if scores := onnx_scores(args.root / r["run"], args.root / f"{r['run']}.pkg", args.data, args.onnx):
+            r["onnx"] = scores
     presets = [p for p in ("small", "tiny") if any(r["preset"] == p for r in rows)]
 
     lines = [

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -151,3 +153,20 @@ def test_an_averaged_run_is_compared_on_its_last_checkpoint_and_shows_the_mean_b
     assert len(scored) == 1  # cached
     lines = "\n".join(table.averaging_table([row | {"preset": "small"}]))
     assert "| small-prune-kd-s2 | 5 (100) | 30.00 / 31.50 | 31.00 / 32.00 | +1.00 / +0.50 |" in lines
+
+
+def test_a_rebuild_without_onnx_shows_the_figures_cached_in_fresh_packages(tmp_path):
+    table = load_table()
+    model = tmp_path / "tiny-wd-s1"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"weights")
+    figures = {"bleu_beam4": 30.0, "tok_s_beam4": 500.0}
+    for name in ("tiny-wd-s1.pkg", "tiny-wd-s1.pkg-full"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "translator.onnx").write_bytes(b"graph")
+        (tmp_path / name / "plateau-onnx.json").write_text(json.dumps(figures))
+    package = tmp_path / "tiny-wd-s1.pkg"
+    assert table.onnx_scores(model, package, "unused", measure=False) == {"sl": figures, "full": figures}
+
+    os.utime(model / "model.safetensors", (time.time() + 60, time.time() + 60))  # the model trained on since
+    assert table.onnx_scores(model, package, "unused", measure=False) is None  # not exported, not timed
