@@ -40,7 +40,7 @@ from wdctl.core.corpus import read_parallel
 from wdctl.core.metrics import bleu
 from wdctl.core.runinfo import cpu_info, versions, write_json
 from wdctl.passes.marian import load_marian
-from wdctl.passes.training import checkpoint_dirs, load_trainable, plateaued
+from wdctl.passes.training import checkpoint_dirs, checkpoint_step, load_trainable, plateaued
 from wdctl.passes.translate import dev_bleu_evaluator, torch_bleu
 
 PHASE_ORDER = ("phase1", "phase2", "train")  # wd runs phase1 then phase2; kd and prune-kd one "train"
@@ -71,11 +71,17 @@ def bleu_on_test(model, tokenizer, test: list) -> dict:
     return torch_bleu(model, tokenizer, test, [1, 4], "test", progress=True)
 
 
+def final_checkpoints(run_dir: Path) -> list[Path]:
+    """The checkpoints a finished run kept of its last phase: the last is its final step, the last
+    `average_last` are the ones its student is the mean of."""
+    last_phase = [run_dir / p for p in PHASE_ORDER if (run_dir / p / "done.json").is_file()][-1]
+    return checkpoint_dirs(last_phase)
+
+
 def last_checkpoint_scores(root: Path, run: str, data: str) -> dict:
     """Test BLEU of a finished run's last checkpoint alone (its student is the mean of several)."""
     run_dir = root / f"{run}.run"
-    last_phase = [run_dir / p for p in PHASE_ORDER if (run_dir / p / "done.json").is_file()][-1]
-    checkpoint = checkpoint_dirs(last_phase)[-1]
+    checkpoint = final_checkpoints(run_dir)[-1]
     cache = run_dir / "last-checkpoint-test.json"
     name = str(checkpoint.relative_to(run_dir))
     if cache.is_file() and (cached := json.loads(cache.read_text(encoding="utf-8")))["checkpoint"] == name:
@@ -164,8 +170,9 @@ def package_scores(model_dir: Path, package: Path, data: str, shortlist: bool, m
 def onnx_scores(model_dir: Path, package: Path, data: str, measure: bool = True) -> dict | None:
     """The package `wdctl export --quantize int8` makes (shortlisted) and one without a shortlist;
     without `measure`, their cached figures where both have them (else None)."""
-    scores = {"sl": package_scores(model_dir, package, data, True, measure),
-              "full": package_scores(model_dir, package.with_name(package.name + "-full"), data, False, measure)}
+    scores = {"sl": package_scores(model_dir, package, data, shortlist=True, measure=measure),
+              "full": package_scores(model_dir, package.with_name(package.name + "-full"), data, shortlist=False,
+                                     measure=measure)}
     return scores if all(scores.values()) else None
 
 
@@ -182,9 +189,11 @@ def run_row(root: Path, run: str, teacher: dict, data: str) -> dict:
     config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
     phase2 = config.get("phase2", {})
     average_last = phase2.get("average_last", 1)
-    tested, averaged = (m if finished else {}), {}
+    tested, averaged, averaged_steps = (m if finished else {}), {}, None
     if finished and average_last > 1:  # compared on its last checkpoint, as the runs that kept only that; the mean beside
         tested, averaged = last_checkpoint_scores(root, run, data), m
+        steps = [checkpoint_step(c) for c in final_checkpoints(run_dir)[-average_last:]]
+        averaged_steps = [points[-1]["step"] - steps[-1] + s for s in (steps[0], steps[-1])]  # counted as the curve
     flat = plateau_point(points)
     best = max(points, key=lambda p: p["dev_bleu"]) if points else None
     start = "random" if config.get("method") == "kd" else config.get("start", "-")
@@ -202,7 +211,7 @@ def run_row(root: Path, run: str, teacher: dict, data: str) -> dict:
         "steps_to_teacher_minus_2": first_step(points, teacher["dev_bleu"] - 2),
         "steps_to_teacher_minus_1": first_step(points, teacher["dev_bleu"] - 1),
         "test_bleu_beam1": tested.get("test_bleu_beam1"), "test_bleu_beam4": tested.get("test_bleu_beam4"),
-        "average_last": average_last, "save_every": phase2.get("save_every"), "averaged_test_bleu_beam1": averaged.get("test_bleu_beam1"),
+        "average_last": average_last, "averaged_steps": averaged_steps, "averaged_test_bleu_beam1": averaged.get("test_bleu_beam1"),
         "averaged_test_bleu_beam4": averaged.get("test_bleu_beam4"),
         "probe_step0": next((p.get("probe_loss_before") for p in m.get("phases", {}).values()),
                             probes[0] if probes else None),
@@ -277,13 +286,13 @@ def averaging_table(rows: list[dict]) -> list[str]:
         return []
     lines = ["The mean of the last checkpoints (the student compress writes) against the last checkpoint alone "
              "(the figure in the tables above), test BLEU, PyTorch:", "",
-             "| run | checkpoints (steps apart) | last: greedy / beam 4 | mean: greedy / beam 4 | Δ greedy / beam 4 |",
+             "| run | checkpoints (steps) | last: greedy / beam 4 | mean: greedy / beam 4 | Δ greedy / beam 4 |",
              "|---|---:|---:|---:|---:|"]
     for r in rows:
         last = [r[f"test_bleu_beam{b}"] for b in (1, 4)]
         mean = [r[f"averaged_test_bleu_beam{b}"] for b in (1, 4)]
-        apart = f" ({r['save_every']})" if r.get("save_every") else ""
-        lines.append(f"| {r['run']} | {r['average_last']}{apart} | {last[0]:.2f} / {last[1]:.2f} | {mean[0]:.2f} / "
+        span = f" ({r['averaged_steps'][0]:,}–{r['averaged_steps'][1]:,})" if r.get("averaged_steps") else ""
+        lines.append(f"| {r['run']} | {r['average_last']}{span} | {last[0]:.2f} / {last[1]:.2f} | {mean[0]:.2f} / "
                      f"{mean[1]:.2f} | {mean[0] - last[0]:+.2f} / {mean[1] - last[1]:+.2f} |")
     return lines + [""]
 
