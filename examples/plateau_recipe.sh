@@ -17,7 +17,8 @@
 #                                                                    the warm-up restarts at P1)
 #   kd        wdctl compress --method kd                            (random init, P1+P2 steps to the cap, on
 #                                                                    the teacher's from-scratch schedule:
-#                                                                    examples/plateau-kd.yaml)
+#                                                                    examples/plateau-kd.yaml; TINY at peak
+#                                                                    lr KD_LR_TINY, see that file)
 #   SYSTEM-kl  any of the above with a word-level KL term to the teacher (--kd-weight KL_WEIGHT) beside
 #              the sequence-level data: Minitron's logit distillation (e.g. tiny-wd-kl-s1)
 #
@@ -36,7 +37,7 @@
 # Settings (environment variables):
 #   ROOT=runs/plateau  RESULTS=examples/results/plateau  DATA=examples/data/bible  THREADS=2
 #   PHASE1_STEPS=300  PHASE2_STEPS=3000  PHASE2_STEPS_TINY=6000  PHASE1_WARMUP=50  EVAL_SENTENCES=500
-#   REFIT="tiny"  KL_WEIGHT=0.5  PRECISION=fp32 (the first runs trained on an AVX2 CPU, where compress's "auto" is fp32;
+#   KD_LR_TINY=7e-4  REFIT="tiny"  KL_WEIGHT=0.5  PRECISION=fp32 (the first runs trained on an AVX2 CPU, where compress's "auto" is fp32;
 #                                  on a CPU with AVX-512 BF16 "auto" would be bf16 and the seeds would differ)
 #   RUNS="small-wd-s1 small-prune-kd-s1 ... tiny-kd-s1" (the list below)
 # On 2 CPU cores: distilling the 27,928 sources takes 20-60 min once (cached in ROOT/distill-cache).
@@ -54,6 +55,7 @@ PHASE1_STEPS=${PHASE1_STEPS:-300}
 PHASE2_STEPS=${PHASE2_STEPS:-3000}
 PHASE2_STEPS_TINY=${PHASE2_STEPS_TINY:-6000}
 PHASE1_WARMUP=${PHASE1_WARMUP:-50}
+KD_LR_TINY=${KD_LR_TINY:-7e-4}
 EVAL_SENTENCES=${EVAL_SENTENCES:-500}
 REFIT=${REFIT-tiny}
 KL_WEIGHT=${KL_WEIGHT:-0.5}
@@ -93,13 +95,14 @@ for run in ${*:-$RUNS}; do
     echo "== $run: done"; continue
   fi
   # kd trains from scratch on its own schedule (examples/plateau-kd.yaml, warm-up included)
-  config=examples/plateau.yaml warmup="--phase1-warmup $PHASE1_WARMUP"
-  [ "${system%-kl}" = kd ] && config=examples/plateau-kd.yaml warmup=
+  config=examples/plateau.yaml schedule="--phase1-warmup $PHASE1_WARMUP"
+  [ "${system%-kl}" = kd ] && config=examples/plateau-kd.yaml schedule=
+  [ "${system%-kl}" = kd ] && [ "$preset" = tiny ] && schedule="--phase1-lr $KD_LR_TINY"
   flags=$(system_flags "$system" "$preset")  # an unknown system stops the recipe here
   echo "== $run"
   # shellcheck disable=SC2086
   "$WDCTL" compress "$TEACHER" --data "$DATA" --out "$ROOT/$run" --student "$preset" $flags \
-    --phase1-steps "$PHASE1_STEPS" --phase2-steps "$phase2_steps" $warmup \
+    --phase1-steps "$PHASE1_STEPS" --phase2-steps "$phase2_steps" $schedule \
     --seed "$seed" --onnx-distill --distill-cache "$ROOT/distill-cache" --eval-sentences "$EVAL_SENTENCES" \
     --no-export --config "$config" --threads "$THREADS" --precision "$PRECISION"
 done
