@@ -6,7 +6,7 @@ keeps it near the embedding's, a collapsed one (every position the same vector) 
 towards 0 layer by layer, and then the decoder can only learn a language model. Found on TINY kd
 from random weights (examples/results/tiny-start/README.md).
 
-    python benchmarks/encoder_collapse.py --model RUN/train/student RUN/train/checkpoints/step-*
+    python benchmarks/encoder_collapse.py --model RUN/train/student [--random] RUN/train/checkpoints/step-*
 """
 
 import argparse
@@ -17,6 +17,7 @@ from transformers import AutoTokenizer
 
 from wdctl.core.corpus import read_parallel
 from wdctl.passes.marian import load_marian
+from wdctl.passes.narrow_marian import build_model
 from wdctl.passes.training import load_trainable
 
 
@@ -34,7 +35,8 @@ def position_spread(model, batch: dict) -> list[float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("checkpoints", nargs="+", type=Path, help="checkpoint directories (trainable.safetensors)")
+    ap.add_argument("checkpoints", nargs="*", type=Path, help="checkpoint directories (trainable.safetensors)")
+    ap.add_argument("--random", action="store_true", help="also a randomly initialised model of that shape (seed 1)")
     ap.add_argument("--model", type=Path, required=True, help="a model directory of the student's shape")
     ap.add_argument("--teacher", type=Path, default=Path("examples/teacher"), help="its tokenizer")
     ap.add_argument("--data", default="examples/data/bible")
@@ -48,6 +50,9 @@ def main() -> None:
     sources = [source for source, _ in read_parallel(args.data, "dev")[: args.sentences]]
     batch = tokenizer(sources, return_tensors="pt", padding=True)
     print("checkpoint  std across positions: embedding, encoder layer 1 ...")
+    if args.random:
+        torch.manual_seed(1)
+        print("random  " + " ".join(f"{s:.2g}" for s in position_spread(build_model(model.config).eval(), batch)))
     for checkpoint in args.checkpoints:
         load_trainable(model, checkpoint)
         model.eval()
