@@ -1,9 +1,10 @@
 """Does a student's encoder still tell its positions apart? (No training.)
 
 For each checkpoint, the standard deviation across positions (each sentence's mean over its
-positions removed) of every encoder layer's output on the first dev sources: a healthy encoder
-keeps it near the embedding's, a collapsed one (every position the same vector) drives it
-towards 0 layer by layer, and then the decoder can only learn a language model. Found on TINY kd
+positions removed) of every encoder layer's output on the first dev sources: in a healthy
+encoder every layer keeps it of the order of 1 (its outputs are layer-normalised), a collapsed one
+(every position the same vector) drives it towards 0 layer by layer, and then the decoder can only
+learn a language model. Found on TINY kd
 from random weights (examples/results/tiny-start/README.md).
 
     python benchmarks/encoder_collapse.py --model RUN/train/student [--random] RUN/train/checkpoints/step-*
