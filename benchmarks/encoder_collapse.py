@@ -54,9 +54,9 @@ def main() -> None:
     if args.random:
         torch.manual_seed(1)
         print("random  " + " ".join(f"{s:.2g}" for s in position_spread(build_model(model.config).eval(), batch)))
+    model.eval()
     for checkpoint in args.checkpoints:
         load_trainable(model, checkpoint)
-        model.eval()
         print(f"{checkpoint.name}  " + " ".join(f"{s:.2g}" for s in position_spread(model, batch)))
 
 
