@@ -369,15 +369,18 @@ def test_coherent_wd_starts_at_or_below_cut_kd(cli, tiny_teacher_dir, corpus, tm
 
 def test_kd_starts_from_random_weights_whatever_the_default_start(cli, tiny_teacher_dir, corpus, tmp_path):
     """kd takes no start and no refit by default (its runs record 'leading', as they always did,
-    so that older kd runs resume); asking it to refit is refused in one line."""
+    so that older kd runs resume), and its own from-scratch schedule (warm-up 1000, clipping) where
+    the config names none; asking it to refit is refused in one line."""
     yaml = tmp_path / "one.yaml"
-    yaml.write_text(ONE_STEP)
+    yaml.write_text(ONE_STEP.replace("warmup: 1", "warmup: null"))
     out = tmp_path / "kd"
     code, _, stderr = cli("compress", tiny_teacher_dir, "--student", "tiny", "--method", "kd",
                           *common(corpus, out, yaml, tmp_path / "cache"))
     assert code == 0, stderr
     metrics = json.loads((Path(f"{out}.run") / "metrics.json").read_text())
     assert (metrics["start"], metrics["refit_output"], metrics.get("start_layers")) == ("leading", False, None)
+    schedule = json.loads((Path(f"{out}.run") / "config.json").read_text())["phase1"]
+    assert (schedule["warmup"], schedule["clip_norm"], schedule["lr"]) == (1000, 1.0, 7e-4)
     code, _, stderr = cli("compress", tiny_teacher_dir, "--student", "tiny", "--method", "kd", "--refit-output",
                           *common(corpus, tmp_path / "kd2", yaml, tmp_path / "cache"))
     assert code == 2 and "--refit-output" in stderr and len(stderr.strip().splitlines()) == 1
@@ -482,3 +485,13 @@ def test_the_baselines_train_both_budgets_on_phase_1s_schedule_and_stopping_rule
     cfg = baseline_config(TrainConfig(max_steps=300, lr=7e-4, warmup=50),
                           TrainConfig(max_steps=6000, lr=1e-4, warmup=100, plateau_patience=4, average_last=5))
     assert (cfg.max_steps, cfg.lr, cfg.warmup, cfg.plateau_patience, cfg.average_last) == (6300, 7e-4, 50, 0, 5)
+
+
+def test_only_kd_defaults_to_a_from_scratch_schedule():
+    """The methods that start from the teacher keep phase 1's short warm-up and no clipping."""
+    from wdctl.config import default_phases
+
+    firsts = {method: default_phases(method)[0] for method in ("wd", "cut-kd", "cut-kd-two-phase", "kd")}
+    assert {m: (c.warmup, c.clip_norm) for m, c in firsts.items()} == {
+        "wd": (50, 0.0), "cut-kd": (50, 0.0), "cut-kd-two-phase": (50, 0.0), "kd": (1000, 1.0)}
+    assert {c.lr for c in firsts.values()} == {7e-4}

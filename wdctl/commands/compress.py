@@ -86,13 +86,13 @@ def compress_command(
     generator: str = GeneratorOpt,
     start: Optional[str] = StartOpt,
     refit_output: Optional[bool] = typer.Option(None, "--refit-output/--no-refit-output", help="Refit the start's top decoder layer (its fc2, by least squares on a few teacher-forced batches) so that its output matches the teacher's last decoder layer (wd, cut-kd): a student with fewer decoder layers then starts from an output the output layer can read. Default: on for cut-kd and wd with the coherent generator."),
-    method: str = typer.Option("wd", "--method", help="wd: weight distillation (phase 1 trains the parameter generator with the teacher frozen, phase 2 fine-tunes the materialized student). Baselines on the same shape, data and step budget (phase1+phase2 steps, phase-1 schedule): kd = random init (it needs a from-scratch schedule, which the plateau runs set in a --config file: warmup 1000, clip_norm 1.0, lr 1.2e-3 for SMALL and 7e-4 for TINY; on the default warm-up of 50 it barely learns); cut-kd = init cut from the teacher (every r-th layer, leading rows/columns, or --start importance); cut-kd-two-phase = the same cut on wd's two schedules (warm-up restarted at phase 2)."),
+    method: str = typer.Option("wd", "--method", help="wd: weight distillation (phase 1 trains the parameter generator with the teacher frozen, phase 2 fine-tunes the materialized student). Baselines on the same shape, data and step budget (phase1+phase2 steps, phase-1 schedule): kd = random init, on a from-scratch schedule (warm-up 1000, gradient clipping at 1.0, peak lr 7e-4: on the other methods' warm-up of 50 it barely learns, and at 1.2e-3 TINY's encoder collapsed); cut-kd = init cut from the teacher (every r-th layer, leading rows/columns, or --start importance); cut-kd-two-phase = the same cut on wd's two schedules (warm-up restarted at phase 2)."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML of training options (TrainConfig keys): top-level keys apply to both phases, 'phase1:'/'phase2:' sections to one."),
     phase1_steps: Optional[int] = typer.Option(None, "--phase1-steps", help="Phase-1 (generator) steps [300]."),
     phase2_steps: Optional[int] = typer.Option(None, "--phase2-steps", help="Phase-2 (student fine-tuning) steps at most [6000; with dev evaluations (--eval-sentences) it stops earlier, at a plateau: no gain above 0.2 BLEU over 4 evaluations 250 steps apart]."),
     phase1_lr: Optional[float] = typer.Option(None, "--phase1-lr", help="Phase-1 peak learning rate [7e-4, as the release]."),
     phase2_lr: Optional[float] = typer.Option(None, "--phase2-lr", help="Phase-2 peak learning rate [7e-4]."),
-    phase1_warmup: Optional[int] = typer.Option(None, "--phase1-warmup", help="Phase-1 warm-up steps [50; the release uses 4000]."),
+    phase1_warmup: Optional[int] = typer.Option(None, "--phase1-warmup", help="Phase-1 warm-up steps [50; kd 1000; the release uses 4000]."),
     phase2_warmup: Optional[int] = typer.Option(None, "--phase2-warmup", help="Phase-2 warm-up steps [100; the release uses 1000]."),
     max_tokens: Optional[int] = MaxTokensOpt,
     accum: Optional[int] = AccumOpt,
@@ -120,9 +120,9 @@ def compress_command(
 
     Pipeline: the teacher translates the training sources (beam search, cached) → training on original ∪ distilled pairs with label-smoothed CE (ε 0.1), Adam(0.9, 0.98) and inverse-sqrt warm-up → a standard MarianMT directory at OUT → test BLEU (greedy and beam 4) → ONNX fp32 and int8 packages.
 
-    Each phase checkpoints into the run directory: after Ctrl-C, rerun the same command to resume. `--nproc N` (or torchrun) distills and trains with N data-parallel processes; checkpoints resume with any N. Per-phase wall time and peak memory go to OUT.run/metrics.json. Defaults are CPU-sized and follow the plateau runs on the bundled teacher (examples/results/plateau): the importance start with its top decoder layer refitted; phase 1: 300 steps, lr 7e-4, warm-up 50; phase 2: up to 6000 steps, lr 7e-4, warm-up 100, stopping at a dev-BLEU plateau; 2500-token batches. The paper's release uses warm-up 4000 and 1000.
+    Each phase checkpoints into the run directory: after Ctrl-C, rerun the same command to resume. `--nproc N` (or torchrun) distills and trains with N data-parallel processes; checkpoints resume with any N. Per-phase wall time and peak memory go to OUT.run/metrics.json. Defaults are CPU-sized and follow the plateau runs on the bundled teacher (examples/results/plateau): the importance start with its top decoder layer refitted; phase 1: 300 steps, lr 7e-4, warm-up 50; phase 2: up to 6000 steps, lr 7e-4, warm-up 100, stopping at a dev-BLEU plateau; 2500-token batches; kd (random init): warm-up 1000 and clipping at 1.0. The paper's release uses warm-up 4000 and 1000.
     """
-    from wdctl.config import phase_configs, read_yaml
+    from wdctl.config import default_phases, phase_configs, read_yaml
     from wdctl.launch import handed_to_torchrun
     from wdctl.recipes.compress import CompressSettings, compress, recommended_start
 
@@ -131,7 +131,7 @@ def compress_command(
               "seed": seed, "device": device, "precision": precision}
     per_phase = {"phase1": {"max_steps": phase1_steps, "lr": phase1_lr, "warmup": phase1_warmup},
                  "phase2": {"max_steps": phase2_steps, "lr": phase2_lr, "warmup": phase2_warmup}}
-    p1, p2 = phase_configs(options)
+    p1, p2 = phase_configs(options, base=default_phases(method))
     p1, p2 = phase_configs({**shared, **{k: {n: v for n, v in d.items() if v is not None} for k, d in per_phase.items()}},
                            base=(p1, p2))
     if not dry_run and handed_to_torchrun(nproc, ctx.obj["argv"], (p1.accum, p2.accum)):
