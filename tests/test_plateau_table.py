@@ -170,3 +170,9 @@ def test_a_rebuild_without_onnx_shows_the_figures_cached_in_fresh_packages(tmp_p
 
     os.utime(model / "model.safetensors", (time.time() + 60, time.time() + 60))  # the model trained on since
     assert table.onnx_scores(model, package, "unused", measure=False) is None  # not exported, not timed
+
+
+def test_the_steps_to_fixed_dev_levels_are_read_from_the_curve():
+    table = load_table()
+    points = [{"step": 250, "dev_bleu": 29.9}, {"step": 500, "dev_bleu": 30.0}, {"step": 750, "dev_bleu": 34.9}]
+    assert table.level_steps(points) == "500 / 750 / -"  # dev 30 first at 500, 33 at 750, 35 never
